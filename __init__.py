@@ -1,0 +1,32 @@
+"""SlowFast-VGen for ComfyUI and diffusers.
+
+Imported by ComfyUI as a custom-node package (it reads NODE_CLASS_MAPPINGS), and by Python as
+`slowfast_vgen` once installed with `pip install -e .`. Nothing here needs ComfyUI.
+"""
+
+from .pipelines import (
+    EpisodicMemory,
+    SlowFastVGenPipeline,
+    TempLoRAConfig,
+    WorldModelSpec,
+    build_pipeline,
+)
+from .paths import DEFAULT_MODEL_DIR
+
+try:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+except ImportError:  # the node pack is optional for diffusers users
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+
+WEB_DIRECTORY = None
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "EpisodicMemory",
+    "NODE_CLASS_MAPPINGS",
+    "NODE_DISPLAY_NAME_MAPPINGS",
+    "SlowFastVGenPipeline",
+    "TempLoRAConfig",
+    "WorldModelSpec",
+    "build_pipeline",
+]

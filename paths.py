@@ -1,0 +1,7 @@
+"""Where the shipped files live inside the package."""
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "toyworld"
+WORKFLOWS_DIR = PACKAGE_DIR / "workflows"

@@ -1,0 +1,26 @@
+"""The diffusers side of SlowFast-VGen: the chunk pipeline, Temp-LoRA memory and model factory."""
+
+from .factory import WorldModelSpec, build_pipeline, build_tokenizer
+from .fingerprint import model_fingerprint
+from .pipeline_slowfast_vgen import (
+    EpisodeChunk,
+    EpisodeOutput,
+    SlowFastVGenPipeline,
+    SlowFastVGenPipelineOutput,
+)
+from .temp_lora import TARGET_PRESETS, EpisodicMemory, MemoryMismatchError, TempLoRAConfig
+
+__all__ = [
+    "EpisodeChunk",
+    "EpisodeOutput",
+    "EpisodicMemory",
+    "MemoryMismatchError",
+    "SlowFastVGenPipeline",
+    "SlowFastVGenPipelineOutput",
+    "TARGET_PRESETS",
+    "TempLoRAConfig",
+    "WorldModelSpec",
+    "build_pipeline",
+    "build_tokenizer",
+    "model_fingerprint",
+]

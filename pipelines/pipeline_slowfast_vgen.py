@@ -1,0 +1,464 @@
+"""SlowFastVGenPipeline: action-driven, chunk-by-chunk video generation with Temp-LoRA episodic memory.
+
+One call generates one chunk (paper Eq. 1): the clean latents of the previous chunk are concatenated with
+noisy latents along the frame axis, the UNet sees the whole sequence, and only the new frames are
+denoised. `generate_episode` / `stream_episode` run Algorithm 1 (a): generate a chunk, then train the
+Temp-LoRA memory on the previous and the new chunk, and go on.
+
+This file only imports its sibling modules, so diffusers can load it as a custom pipeline:
+`DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline_slowfast_vgen.py", trust_remote_code=True)`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet3DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .fingerprint import model_fingerprint
+from .temp_lora import (
+    EpisodicMemory,
+    TempLoRAConfig,
+    check_memory,
+    memory_applied,
+    new_memory,
+    temp_lora_detached,
+    update_memory,
+)
+
+CONDITIONING_MODES = ("mask", "replace")
+
+
+@dataclass
+class SlowFastVGenPipelineOutput(BaseOutput):
+    """Output of one chunk call.
+
+    Args:
+        frames: the new frames in `output_type` (for "latent", the same tensor as `latents`).
+        latents: the clean latents of the new frames, (batch, channels, frames, height, width): pass them as
+            `context_latents` of the next call to chain chunks without decoding.
+    """
+
+    frames: torch.Tensor | np.ndarray | list[list[PIL.Image.Image]]
+    latents: torch.Tensor
+
+
+@dataclass
+class EpisodeChunk:
+    """One step of an episode: the action taken, the new chunk's latents and the memory after it."""
+
+    index: int
+    action: str
+    latents: torch.Tensor
+    memory: EpisodicMemory | None
+
+
+@dataclass
+class EpisodeOutput(BaseOutput):
+    """A whole episode: the first frame's latent and every chunk, in order, and the final memory."""
+
+    latents: torch.Tensor
+    chunks: list[EpisodeChunk]
+    memory: EpisodicMemory | None
+
+
+class SlowFastVGenPipeline(DiffusionPipeline):
+    """Masked-conditional chunk generation with Temp-LoRA episodic memory (SlowFast-VGen).
+
+    Components are those of a ModelScope text-to-video checkpoint: `vae` (AutoencoderKL), `text_encoder`
+    (CLIPTextModel), `tokenizer` (CLIPTokenizer), `unet` (UNet3DConditionModel) and `scheduler` (DDIM,
+    DDPM, DPM-Solver++ and the other diffusers schedulers). `context_window` is the most frames the UNet
+    sees at once (context + new frames).
+
+    Conditioning modes:
+        - "mask" (the paper's): context latents stay clean at every step. Use it with models trained with
+          masked conditioning, such as those of this project's training entrypoint.
+        - "replace": context latents are re-noised to the current timestep at every step, so that a plain
+          text-to-video model never trained on clean context frames (e.g. ModelScope T2V as released) sees
+          inputs like those it was trained on and still continues the video.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet3DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        context_window: int = 16,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_to_config(context_window=context_window)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def context_window(self) -> int:
+        return self.config.context_window
+
+    @property
+    def size_multiple(self) -> int:
+        """Frame height and width must be multiples of this (VAE and UNet downsampling)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def base_fingerprint(self) -> str:
+        """Fingerprint of the UNet weights (without Temp-LoRA), recorded by memories made with it."""
+        return model_fingerprint(self.unet)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ------------------------------------------------------------------ encoding and decoding
+
+    def encode_action(self, action: str | list[str], device: torch.device | None = None) -> torch.Tensor:
+        """Text-encoder hidden states of free-text actions (an empty string is the null action)."""
+        actions = [action] if isinstance(action, str) else list(action)
+        tokens = self.tokenizer(
+            actions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        )
+        device = device or self._execution_device
+        return self.text_encoder(tokens.input_ids.to(device))[0].to(self.unet.dtype)
+
+    @torch.no_grad()
+    def encode_frames(
+        self, frames: PIL.Image.Image | np.ndarray | torch.Tensor | list, resize: bool = False
+    ) -> torch.Tensor:
+        """Frames (any diffusers image input: PIL, np HWC in [0,1], pt CHW in [0,1] or [-1,1]) -> latents B,C,F,H,W.
+
+        A list or a batch of frames is one clip: the frames become the frame axis of a single latent video.
+        """
+        images = self.image_processor.preprocess(frames)
+        height, width = images.shape[-2:]
+        if (height % self.size_multiple or width % self.size_multiple) and not resize:
+            raise ValueError(
+                f"image: size {width}x{height} does not fit this world model; width and height must be multiples of "
+                f"{self.size_multiple} (native size {self.native_size}x{self.native_size}). Resize the image, or pass "
+                "resize=True to resize it to the native size."
+            )
+        if resize:
+            images = self.image_processor.preprocess(frames, height=self.native_size, width=self.native_size)
+        images = images.to(device=self._execution_device, dtype=self.vae.dtype)
+        latents = self.vae.encode(images).latent_dist.mode() * self.vae.config.scaling_factor
+        return latents.permute(1, 0, 2, 3).unsqueeze(0)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:
+        """Latents B,C,F,H,W -> video B,3,F,H,W in [-1, 1], decoding `frames_per_batch` frames at a time."""
+        batch, channels, num_frames, height, width = latents.shape
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(batch * num_frames, channels, height, width)
+        decoded = [
+            self.vae.decode(part.to(self.vae.device, self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+            for part in flat.split(frames_per_batch)
+        ]
+        video = torch.cat(decoded).reshape(batch, num_frames, *decoded[0].shape[1:])
+        return video.permute(0, 2, 1, 3, 4)
+
+    def postprocess(self, latents: torch.Tensor, output_type: str = "np", frames_per_batch: int = 16):
+        """Decode latents into "np" (B,F,H,W,C in [0,1]), "pt" (B,F,C,H,W in [0,1]) or "pil" frames."""
+        if output_type == "latent":
+            return latents
+        return self.video_processor.postprocess_video(self.decode_latents(latents, frames_per_batch), output_type)
+
+    def iter_decode(self, chunks: Iterable[torch.Tensor], output_type: str = "np",
+                    frames_per_batch: int = 16) -> Iterator:
+        """Decode a long video chunk by chunk, so that it never sits decoded in memory at once."""
+        for chunk in chunks:
+            for part in chunk.split(frames_per_batch, dim=2):
+                yield self.postprocess(part, output_type, frames_per_batch)
+
+    # ------------------------------------------------------------------ checks
+
+    def check_inputs(self, action, context_latents, num_frames, num_context_frames, conditioning,
+                     output_type, callback_on_step_end_tensor_inputs, memory) -> None:
+        if isinstance(action, str):
+            actions = [action]
+        elif isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
+            actions = list(action)
+        else:
+            raise ValueError(f"action must be a string or a non-empty list of strings, got {action!r}.")
+        if context_latents is None:
+            raise ValueError("Pass either `image` (to start an episode) or `context_latents` (to continue one).")
+        if context_latents.ndim != 5 or context_latents.shape[1] != self.unet.config.in_channels:
+            raise ValueError(
+                f"context_latents must be (batch, {self.unet.config.in_channels}, frames, height, width), got "
+                f"{tuple(context_latents.shape)}."
+            )
+        if len(actions) not in (1, context_latents.shape[0]):
+            raise ValueError(f"Got {len(actions)} actions for a batch of {context_latents.shape[0]}.")
+        if not 1 <= num_context_frames <= context_latents.shape[2]:
+            raise ValueError(
+                f"num_context_frames must be between 1 and the {context_latents.shape[2]} frames of context given, "
+                f"got {num_context_frames}."
+            )
+        if num_frames < 1 or num_frames + num_context_frames > self.context_window:
+            raise ValueError(
+                f"num_frames={num_frames} with {num_context_frames} context frames exceeds the context window of "
+                f"{self.context_window} frames; use num_frames <= {self.context_window - num_context_frames} or "
+                "fewer num_context_frames."
+            )
+        if conditioning not in CONDITIONING_MODES:
+            raise ValueError(f"conditioning must be one of {CONDITIONING_MODES}, got {conditioning!r}.")
+        if output_type not in ("latent", "pt", "np", "pil"):
+            raise ValueError(f"output_type must be 'latent', 'pt', 'np' or 'pil', got {output_type!r}.")
+        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, "
+                             f"not {sorted(unknown)}.")
+        if memory is not None:
+            check_memory(self.unet, memory, self.base_fingerprint)
+
+    # ------------------------------------------------------------------ one chunk
+
+    def prepare_latents(self, context_latents: torch.Tensor, num_frames: int, generator,
+                        latents: torch.Tensor | None) -> torch.Tensor:
+        batch, channels, _, height, width = context_latents.shape
+        shape = (batch, channels, num_frames, height, width)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents.to(self._execution_device, self.unet.dtype) * self.scheduler.init_noise_sigma
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        action: str | list[str],
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        context_latents: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        num_context_frames: int | None = None,
+        conditioning: str = "mask",
+        memory: EpisodicMemory | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.0,
+        negative_action: str = "",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        resize: bool = False,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> SlowFastVGenPipelineOutput | tuple:
+        """Generate the next chunk of an episode.
+
+        Args:
+            action: free-text action(s), e.g. "move left".
+            image: a start frame (f_p = 1), for the first chunk of an episode.
+            context_latents: clean latents B,C,F,H,W of the previous chunk (its `latents` output), to continue.
+            num_frames: frames to generate (f_g); default: half the context window.
+            num_context_frames: how many of the last context frames condition (f_p); default: all given,
+                capped by what the context window leaves.
+            conditioning: "mask" (clean context, the paper's) or "replace" (context re-noised every step).
+            memory: an `EpisodicMemory` (Temp-LoRA) to generate with; None runs the base model.
+            num_inference_steps, guidance_scale, negative_action, generator, latents, output_type,
+            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers.
+            resize: resize `image` to the model's native size instead of refusing a size that does not fit.
+        """
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if image is not None:
+            if context_latents is not None:
+                raise ValueError("Pass `image` or `context_latents`, not both.")
+            context_latents = self.encode_frames(image, resize=resize)
+        num_frames = num_frames or self.context_window // 2
+        if num_context_frames is None and context_latents is not None:
+            num_context_frames = max(1, min(context_latents.shape[2], self.context_window - num_frames))
+        self.check_inputs(action, context_latents, num_frames, num_context_frames, conditioning, output_type,
+                          callback_on_step_end_tensor_inputs, memory)
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+
+        # 1. Context: the last f_p clean frames, kept exactly as given.
+        context = context_latents[:, :, -num_context_frames:].to(device, self.unet.dtype)
+        batch = context.shape[0]
+
+        # 2. Action embeddings, unconditional first, for one batched UNet call per step.
+        actions = [action] * batch if isinstance(action, str) else list(action) * (batch // len(action))
+        prompt_embeds = self.encode_action(actions, device)
+        if self.do_classifier_free_guidance:
+            prompt_embeds = torch.cat([self.encode_action([negative_action] * batch, device), prompt_embeds])
+
+        # 3. Timesteps and noise for the new frames (and, in "replace" mode, for the context).
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents(context, num_frames, generator, latents)
+        context_noise = None
+        if conditioning == "replace":
+            context_noise = randn_tensor(context.shape, generator=generator, device=device, dtype=context.dtype)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 4. Denoising loop: the UNet sees context + new frames, the scheduler steps the new frames only.
+        with memory_applied(self.unet, memory), self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                model_input = torch.cat([self.condition_frames(context, context_noise, t), latents], dim=2)
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                if self.do_classifier_free_guidance:
+                    model_input = torch.cat([model_input] * 2)
+                prediction = self.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
+                prediction = prediction[:, :, num_context_frames:]
+                if self.do_classifier_free_guidance:
+                    unconditional, conditional = prediction.chunk(2)
+                    prediction = unconditional + guidance_scale * (conditional - unconditional)
+                latents = self.scheduler.step(prediction, t, latents, **extra_step_kwargs).prev_sample
+
+                if callback_on_step_end is not None:
+                    available = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    outputs = callback_on_step_end(
+                        self, i, t, {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                    )
+                    latents = outputs.pop("latents", latents)
+                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                progress_bar.update()
+
+        frames = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames, latents)
+        return SlowFastVGenPipelineOutput(frames=frames, latents=latents)
+
+    def condition_frames(self, context: torch.Tensor, context_noise: torch.Tensor | None, t) -> torch.Tensor:
+        """The context as the UNet sees it at step t: clean ("mask") or re-noised to t ("replace")."""
+        if context_noise is None:
+            return context
+        return self.scheduler.add_noise(context, context_noise, t.reshape(1))
+
+    def prepare_extra_step_kwargs(self, generator) -> dict:
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        return {"generator": generator} if "generator" in accepted else {}
+
+    # ------------------------------------------------------------------ fast learning (Temp-LoRA)
+
+    def new_memory(self, config: TempLoRAConfig | None = None, seed: int = 0) -> EpisodicMemory:
+        """An empty episodic memory for this world model (it changes nothing until updated)."""
+        return new_memory(self.unet, config or TempLoRAConfig(), self.base_fingerprint, seed)
+
+    def update_memory(
+        self,
+        memory: EpisodicMemory | None,
+        previous_latents: torch.Tensor,
+        new_latents: torch.Tensor,
+        action: str | None = None,
+        config: TempLoRAConfig | None = None,
+        generator: torch.Generator | None = None,
+    ) -> EpisodicMemory:
+        """Algorithm 1 (a), lines 11-14: train Temp-LoRA on previous ⊕ new chunk; returns a NEW memory.
+
+        `memory=None` starts a memory with `config` (default `TempLoRAConfig()`); the given memory, the
+        latents and the base weights are left untouched.
+        """
+        if memory is None:
+            memory = self.new_memory(config)
+        else:
+            check_memory(self.unet, memory, self.base_fingerprint)
+        if previous_latents.shape[0] != new_latents.shape[0] or previous_latents.shape[3:] != new_latents.shape[3:]:
+            raise ValueError(
+                f"previous_latents {tuple(previous_latents.shape)} and new_latents {tuple(new_latents.shape)} must "
+                "share batch, height and width to be concatenated along frames."
+            )
+        device = self._execution_device
+        clip = torch.cat([previous_latents, new_latents], dim=2).to(device, self.unet.dtype)
+        null_embeds = self.encode_action([""], device)
+        noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        return update_memory(self.unet, noise_scheduler, null_embeds, memory, clip, new_latents.shape[2],
+                             action, generator)
+
+    # ------------------------------------------------------------------ long videos (Algorithm 1 (a))
+
+    def stream_episode(
+        self,
+        actions: Iterable[str],
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        start_latents: torch.Tensor | None = None,
+        memory: EpisodicMemory | None = None,
+        temp_lora: TempLoRAConfig | bool = True,
+        num_frames: int | None = None,
+        generator: torch.Generator | None = None,
+        **chunk_kwargs,
+    ) -> Iterator[EpisodeChunk]:
+        """Yield the episode chunk by chunk; `actions` may be a lazy iterator that looks at the last chunk.
+
+        With `temp_lora` true (or a `TempLoRAConfig`), the memory is updated after every chunk on the
+        previous chunk ⊕ the new one; with False, `memory` (if any) is used as it is and never updated.
+        Only the current context stays on the device; each yielded chunk's latents are on the CPU.
+        """
+        context = self.start_latents(image, start_latents, chunk_kwargs.pop("resize", False))
+        config = temp_lora if isinstance(temp_lora, TempLoRAConfig) else None
+        chunk_kwargs = {"output_type": "latent", **chunk_kwargs}
+        for index, action in enumerate(actions):
+            if not isinstance(action, str) or not action.strip():
+                raise ValueError(f"actions[{index}] is {action!r}; every action must be non-empty text.")
+            chunk = self(action, context_latents=context, num_frames=num_frames, memory=memory, generator=generator,
+                         **chunk_kwargs).latents
+            if temp_lora:
+                memory = self.update_memory(memory, context, chunk, action=action, config=config, generator=generator)
+            context = chunk
+            yield EpisodeChunk(index=index, action=action, latents=chunk.cpu(), memory=memory)
+
+    def start_latents(self, image=None, start_latents: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:
+        """The latents an episode starts from: the encoded start image (f_p = 1), or latents given as they are."""
+        if (image is None) == (start_latents is None):
+            raise ValueError("Pass exactly one of `image` (a start frame) and `start_latents` to start an episode.")
+        return self.encode_frames(image, resize=resize) if image is not None else start_latents
+
+    def generate_episode(
+        self, actions: Iterable[str], image=None, start_latents: torch.Tensor | None = None, resize: bool = False,
+        memory: EpisodicMemory | None = None, **kwargs,
+    ) -> EpisodeOutput:
+        """Run a whole episode (see `stream_episode`) and return all latents, the start frame's included."""
+        if isinstance(actions, (list, tuple)) and not actions:
+            raise ValueError("actions is empty: give at least one action (one per chunk).")
+        start = self.start_latents(image, start_latents, resize)
+        chunks = list(self.stream_episode(actions, start_latents=start, memory=memory, **kwargs))
+        latents = torch.cat([start.cpu()] + [chunk.latents for chunk in chunks], dim=2)
+        return EpisodeOutput(latents=latents, chunks=chunks, memory=chunks[-1].memory if chunks else memory)
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`DiffusionPipeline.save_pretrained` of the base model: Temp-LoRA layers never leak into it."""
+        with temp_lora_detached(self.unet):
+            super().save_pretrained(save_directory, *args, **kwargs)

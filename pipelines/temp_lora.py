@@ -1,0 +1,448 @@
+"""Temp-LoRA, the fast learner of SlowFast-VGen (paper section 3.2, Algorithm 1 (a)).
+
+An episode's memory is an `EpisodicMemory`: plain data (LoRA tensors, Adam moments, config and
+provenance) that goes into a chunk call and that an update returns anew. The UNet itself holds one set
+of injected peft LoRA layers; a memory is copied into them only for the duration of a call and the
+layers are disabled afterwards, so a call without memory runs the base weights bit for bit, and every
+earlier memory stays valid for branching ("what if I had turned left here?").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+ADAPTER_NAME = "temp_lora"
+MEMORY_FORMAT = "slowfast-vgen-memory"
+MEMORY_FORMAT_VERSION = "1"
+_PROJECTIONS = r"(to_q|to_k|to_v|to_out\.0)"
+
+TARGET_PRESETS = {
+    # Spatial self/cross attention and temporal attention: appearance and motion both.
+    "all-attention": rf".*(attentions\.\d+|transformer_in)\..*{_PROJECTIONS}",
+    # Only the attention across frames: the cheapest, remembers how things move, less what they look like.
+    "temporal-attention": rf".*(temp_attentions\.\d+|transformer_in)\..*{_PROJECTIONS}",
+    # Only the per-frame attention: remembers what places look like.
+    "spatial-attention": rf".*(?<!temp_)attentions\.\d+\..*{_PROJECTIONS}",
+}
+
+
+class MemoryMismatchError(ValueError):
+    """A memory does not fit the world model it was given to (other base model, rank or targets)."""
+
+
+@dataclass(frozen=True)
+class TempLoRAConfig:
+    """Settings of the fast learner.
+
+    The paper fixes rank 32, learning rate 1e-4 and Adam (appendix D.1); it is silent on the rest, so:
+
+    - `target="all-attention"`: the paper adapts "the UNet"; attention projections are where LoRA is
+      usually put in diffusion UNets, and both kinds matter for memory: spatial attention holds what a
+      place looks like, temporal attention how the trajectory goes. Presets: "all-attention",
+      "temporal-attention", "spatial-attention"; any other string is a regex over module names
+      (matched in full, as peft does; only `nn.Linear` modules may match).
+    - `alpha=None` means alpha = rank, a LoRA scale of 1, so that the learning rate alone sets the step.
+    - `steps_per_update=1`: Algorithm 1 (a) takes one gradient step per chunk; more steps store a chunk
+      more firmly at a proportional cost.
+    - `timestep_range=(0.0, 1.0)`: fractions of the training timesteps to sample from, uniformly, as
+      in the slow-learning objective; narrowing it to high noise stores layout, to low noise details.
+    - `keep_optimizer_state=True`: Adam's moments carry over from chunk to chunk, as one optimizer
+      running over the whole episode, which is what "training a LoRA during inference" means in
+      Temp-LoRA for text (Wang et al., 2024b).
+    """
+
+    rank: int = 32
+    alpha: float | None = None
+    learning_rate: float = 1e-4
+    target: str = "all-attention"
+    steps_per_update: int = 1
+    timestep_range: tuple[float, float] = (0.0, 1.0)
+    keep_optimizer_state: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"TempLoRAConfig.rank must be at least 1, got {self.rank}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TempLoRAConfig.learning_rate must be positive, got {self.learning_rate}.")
+        if self.steps_per_update < 1:
+            raise ValueError(f"TempLoRAConfig.steps_per_update must be at least 1, got {self.steps_per_update}.")
+        low, high = self.timestep_range
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(
+                f"TempLoRAConfig.timestep_range must be two fractions 0 <= low < high <= 1, got {self.timestep_range}."
+            )
+        try:
+            re.compile(self.target_pattern)
+        except re.error as error:
+            raise ValueError(f"TempLoRAConfig.target {self.target!r} is neither a preset "
+                             f"({', '.join(TARGET_PRESETS)}) nor a valid regex: {error}") from None
+
+    @property
+    def target_pattern(self) -> str:
+        return TARGET_PRESETS.get(self.target, self.target)
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    def structure(self) -> tuple:
+        """What decides the shapes and placement of the LoRA layers (and so which memories are compatible)."""
+        return (self.rank, self.lora_alpha, self.target_pattern)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TempLoRAConfig":
+        values = json.loads(text)
+        values["timestep_range"] = tuple(values["timestep_range"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class EpisodicMemory:
+    """The memory of one episode: Temp-LoRA weights, optimizer moments, settings and provenance.
+
+    Immutable by contract: `update_memory` returns a new memory and never touches the tensors of the one
+    it was given, so any earlier memory can be reused to branch an episode.
+    """
+
+    config: TempLoRAConfig
+    lora: dict[str, torch.Tensor]
+    base_fingerprint: str
+    optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer_steps: int = 0
+    num_updates: int = 0
+    frames_seen: int = 0
+    actions: tuple[str, ...] = ()
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.lora.values())
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the memory as a `.safetensors` adapter, atomically (temporary file, then rename)."""
+        tensors = {key: t.detach().contiguous().cpu() for key, t in self.lora.items()}
+        tensors.update({f"optimizer.{k}": t.detach().contiguous().cpu() for k, t in self.optimizer_state.items()})
+        metadata = {
+            "format": MEMORY_FORMAT,
+            "format_version": MEMORY_FORMAT_VERSION,
+            "config": self.config.to_json(),
+            "base_fingerprint": self.base_fingerprint,
+            "optimizer_steps": str(self.optimizer_steps),
+            "num_updates": str(self.num_updates),
+            "frames_seen": str(self.frames_seen),
+            "actions": json.dumps(list(self.actions)),
+            "created_with": _package_version(),
+        }
+        atomic_save_safetensors(tensors, path, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "EpisodicMemory":
+        """Read a memory written by `save`; a truncated or foreign file gets a clear error."""
+        tensors, metadata = read_safetensors(path)
+        if metadata.get("format") != MEMORY_FORMAT:
+            raise ValueError(
+                f"{path} is not a SlowFast-VGen memory adapter (its metadata has no format={MEMORY_FORMAT!r}). "
+                "A peft adapter folder can be converted with `slowfast-vgen memory convert`."
+            )
+        try:
+            return cls(
+                config=TempLoRAConfig.from_json(metadata["config"]),
+                lora={k: t for k, t in tensors.items() if not k.startswith("optimizer.")},
+                base_fingerprint=metadata["base_fingerprint"],
+                optimizer_state={k[len("optimizer."):]: t for k, t in tensors.items() if k.startswith("optimizer.")},
+                optimizer_steps=int(metadata["optimizer_steps"]),
+                num_updates=int(metadata["num_updates"]),
+                frames_seen=int(metadata["frames_seen"]),
+                actions=tuple(json.loads(metadata["actions"])),
+            )
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"slowfast-vgen {version('slowfast-vgen')}"
+    except Exception:
+        return "slowfast-vgen (not installed)"
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file` into a temporary file beside `path`, then an atomic rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, with errors that say which file is broken."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No memory adapter at {path!r}.")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        return load_file(path), metadata
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The LoRA layers in the UNet
+
+
+def lora_target_modules(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, torch.nn.Linear]:
+    """The base modules a config's target pattern selects, by name."""
+    pattern = re.compile(config.target_pattern)
+    targets = {}
+    for name, module in unet.named_modules():
+        if ".base_layer" in name or ".lora_" in name:
+            continue
+        if isinstance(module, LoraLayer):
+            module = module.get_base_layer()
+        if pattern.fullmatch(name):
+            if not isinstance(module, torch.nn.Linear):
+                raise ValueError(
+                    f"Temp-LoRA target {config.target!r} matches {name}, a {type(module).__name__}; "
+                    "only nn.Linear modules (attention projections) can be targeted."
+                )
+            targets[name] = module
+    if not targets:
+        raise ValueError(f"Temp-LoRA target {config.target!r} matches no module of this UNet.")
+    return targets
+
+
+def expected_lora_shapes(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor a memory of this config must have for this UNet (peft's key names)."""
+    shapes = {}
+    for name, module in lora_target_modules(unet, config).items():
+        shapes[f"{name}.lora_A.weight"] = (config.rank, module.in_features)
+        shapes[f"{name}.lora_B.weight"] = (module.out_features, config.rank)
+    return shapes
+
+
+def new_memory(unet: torch.nn.Module, config: TempLoRAConfig, base_fingerprint: str, seed: int = 0) -> EpisodicMemory:
+    """An empty memory: peft's own initialisation (A as nn.Linear, B = 0), so it starts as the base model."""
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for key, shape in expected_lora_shapes(unet, config).items():
+        tensor = torch.zeros(shape)
+        if ".lora_A." in key:
+            torch.nn.init.kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator)
+        lora[key] = tensor
+    return EpisodicMemory(config=config, lora=lora, base_fingerprint=base_fingerprint)
+
+
+def check_memory(unet: torch.nn.Module, memory: EpisodicMemory, base_fingerprint: str) -> None:
+    """Raise `MemoryMismatchError`, naming what differs, if `memory` was not made for this UNet."""
+    if memory.base_fingerprint != base_fingerprint:
+        raise MemoryMismatchError(
+            f"This memory was made on a world model with fingerprint {memory.base_fingerprint}, but the loaded "
+            f"model's fingerprint is {base_fingerprint}. Load the world model it was made with "
+            "(`slowfast-vgen memory inspect` shows it), or start a new memory."
+        )
+    expected = expected_lora_shapes(unet, memory.config)
+    missing = sorted(set(expected) - set(memory.lora))
+    unexpected = sorted(set(memory.lora) - set(expected))
+    if missing or unexpected:
+        raise MemoryMismatchError(
+            f"The memory's LoRA tensors do not match its target modules {memory.config.target!r} on this UNet: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})."
+        )
+    for key, shape in expected.items():
+        if tuple(memory.lora[key].shape) != shape:
+            raise MemoryMismatchError(
+                f"Memory tensor {key} has shape {tuple(memory.lora[key].shape)}, but rank {memory.config.rank} on "
+                f"this UNet needs {shape}: the adapter was made with another rank or for another model."
+            )
+
+
+def _lora_layers(unet: torch.nn.Module) -> dict[str, LoraLayer]:
+    return {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+
+
+def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, torch.nn.Parameter]:
+    """Inject peft LoRA layers shaped for `config` (once), and return the parameters by memory key."""
+    if getattr(unet, "_temp_lora_structure", None) != config.structure():
+        _remove_adapter(unet)
+        lora_config = LoraConfig(
+            r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+            target_modules=config.target_pattern, init_lora_weights=True,
+        )
+        inject_adapter_in_model(lora_config, unet, adapter_name=ADAPTER_NAME)
+        unet._temp_lora_structure = config.structure()
+    parameters = {}
+    for name, layer in _lora_layers(unet).items():
+        parameters[f"{name}.lora_A.weight"] = layer.lora_A[ADAPTER_NAME].weight
+        parameters[f"{name}.lora_B.weight"] = layer.lora_B[ADAPTER_NAME].weight
+    return parameters
+
+
+def _remove_adapter(unet: torch.nn.Module) -> None:
+    for name, layer in _lora_layers(unet).items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(unet.get_submodule(parent_name) if parent_name else unet, child, layer.get_base_layer())
+    unet._temp_lora_structure = None
+    if hasattr(unet, "peft_config"):
+        del unet.peft_config
+
+
+def _set_adapters_enabled(unet: torch.nn.Module, enabled: bool) -> None:
+    for layer in _lora_layers(unet).values():
+        layer.enable_adapters(enabled)
+
+
+@contextlib.contextmanager
+def memory_applied(unet: torch.nn.Module, memory: EpisodicMemory | None) -> Iterator[dict[str, torch.nn.Parameter]]:
+    """Run the UNet as base + `memory` inside the block; as the exact base model outside it (and for None)."""
+    if memory is None:
+        _set_adapters_enabled(unet, False)
+        yield {}
+        return
+    parameters = _ensure_adapter(unet, memory.config)
+    reference = next(unet.parameters())
+    with torch.no_grad():
+        for key, parameter in parameters.items():
+            parameter.data = memory.lora[key].to(device=reference.device, dtype=torch.float32).clone()
+    _set_adapters_enabled(unet, True)
+    try:
+        yield parameters
+    finally:
+        _set_adapters_enabled(unet, False)
+
+
+@contextlib.contextmanager
+def temp_lora_detached(unet: torch.nn.Module) -> Iterator[None]:
+    """Take the LoRA layers out of the UNet for the block (so `save_pretrained` writes the base model only)."""
+    layers = _lora_layers(unet)
+    structure = getattr(unet, "_temp_lora_structure", None)
+    peft_config = getattr(unet, "peft_config", None)
+    _remove_adapter(unet)
+    try:
+        yield
+    finally:
+        for name, layer in layers.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(unet.get_submodule(parent_name) if parent_name else unet, child, layer)
+        unet._temp_lora_structure = structure
+        if peft_config is not None:
+            unet.peft_config = peft_config
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fast-learning update (Algorithm 1 (a), lines 11-14)
+
+
+def temp_lora_loss(unet, noise_scheduler, clip: torch.Tensor, null_embeds: torch.Tensor,
+                   timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Plain denoising loss over every frame of `clip`: no clean-frame conditioning and no action text."""
+    noisy = noise_scheduler.add_noise(clip, noise, timesteps)
+    prediction = unet(noisy, timesteps, encoder_hidden_states=null_embeds).sample
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(clip, noise, timesteps)
+    else:
+        target = clip
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def update_memory(
+    unet: torch.nn.Module,
+    noise_scheduler,
+    null_embeds: torch.Tensor,
+    memory: EpisodicMemory,
+    clip: torch.Tensor,
+    new_frames: int,
+    action: str | None = None,
+    generator: torch.Generator | None = None,
+) -> EpisodicMemory:
+    """Train Temp-LoRA on `clip` (previous chunk + new chunk latents, B,C,F,H,W) and return the new memory.
+
+    Runs outside inference mode with grad enabled (ComfyUI runs nodes under `torch.inference_mode()`),
+    touches neither the inputs nor `memory`, and on a NaN or infinite loss returns `memory` unchanged.
+    """
+    config = memory.config
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+    low = int(config.timestep_range[0] * (num_train_timesteps - 1))
+    high = max(low + 1, int(config.timestep_range[1] * (num_train_timesteps - 1)) + 1)
+    with torch.inference_mode(False), torch.enable_grad(), memory_applied(unet, memory) as parameters:
+        clip = clip.detach().clone()
+        null_embeds = null_embeds.detach().clone().expand(clip.shape[0], -1, -1)
+        trainable = list(parameters.values())
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
+        if config.keep_optimizer_state and memory.optimizer_state:
+            for key, parameter in parameters.items():
+                optimizer.state[parameter] = {
+                    "step": torch.tensor(float(memory.optimizer_steps)),
+                    "exp_avg": memory.optimizer_state[f"{key}.exp_avg"].to(parameter.device).clone(),
+                    "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
+                }
+        for _ in range(config.steps_per_update):
+            timesteps = torch.randint(low, high, (clip.shape[0],), generator=generator).to(clip.device)
+            noise = torch.randn(clip.shape, generator=generator, dtype=torch.float32).to(clip.device, clip.dtype)
+            loss = temp_lora_loss(unet, noise_scheduler, clip, null_embeds, timesteps, noise)
+            if not torch.isfinite(loss):
+                warnings.warn(
+                    f"Temp-LoRA update skipped: the loss was {loss.item()}; the memory was rolled back to its last "
+                    "good state and generation carries on.", RuntimeWarning, stacklevel=2,
+                )
+                return memory
+            gradients = torch.autograd.grad(loss, trainable)
+            for parameter, gradient in zip(trainable, gradients):
+                parameter.grad = gradient
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        lora = {key: p.detach().to("cpu", copy=True) for key, p in parameters.items()}
+        if not all(torch.isfinite(t).all() for t in lora.values()):
+            warnings.warn("Temp-LoRA update produced non-finite weights; the memory was rolled back.",
+                          RuntimeWarning, stacklevel=2)
+            return memory
+        optimizer_state = {}
+        if config.keep_optimizer_state:
+            for key, parameter in parameters.items():
+                state = optimizer.state[parameter]
+                optimizer_state[f"{key}.exp_avg"] = state["exp_avg"].detach().to("cpu", copy=True)
+                optimizer_state[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().to("cpu", copy=True)
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+    return replace(
+        memory,
+        lora=lora,
+        optimizer_state=optimizer_state,
+        optimizer_steps=memory.optimizer_steps + config.steps_per_update if config.keep_optimizer_state else 0,
+        num_updates=memory.num_updates + 1,
+        frames_seen=memory.frames_seen + new_frames,
+        actions=memory.actions + ((action,) if action is not None else ()),
+    )
