@@ -30,7 +30,7 @@ class WorldModelSpec:
 
     image_size: int = 64
     vae_channels: tuple[int, ...] = (32, 64, 64)
-    latent_channels: int = 4
+    latent_channels: int = 8
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_layers_per_block: int = 1
     unet_head_dim: int = 8
@@ -44,7 +44,7 @@ class WorldModelSpec:
 
     @classmethod
     def tiny(cls) -> "WorldModelSpec":
-        return cls(image_size=32, vae_channels=(8, 16), unet_channels=(16, 32), unet_head_dim=4,
+        return cls(image_size=32, vae_channels=(8, 16), latent_channels=4, unet_channels=(16, 32), unet_head_dim=4,
                    norm_num_groups=4, text_hidden_size=32, text_layers=1, prediction_type="epsilon")
 
     @classmethod
@@ -53,7 +53,7 @@ class WorldModelSpec:
 
     @classmethod
     def mid(cls) -> "WorldModelSpec":
-        return cls(image_size=256, vae_channels=(32, 64, 64, 64), unet_channels=(64, 128, 256),
+        return cls(image_size=256, vae_channels=(32, 64, 64, 64), latent_channels=4, unet_channels=(64, 128, 256),
                    unet_layers_per_block=2, unet_head_dim=8, norm_num_groups=32, text_hidden_size=128,
                    context_window=32, prediction_type="epsilon")
 
