@@ -1,0 +1,229 @@
+"""ComfyUI's services when the pack runs inside ComfyUI, plain-Python stand-ins when it does not.
+
+Every use of `comfy.*` and `folder_paths` in the pack goes through this module, so that the nodes
+import and run without ComfyUI (tests, diffusers users) and follow ComfyUI's settings (`--cpu`,
+`--lowvram`, `--output-directory`, extra_model_paths.yaml, cancel, progress) when it is there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+try:  # ComfyUI puts these on sys.path before it imports custom nodes.
+    import comfy.model_management as model_management
+    import comfy.utils as comfy_utils
+    import folder_paths
+except ImportError:
+    model_management = comfy_utils = folder_paths = None
+
+IN_COMFYUI = folder_paths is not None
+
+WORLD_MODELS_FOLDER = "world_models"
+MEMORIES_FOLDER = "temp_lora_memories"
+MEMORY_EXTENSIONS = {".safetensors"}
+
+# ---------------------------------------------------------------------------------------------------
+# Cancel
+
+
+if model_management is not None:
+    Interrupted = model_management.InterruptProcessingException
+else:
+
+    class Interrupted(Exception):
+        """The run was cancelled (plain-Python stand-in for ComfyUI's InterruptProcessingException)."""
+
+
+_interrupt_requested = threading.Event()
+
+
+def request_interrupt() -> None:
+    """Ask the running node to stop at its next denoising step (ComfyUI's Cancel button, in plain Python)."""
+    if model_management is not None:
+        model_management.interrupt_current_processing(True)
+    else:
+        _interrupt_requested.set()
+
+
+def throw_if_interrupted() -> None:
+    """Raise `Interrupted` if the user cancelled; called once per denoising step."""
+    if model_management is not None:
+        model_management.throw_exception_if_processing_interrupted()
+    elif _interrupt_requested.is_set():
+        _interrupt_requested.clear()
+        raise Interrupted("Cancelled by the user.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Progress
+
+_progress_hook: Callable[[int, int], None] | None = None
+
+
+def set_progress_hook(hook: Callable[[int, int], None] | None) -> None:
+    """Plain Python: call `hook(current, total)` on every progress update (what ComfyUI's server does)."""
+    global _progress_hook
+    _progress_hook = hook
+
+
+class ProgressBar:
+    """`comfy.utils.ProgressBar` inside ComfyUI (the bar on the node), a tqdm bar outside it."""
+
+    def __init__(self, total: int):
+        self.total, self.current = total, 0
+        self._comfy_bar = comfy_utils.ProgressBar(total) if comfy_utils is not None else None
+        self._tqdm = None if self._comfy_bar is not None else tqdm(total=total, leave=False)
+
+    def update(self, value: int = 1) -> None:
+        self.current = min(self.current + value, self.total)
+        if self._comfy_bar is not None:
+            self._comfy_bar.update(value)
+            return
+        self._tqdm.update(value)
+        if self.current >= self.total:
+            self._tqdm.close()
+        if _progress_hook is not None:
+            _progress_hook(self.current, self.total)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Devices
+
+
+def compute_device() -> torch.device:
+    """Where models run: ComfyUI's device (so `--cpu` is respected), else the best one available."""
+    if model_management is not None:
+        return model_management.get_torch_device()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    """Where models wait between runs: the CPU in ComfyUI unless `--highvram`; outside ComfyUI they stay put."""
+    if model_management is not None:
+        return model_management.unet_offload_device()
+    return compute_device()
+
+
+def make_room(num_bytes: int, device: torch.device) -> None:
+    """Ask ComfyUI to unload its own models until `num_bytes` (plus its inference reserve) fit on `device`."""
+    if model_management is not None and device.type != "cpu":
+        model_management.free_memory(num_bytes + model_management.minimum_inference_memory(), device)
+
+
+def empty_cache() -> None:
+    if model_management is not None:
+        model_management.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folders
+
+
+def _models_dir() -> str:
+    return folder_paths.models_dir if IN_COMFYUI else os.path.join(os.getcwd(), "models")
+
+
+def register_model_folders() -> None:
+    """Register `world_models` and `temp_lora_memories` with folder_paths, unless the user already did
+    (extra_model_paths.yaml is read before custom nodes are imported)."""
+    if not IN_COMFYUI:
+        return
+    for name, extensions in ((WORLD_MODELS_FOLDER, set()), (MEMORIES_FOLDER, MEMORY_EXTENSIONS)):
+        if name not in folder_paths.folder_names_and_paths:
+            folder_paths.folder_names_and_paths[name] = ([os.path.join(_models_dir(), name)], extensions)
+
+
+def model_folders(name: str) -> list[str]:
+    """Every folder registered under a model folder name (outside ComfyUI: ./models/<name>)."""
+    if IN_COMFYUI:
+        return folder_paths.get_folder_paths(name)
+    return [os.path.join(_models_dir(), name)]
+
+
+def output_directory() -> str:
+    return folder_paths.get_output_directory() if IN_COMFYUI else os.path.join(os.getcwd(), "output")
+
+
+def files_under(folder: str, extensions: set[str]) -> list[str]:
+    """Files with one of `extensions` anywhere under `folder`, as sorted paths relative to it."""
+    found = []
+    for root, _dirs, files in os.walk(folder, followlinks=True):
+        found += [os.path.relpath(os.path.join(root, f), folder) for f in files if Path(f).suffix.lower() in extensions]
+    return sorted(found)
+
+
+def model_files(name: str, extensions: set[str]) -> list[str]:
+    """Files of a model folder (all its registered paths), relative to their folder, like folder_paths lists them."""
+    if IN_COMFYUI:
+        return [f for f in folder_paths.get_filename_list(name) if Path(f).suffix.lower() in extensions]
+    return files_under(model_folders(name)[0], extensions)
+
+
+def model_file_path(name: str, filename: str) -> str | None:
+    """Full path of a file listed by `model_files`, or None."""
+    if IN_COMFYUI:
+        return folder_paths.get_full_path(name, filename)
+    path = os.path.join(model_folders(name)[0], filename)
+    return path if os.path.isfile(path) else None
+
+
+OUTPUT_ANNOTATION = " [output]"
+
+
+def output_file_path(annotated_name: str) -> str:
+    """The path of a 'relative/name [output]' file, ComfyUI's notation for files of the output folder."""
+    name = annotated_name.removesuffix(OUTPUT_ANNOTATION)
+    return os.path.join(output_directory(), name)
+
+
+def check_relative_name(filename_prefix: str) -> None:
+    """Refuse a save name that is absolute or climbs out of the output folder, before anything is written."""
+    if not filename_prefix.strip():
+        raise ValueError("filename_prefix is empty: give a name such as 'slowfast_vgen/memory'.")
+    parts = re.split(r"[\\/]+", filename_prefix)
+    if os.path.isabs(filename_prefix) or re.match(r"^[A-Za-z]:", filename_prefix) or filename_prefix[0] in "\\/":
+        raise ValueError(
+            f"filename_prefix {filename_prefix!r} is an absolute path; files are saved inside ComfyUI's output "
+            "folder only. Use a relative name such as 'slowfast_vgen/memory'."
+        )
+    if ".." in parts:
+        raise ValueError(
+            f"filename_prefix {filename_prefix!r} contains '..'; files are saved inside ComfyUI's output folder "
+            "only. Remove the '..' parts, e.g. 'slowfast_vgen/memory'."
+        )
+
+
+def save_path(filename_prefix: str, extension: str, width: int = 0, height: int = 0) -> tuple[str, str, str]:
+    """(full path, file name, subfolder) of the next numbered file for `filename_prefix` in the output folder.
+
+    Inside ComfyUI this is `folder_paths.get_save_image_path` (the %date% variables, the counter and its
+    own refusal to leave the output folder); outside it, the same `<prefix>_<counter:05>_` naming.
+    """
+    check_relative_name(filename_prefix)
+    output_dir = output_directory()
+    if IN_COMFYUI:
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, output_dir, width, height
+        )
+    else:
+        subfolder, filename = os.path.split(os.path.normpath(filename_prefix))
+        folder = os.path.join(output_dir, subfolder)
+        os.makedirs(folder, exist_ok=True)
+        pattern = re.compile(re.escape(filename) + r"_(\d+)_")
+        numbers = [int(m.group(1)) for f in os.listdir(folder) if (m := pattern.match(f))]
+        counter = max(numbers, default=0) + 1
+    file = f"{filename}_{counter:05}_{extension}"
+    return os.path.join(folder, file), file, subfolder

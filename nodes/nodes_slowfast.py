@@ -1,0 +1,437 @@
+"""The SlowFast-VGen nodes: small classes in ComfyUI's classic style that delegate to the library.
+
+ComfyUI caches node outputs and hands the same objects to every node linked to them, so no node here
+changes an input: chunks are extended into new chunks, memories are updated into new memories (the
+pipeline's contract), and the cached world model only ever gains disabled Temp-LoRA layers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..data.toyworld import ToyWorld
+from ..pipelines import TARGET_PRESETS, EpisodicMemory, TempLoRAConfig
+from . import comfy_services
+from .world_model import (
+    BUILTIN_MODEL_NAME,
+    DEVICES,
+    DTYPES,
+    Chunk,
+    WorldModel,
+    decode_to_image,
+    generator_for,
+    list_world_models,
+    load_world_model,
+    memory_with_settings,
+    parse_actions,
+    start_chunk,
+    step_callback,
+)
+
+CATEGORY = "SlowFast-VGen"
+WORLD_MODEL, CHUNK, MEMORY, TEMP_LORA = "SFV_WORLD_MODEL", "SFV_CHUNK", "SFV_MEMORY", "SFV_TEMP_LORA"
+MEMORY_SAVE_FOLDER = "slowfast_vgen"  # in the output folder; Load Memory lists what is saved there
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+WORLD_MODEL_INPUT = (WORLD_MODEL, {"tooltip": "The world model, from Load World Model."})
+START_INPUTS = {
+    "image": ("IMAGE", {"tooltip": "Start frame (or several frames, used as context) to begin an episode. "
+                                   "Connect this or 'chunk', not both."}),
+    "chunk": (CHUNK, {"tooltip": "The episode so far, to continue it without decoding. Connect this or 'image'."}),
+}
+SAMPLER_INPUTS = {
+    "num_frames": ("INT", {"default": 4, "min": 1, "max": 64,
+                           "tooltip": "Frames per chunk. Context frames + new frames must fit the model's context "
+                                      "window (8 for the built-in ToyWorld model)."}),
+    "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Denoising steps per chunk."}),
+    "guidance": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                           "tooltip": "Classifier-free guidance on the action; 1.0 or less turns it off."}),
+    "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                     "tooltip": "Seed of the noise; the same seed and inputs give the same frames."}),
+    "conditioning": (["mask", "replace"], {"default": "mask",
+                                           "tooltip": "mask: context frames stay clean (the paper's, for models "
+                                                      "trained with masked conditioning such as ToyWorld). replace: "
+                                                      "context is re-noised every step (plain text-to-video models)."}),
+}
+MEMORY_INPUT = (MEMORY, {"tooltip": "Episodic memory (Temp-LoRA) to generate with. Leave empty for the base model."})
+SETTINGS_INPUT = (TEMP_LORA, {"tooltip": "Fast-learning settings, from Temp-LoRA Settings. Leave empty for the "
+                                         "memory's own settings (defaults for a new memory)."})
+
+
+class LoadWorldModel:
+    """Load a SlowFast-VGen world model (a diffusers folder) once, and reuse it across runs."""
+
+    DESCRIPTION = ("Loads a SlowFast-VGen world model: the built-in ToyWorld model, or a diffusers-format folder "
+                   "put in models/world_models. Loaded once per model, dtype and device, and moved off the GPU "
+                   "between runs unless ComfyUI runs with --highvram.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (WORLD_MODEL,)
+    RETURN_NAMES = ("world_model",)
+    OUTPUT_TOOLTIPS = ("The loaded world model, for the other SlowFast-VGen nodes.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model_name": (list_world_models(), {"default": BUILTIN_MODEL_NAME,
+                                                 "tooltip": "World model folder (models/world_models/...)."}),
+            "dtype": (list(DTYPES), {"default": "float32",
+                                     "tooltip": "Weights precision. float32 is safest for Temp-LoRA learning; "
+                                                "bfloat16/float16 halve the memory of large models on a GPU."}),
+            "device": (list(DEVICES), {"default": "auto",
+                                       "tooltip": "auto: ComfyUI's device (the CPU with --cpu). cpu: always the CPU."}),
+        }}
+
+    def load(self, model_name: str, dtype: str, device: str) -> tuple[WorldModel]:
+        return (load_world_model(model_name, dtype, device),)
+
+
+class ToyWorldStartFrame:
+    """A start frame from the ToyWorld the built-in model was trained on."""
+
+    DESCRIPTION = ("Renders the start view of a seeded ToyWorld (the world the built-in model learned), so the "
+                   "example workflows need no image of yours. Any IMAGE of the model's size works as a start.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("One frame, size x size.",)
+    FUNCTION = "render"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                             "tooltip": "Which world: each seed paints a different map."}),
+            "size": ("INT", {"default": 64, "min": 8, "max": 1024, "step": 8,
+                             "tooltip": "Frame size in pixels; the built-in model was trained at 64."}),
+        }}
+
+    def render(self, seed: int, size: int) -> tuple[torch.Tensor]:
+        frame = ToyWorld(seed=seed, view_size=size).start_frame()
+        return (torch.from_numpy(np.ascontiguousarray(frame)).float().div(255.0).unsqueeze(0),)
+
+
+class ActionChunk:
+    """Generate the next chunk of an episode from an action."""
+
+    DESCRIPTION = ("Generates the next chunk of frames from the current world state (a start image or the previous "
+                   "chunk) and a free-text action, with an optional episodic memory. Chain chunks without decoding; "
+                   "decode with Decode Chunk.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CHUNK,)
+    RETURN_NAMES = ("chunk",)
+    OUTPUT_TOOLTIPS = ("The episode so far with the new chunk appended (latents).",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "world_model": WORLD_MODEL_INPUT,
+                "action": ("STRING", {"default": "move right", "tooltip": "What to do in this chunk, e.g. 'move left'."}),
+                **SAMPLER_INPUTS,
+            },
+            "optional": {**START_INPUTS, "memory": MEMORY_INPUT},
+        }
+
+    def generate(self, world_model: WorldModel, action: str, num_frames: int, steps: int, guidance: float,
+                 seed: int, conditioning: str, image: torch.Tensor | None = None, chunk: Chunk | None = None,
+                 memory: EpisodicMemory | None = None) -> tuple[Chunk]:
+        if not action.strip():
+            raise ValueError("The action is empty: type what happens in this chunk, e.g. 'move right'.")
+        bar = comfy_services.ProgressBar(steps)
+        with world_model.running() as pipe:
+            state = start_chunk(pipe, image, chunk)
+            latents = pipe(
+                action.strip(), context_latents=state.last, num_frames=num_frames, conditioning=conditioning,
+                memory=memory, num_inference_steps=steps, guidance_scale=guidance, generator=generator_for(seed),
+                output_type="latent", callback_on_step_end=step_callback(bar),
+            ).latents
+        return (state.extended(latents, action.strip()),)
+
+
+class TempLoRASettings:
+    """Fast-learning settings for Temp-LoRA Update and Run Episode."""
+
+    DESCRIPTION = ("Settings of the fast learner (Temp-LoRA). Rank, alpha and target fix a memory's layout; learning "
+                   "rate, steps and timesteps may change from one update to the next.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (TEMP_LORA,)
+    RETURN_NAMES = ("settings",)
+    OUTPUT_TOOLTIPS = ("Temp-LoRA settings.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "rank": ("INT", {"default": 32, "min": 1, "max": 256, "tooltip": "LoRA rank (the paper uses 32)."}),
+            "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 1.0,
+                                "tooltip": "LoRA alpha; 0 means alpha = rank (a scale of 1)."}),
+            "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
+                                        "tooltip": "Adam learning rate of each update (the paper uses 1e-4)."}),
+            "target": (list(TARGET_PRESETS), {"default": "all-attention",
+                                              "tooltip": "Which attention layers learn: all, only temporal (motion) "
+                                                         "or only spatial (appearance)."}),
+            "steps_per_update": ("INT", {"default": 1, "min": 1, "max": 100,
+                                         "tooltip": "Gradient steps per chunk; more remember more firmly, slower."}),
+            "timestep_low": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Lowest noise level trained on (fraction of the schedule)."}),
+            "timestep_high": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Highest noise level trained on; must be above timestep_low."}),
+            "keep_optimizer_state": ("BOOLEAN", {"default": True,
+                                                 "tooltip": "Carry Adam's moments from chunk to chunk."}),
+        }}
+
+    def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
+             timestep_low: float, timestep_high: float, keep_optimizer_state: bool) -> tuple[TempLoRAConfig]:
+        return (TempLoRAConfig(rank=rank, alpha=alpha or None, learning_rate=learning_rate, target=target,
+                               steps_per_update=steps_per_update, timestep_range=(timestep_low, timestep_high),
+                               keep_optimizer_state=keep_optimizer_state),)
+
+
+class TempLoRAUpdate:
+    """Fast learning: train the episodic memory on the previous chunk and the new one."""
+
+    DESCRIPTION = ("Trains Temp-LoRA on the previous chunk followed by the new chunk and returns a NEW memory. The "
+                   "memory, chunks and model that come in are never changed, so any earlier memory can be reused "
+                   "to branch the episode.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MEMORY,)
+    RETURN_NAMES = ("memory",)
+    OUTPUT_TOOLTIPS = ("The memory after this update (a new one; the input memory is untouched).",)
+    FUNCTION = "update"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "world_model": WORLD_MODEL_INPUT,
+                "new_chunk": (CHUNK, {"tooltip": "The chunk just generated (its newest segment is learned)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                                 "tooltip": "Seed of the training noise and timesteps."}),
+            },
+            "optional": {
+                "memory": (MEMORY, {"tooltip": "The memory to update. Leave empty to start a new one."}),
+                "previous_chunk": (CHUNK, {"tooltip": "The chunk before new_chunk. Leave empty to use the one "
+                                                      "new_chunk continued from."}),
+                "settings": SETTINGS_INPUT,
+            },
+        }
+
+    def update(self, world_model: WorldModel, new_chunk: Chunk, seed: int, memory: EpisodicMemory | None = None,
+               previous_chunk: Chunk | None = None, settings: TempLoRAConfig | None = None) -> tuple[EpisodicMemory]:
+        previous = previous_chunk.last if previous_chunk is not None else new_chunk.previous
+        memory = memory_with_settings(memory, settings)
+        with world_model.running() as pipe:
+            updated = pipe.update_memory(memory, previous, new_chunk.last, action=new_chunk.actions[-1],
+                                         config=settings, generator=generator_for(seed))
+        return (updated,)
+
+
+class DecodeChunk:
+    """Decode a chunk into frames for the image and video nodes."""
+
+    DESCRIPTION = ("Decodes a chunk's latents into an IMAGE batch (frames, height, width, RGB in [0, 1]) for core "
+                   "Create Video / Save Video, Video Helper Suite's Video Combine or any image node.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The decoded frames, in order.",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "world_model": WORLD_MODEL_INPUT,
+            "chunk": (CHUNK, {"tooltip": "A chunk from Action Chunk or Run Episode."}),
+            "frames": (["episode", "last chunk"], {"default": "episode",
+                                                   "tooltip": "episode: every frame so far, start frame included. "
+                                                              "last chunk: only the newest chunk's frames."}),
+        }}
+
+    def decode(self, world_model: WorldModel, chunk: Chunk, frames: str) -> tuple[torch.Tensor]:
+        latents = chunk.latents if frames == "episode" else chunk.last
+        with world_model.running() as pipe:
+            return (decode_to_image(pipe, latents),)
+
+
+class RunEpisode:
+    """A whole action-driven episode in one node (a ComfyUI graph cannot loop)."""
+
+    DESCRIPTION = ("Runs one chunk per line of the action script, learning the episodic memory (Temp-LoRA) after "
+                   "every chunk, and returns every frame, the final memory and the final chunk (to continue in "
+                   "another node). Cancel stops at the next denoising step and changes no memory.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", MEMORY, CHUNK)
+    RETURN_NAMES = ("images", "memory", "chunk")
+    OUTPUT_TOOLTIPS = (
+        "Every frame of the episode so far, start frame included.",
+        "The memory after the last chunk (empty when temp_lora is off).",
+        "The episode so far, to continue with Action Chunk or another Run Episode.",
+    )
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "world_model": WORLD_MODEL_INPUT,
+                "actions": ("STRING", {"multiline": True, "default": "move right\nmove right\nmove left\nmove left",
+                                       "tooltip": "One action per line, one chunk per action; blank lines are skipped."}),
+                **SAMPLER_INPUTS,
+                "temp_lora": (["learn", "frozen", "off"], {"default": "learn",
+                                                           "tooltip": "learn: update the memory after every chunk. "
+                                                                      "frozen: use the connected memory as it is. "
+                                                                      "off: the base model only, no memory."}),
+            },
+            "optional": {**START_INPUTS, "memory": MEMORY_INPUT, "settings": SETTINGS_INPUT},
+        }
+
+    def run(self, world_model: WorldModel, actions: str, num_frames: int, steps: int, guidance: float, seed: int,
+            conditioning: str, temp_lora: str, image: torch.Tensor | None = None, chunk: Chunk | None = None,
+            memory: EpisodicMemory | None = None,
+            settings: TempLoRAConfig | None = None) -> tuple[torch.Tensor, EpisodicMemory | None, Chunk]:
+        script = parse_actions(actions)
+        memory = None if temp_lora == "off" else memory_with_settings(memory, settings)
+        learning = (settings or True) if temp_lora == "learn" else False
+        bar = comfy_services.ProgressBar(len(script) * steps)
+        with world_model.running() as pipe:
+            state = start_chunk(pipe, image, chunk)
+            episode = pipe.stream_episode(
+                script, start_latents=state.last, memory=memory, temp_lora=learning, num_frames=num_frames,
+                generator=generator_for(seed), num_inference_steps=steps, guidance_scale=guidance,
+                conditioning=conditioning, callback_on_step_end=step_callback(bar),
+            )
+            for step in episode:
+                state, memory = state.extended(step.latents, step.action), step.memory
+            images = decode_to_image(pipe, state.latents)
+        return (images, memory, state)
+
+
+class SaveMemory:
+    """Save an episodic memory as a .safetensors adapter in the output folder."""
+
+    DESCRIPTION = (f"Saves the memory (Temp-LoRA weights, optimizer state and provenance) as a .safetensors adapter "
+                   f"in ComfyUI's output folder. Memories saved under {MEMORY_SAVE_FOLDER}/ appear in Load Memory.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "memory": (MEMORY, {"tooltip": "The memory to save."}),
+            "filename_prefix": ("STRING", {"default": f"{MEMORY_SAVE_FOLDER}/memory",
+                                           "tooltip": "Name inside the output folder; a counter is appended. "
+                                                      "Absolute paths and '..' are refused."}),
+        }}
+
+    def save(self, memory: EpisodicMemory | None, filename_prefix: str) -> dict:
+        if memory is None:
+            raise ValueError("There is no memory to save: the connected memory is empty (Run Episode with temp_lora "
+                             "'off' outputs none). Connect a memory from Temp-LoRA Update or a learning episode.")
+        path, file, subfolder = comfy_services.save_path(filename_prefix, ".safetensors")
+        memory.save(path)
+        return {"ui": {"memories": [{"filename": file, "subfolder": subfolder, "type": "output"}]}}
+
+
+def memory_files() -> list[str]:
+    """Memories in models/temp_lora_memories, then those saved in the output folder (as 'name [output]')."""
+    saved = comfy_services.files_under(os.path.join(comfy_services.output_directory(), MEMORY_SAVE_FOLDER),
+                                       comfy_services.MEMORY_EXTENSIONS)
+    return (comfy_services.model_files(comfy_services.MEMORIES_FOLDER, comfy_services.MEMORY_EXTENSIONS)
+            + [f"{MEMORY_SAVE_FOLDER}/{name}{comfy_services.OUTPUT_ANNOTATION}" for name in saved])
+
+
+def memory_path(memory_name: str) -> str | None:
+    if memory_name.endswith(comfy_services.OUTPUT_ANNOTATION):
+        path = comfy_services.output_file_path(memory_name)
+        return path if os.path.isfile(path) else None
+    return comfy_services.model_file_path(comfy_services.MEMORIES_FOLDER, memory_name)
+
+
+class LoadMemory:
+    """Load an episodic memory adapter saved by Save Memory."""
+
+    DESCRIPTION = ("Loads an episodic memory (.safetensors adapter) from models/temp_lora_memories, or one saved by "
+                   f"Save Memory under output/{MEMORY_SAVE_FOLDER}/, to continue or branch an episode. It must have "
+                   "been made with the same world model.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MEMORY,)
+    RETURN_NAMES = ("memory",)
+    OUTPUT_TOOLTIPS = ("The loaded memory.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"memory_name": (memory_files(), {"tooltip": "The memory adapter file."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, memory_name: str) -> bool | str:
+        # Validated here rather than against the list, to say where memories come from when one is missing.
+        if memory_path(memory_name) is None:
+            return (f"Memory adapter {memory_name!r} not found. Save one with Save Memory (the long-episode example "
+                    f"workflow saves {MEMORY_SAVE_FOLDER}/toyworld_memory_00001_.safetensors), or put a .safetensors "
+                    "adapter in models/temp_lora_memories, then press R to refresh.")
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, memory_name: str) -> float:
+        # A file saved again under the same name must be read again.
+        path = memory_path(memory_name)
+        return os.path.getmtime(path) if path else float("nan")
+
+    def load(self, memory_name: str) -> tuple[EpisodicMemory]:
+        path = memory_path(memory_name)
+        if path is None:
+            raise FileNotFoundError(self.VALIDATE_INPUTS(memory_name))
+        return (EpisodicMemory.load(path),)
+
+
+class SideBySide:
+    """Put two videos next to each other, to compare them."""
+
+    DESCRIPTION = ("Places two IMAGE batches side by side (left | right), frame by frame; the shorter one holds its "
+                   "last frame. Use it to compare episodes, e.g. with and without memory.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The combined frames.",)
+    FUNCTION = "combine"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "left": ("IMAGE", {"tooltip": "Frames shown on the left."}),
+            "right": ("IMAGE", {"tooltip": "Frames shown on the right."}),
+            "gap": ("INT", {"default": 4, "min": 0, "max": 256, "tooltip": "Black pixels between the two."}),
+        }}
+
+    def combine(self, left: torch.Tensor, right: torch.Tensor, gap: int) -> tuple[torch.Tensor]:
+        if left.shape[1] != right.shape[1] or left.shape[3] != right.shape[3]:
+            raise ValueError(f"left is {tuple(left.shape[1:])} and right is {tuple(right.shape[1:])} (height, width, "
+                             "channels): the heights and channels must match. Resize one with 'Upscale Image'.")
+        length = max(len(left), len(right))
+        left, right = (torch.cat([x, x[-1:].expand(length - len(x), -1, -1, -1)]) for x in (left, right))
+        spacer = left.new_zeros(length, left.shape[1], gap, left.shape[3])
+        return (torch.cat([left, spacer, right], dim=2),)
+
+
+NODE_CLASSES = {
+    "LoadWorldModel": (LoadWorldModel, "Load World Model"),
+    "ToyWorldStartFrame": (ToyWorldStartFrame, "ToyWorld Start Frame"),
+    "ActionChunk": (ActionChunk, "Action Chunk"),
+    "TempLoRASettings": (TempLoRASettings, "Temp-LoRA Settings"),
+    "TempLoRAUpdate": (TempLoRAUpdate, "Temp-LoRA Update"),
+    "DecodeChunk": (DecodeChunk, "Decode Chunk"),
+    "RunEpisode": (RunEpisode, "Run Episode"),
+    "SaveMemory": (SaveMemory, "Save Memory"),
+    "LoadMemory": (LoadMemory, "Load Memory"),
+    "SideBySide": (SideBySide, "Side by Side"),
+}
+NODE_CLASS_MAPPINGS = {f"SlowFastVGen_{key}": cls for key, (cls, _) in NODE_CLASSES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {f"SlowFastVGen_{key}": f"{name} (SlowFast-VGen)" for key, (cls, name) in NODE_CLASSES.items()}

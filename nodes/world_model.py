@@ -1,0 +1,243 @@
+"""What travels on the pack's links, and the library calls the nodes delegate to.
+
+- `WorldModel` (SFV_WORLD_MODEL): a loaded pipeline, cached per (folder, dtype, device), moved to the
+  compute device for a run and offloaded after it, the way ComfyUI handles its own models.
+- `Chunk` (SFV_CHUNK): the clean latents of an episode so far, split into the segments it was made
+  of (the start frame(s), then one segment per generated chunk), so that chunks chain without decoding.
+- `EpisodicMemory` (SFV_MEMORY) and `TempLoRAConfig` (SFV_TEMP_LORA) are the pipeline's own immutable
+  types, passed as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ..paths import DEFAULT_MODEL_DIR
+from ..pipelines import EpisodicMemory, MemoryMismatchError, SlowFastVGenPipeline, TempLoRAConfig
+from . import comfy_services
+
+BUILTIN_MODEL_NAME = "toyworld (built-in)"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu")
+# Enough for a graph that compares two models, without keeping every model ever picked in RAM.
+MAX_CACHED_MODELS = 2
+
+
+@dataclass(eq=False)
+class WorldModel:
+    """A loaded world model: the pipeline, where it computes and where it waits between runs."""
+
+    pipe: SlowFastVGenPipeline
+    name: str
+    device: torch.device
+    offload_device: torch.device
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[SlowFastVGenPipeline]:
+        """The pipeline on its compute device for the block, offloaded afterwards (also on error or cancel).
+
+        The block runs outside ComfyUI's `torch.inference_mode()`: tensors made inside it (moved weights,
+        Temp-LoRA layers injected on first use, chunks) must stay usable by Temp-LoRA's gradient steps,
+        which inference tensors are not. The pipeline's own `no_grad` keeps generation gradient-free.
+        """
+        size = sum(p.numel() * p.element_size() for p in self.pipe.unet.parameters())
+        comfy_services.make_room(size * 2, self.device)
+        with torch.inference_mode(False):
+            self.pipe.to(self.device)
+            try:
+                yield self.pipe
+            finally:
+                if self.offload_device != self.device:
+                    self.pipe.to(self.offload_device)
+                    comfy_services.empty_cache()
+
+
+_cache: OrderedDict[tuple[str, torch.dtype, str], WorldModel] = OrderedDict()
+
+
+def list_world_models() -> list[str]:
+    """The built-in model first, then every diffusers folder (with model_index.json) in the world_models folders."""
+    names = []
+    for base in comfy_services.model_folders(comfy_services.WORLD_MODELS_FOLDER):
+        for root, _dirs, files in os.walk(base, followlinks=True):
+            if "model_index.json" in files:
+                names.append(os.path.relpath(root, base))
+    return [BUILTIN_MODEL_NAME] + sorted(set(names))
+
+
+def world_model_folder(name: str) -> str:
+    """The folder of a listed world model, or a FileNotFoundError saying where models go."""
+    if name == BUILTIN_MODEL_NAME:
+        if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"The built-in ToyWorld model is missing from {DEFAULT_MODEL_DIR}. Update or reinstall the "
+                "SlowFast-VGen node pack (the model ships with it), or pick another world model."
+            )
+        return str(DEFAULT_MODEL_DIR)
+    folders = comfy_services.model_folders(comfy_services.WORLD_MODELS_FOLDER)
+    for base in folders:
+        path = os.path.join(base, name)
+        if os.path.isfile(os.path.join(path, "model_index.json")):
+            return path
+    raise FileNotFoundError(
+        f"World model {name!r} not found: no folder {name!r} with a model_index.json in {folders}. Put a "
+        "diffusers-format world model folder there (as saved by `save_pretrained`), then press R to refresh."
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}.")
+    return comfy_services.compute_device() if device == "auto" else torch.device("cpu")
+
+
+def load_world_model(name: str, dtype: str = "float32", device: str = "auto") -> WorldModel:
+    """Load a listed world model once per (folder, dtype, device) and hand out the cached one afterwards."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
+    folder = os.path.realpath(world_model_folder(name))
+    compute = resolve_device(device)
+    key = (folder, DTYPES[dtype], str(compute))
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    offload = compute if device == "cpu" else comfy_services.offload_device()
+    try:
+        # Weights loaded under ComfyUI's inference_mode would be inference tensors, through which Temp-LoRA
+        # cannot backpropagate.
+        with torch.inference_mode(False):
+            pipe = SlowFastVGenPipeline.from_pretrained(folder, torch_dtype=DTYPES[dtype])
+            pipe.to(offload)
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not load the world model {name!r} from {folder}: {error}. The folder must be a complete "
+            "diffusers SlowFastVGenPipeline (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."
+        ) from error
+    pipe.set_progress_bar_config(disable=True)  # the node's own progress bar reports instead
+    model = WorldModel(pipe=pipe, name=name, device=compute, offload_device=offload)
+    _cache[key] = model
+    while len(_cache) > MAX_CACHED_MODELS:
+        _cache.popitem(last=False)
+    return model
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """SFV_CHUNK: clean latents B,C,F,h,w (on the CPU) of an episode so far, the frames of each segment and
+    the action of each generated segment.
+
+    The last segment is the newest chunk (the context of the next one); the one before it is what that
+    chunk continued from (what Temp-LoRA trains on together with it).
+    """
+
+    latents: torch.Tensor
+    segments: tuple[int, ...]
+    actions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if sum(self.segments) != self.latents.shape[2] or not all(n > 0 for n in self.segments):
+            raise ValueError(f"Chunk segments {self.segments} do not split the {self.latents.shape[2]} latent frames.")
+
+    @property
+    def last(self) -> torch.Tensor:
+        return self.latents[:, :, -self.segments[-1]:]
+
+    @property
+    def previous(self) -> torch.Tensor | None:
+        if len(self.segments) < 2:
+            return None
+        end = self.latents.shape[2] - self.segments[-1]
+        return self.latents[:, :, end - self.segments[-2]:end]
+
+    def extended(self, new_latents: torch.Tensor, action: str) -> "Chunk":
+        """A new Chunk with `new_latents`, made by `action`, as the newest segment (this one is left as it is)."""
+        new_latents = new_latents.detach().to("cpu", torch.float32)
+        return Chunk(
+            torch.cat([self.latents, new_latents], dim=2), self.segments + (new_latents.shape[2],), self.actions + (action,)
+        )
+
+
+def image_to_frames(image: torch.Tensor, pipe: SlowFastVGenPipeline) -> torch.Tensor:
+    """A ComfyUI IMAGE (B,H,W,C in [0,1]) -> frames B,3,H,W for `encode_frames`, refusing sizes the model cannot take."""
+    if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image must be a ComfyUI IMAGE batch (frames, height, width, channels), got {tuple(image.shape)}.")
+    height, width = image.shape[1:3]
+    multiple, native = pipe.size_multiple, pipe.native_size
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"The start image is {width}x{height}, but this world model needs a width and height that are multiples "
+            f"of {multiple} (it was trained at {native}x{native}). Resize it first, e.g. with the core "
+            f"'Upscale Image' node set to {native}x{native}."
+        )
+    frames = image[..., :3] if image.shape[-1] != 1 else image.expand(-1, -1, -1, 3)
+    return frames.permute(0, 3, 1, 2).float().clamp(0, 1)
+
+
+def start_chunk(pipe: SlowFastVGenPipeline, image: torch.Tensor | None, chunk: Chunk | None) -> Chunk:
+    """What an episode continues from: a given chunk, or the start image(s) encoded as the first segment."""
+    if (image is None) == (chunk is None):
+        raise ValueError(
+            "Connect exactly one of 'image' (a start frame, to begin an episode) and 'chunk' (to continue one)."
+        )
+    if chunk is not None:
+        return chunk
+    latents = pipe.encode_frames(image_to_frames(image, pipe)).to("cpu", torch.float32)
+    return Chunk(latents, (latents.shape[2],))
+
+
+def decode_to_image(pipe: SlowFastVGenPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """Latents B,C,F,h,w -> a ComfyUI IMAGE (B*F,H,W,3 float32 in [0,1] on the CPU), a few frames at a time."""
+    parts = [part.cpu() for part in pipe.iter_decode([latents], output_type="pt")]  # each B,f,3,H,W
+    video = torch.cat(parts, dim=1)
+    return video.flatten(0, 1).permute(0, 2, 3, 1).float().contiguous()
+
+
+def parse_actions(script: str) -> list[str]:
+    """One action per line; blank lines are skipped. An empty script is an error, not an empty episode."""
+    actions = [line.strip() for line in script.splitlines() if line.strip()]
+    if not actions:
+        raise ValueError(
+            "The action script is empty: write one action per line (one line = one chunk), e.g. 'move right'."
+        )
+    return actions
+
+
+def memory_with_settings(memory: EpisodicMemory | None, settings: TempLoRAConfig | None) -> EpisodicMemory | None:
+    """The memory trained on with `settings` from now on (a new object; tensors shared, never modified).
+
+    The training settings (learning rate, steps, timesteps, optimizer state) may change mid-episode; the
+    layout (rank, alpha, target modules) is the memory's shape and cannot.
+    """
+    if memory is None or settings is None:
+        return memory
+    if memory.config.structure() != settings.structure():
+        old, new = memory.config, settings
+        raise MemoryMismatchError(
+            f"The memory was made with rank {old.rank}, alpha {old.lora_alpha} and target {old.target!r}, but the "
+            f"Temp-LoRA settings ask for rank {new.rank}, alpha {new.lora_alpha} and target {new.target!r}. Set the "
+            "same rank, alpha and target, or disconnect the settings to keep the memory's own."
+        )
+    return dataclasses.replace(memory, config=settings)
+
+
+def step_callback(bar: comfy_services.ProgressBar):
+    """A diffusers `callback_on_step_end` that honours Cancel and moves the progress bar, once per step."""
+
+    def callback(pipe, step, timestep, tensors):
+        comfy_services.throw_if_interrupted()
+        bar.update(1)
+        return tensors
+
+    return callback
+
+
+def generator_for(seed: int) -> torch.Generator:
+    """A CPU generator, so that a seed gives the same result on every device."""
+    return torch.Generator("cpu").manual_seed(seed)
