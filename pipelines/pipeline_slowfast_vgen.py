@@ -12,6 +12,9 @@ This file only imports its sibling modules, so diffusers can load it as a custom
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -39,6 +42,64 @@ from .temp_lora import (
 )
 
 CONDITIONING_MODES = ("mask", "replace")
+
+
+# What a world-model folder must hold: component -> a file its subfolder must contain (None: any file).
+REQUIRED_COMPONENTS = {
+    "vae": "config.json",
+    "text_encoder": "config.json",
+    "tokenizer": None,
+    "unet": "config.json",
+    "scheduler": "scheduler_config.json",
+}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_model_folder(pretrained_model_name_or_path, provided: dict | None = None) -> None:
+    """Raise `FileNotFoundError` naming the problem when a local model folder is missing or incomplete.
+
+    Hub repo ids ("owner/name") that are not local folders are left to diffusers. Components passed
+    to `from_pretrained` as objects (`provided`) need not be in the folder.
+    """
+    path = os.fspath(pretrained_model_name_or_path)
+    expected = ", ".join(f"{name}/" for name in REQUIRED_COMPONENTS)
+    if not os.path.isdir(path):
+        if isinstance(pretrained_model_name_or_path, os.PathLike) or not _REPO_ID.match(path) or os.path.exists(path):
+            raise FileNotFoundError(
+                f"pretrained_model_name_or_path: there is no model folder at {path!r}. Expected a folder holding "
+                f"model_index.json and the subfolders {expected} (a diffusers-format SlowFast-VGen or ModelScope "
+                "text-to-video model)."
+            )
+        return
+    index_file = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index_file):
+        raise FileNotFoundError(
+            f"pretrained_model_name_or_path: {path!r} has no model_index.json, so it is not a diffusers pipeline "
+            f"folder. Expected model_index.json and the subfolders {expected}."
+        )
+    try:
+        with open(index_file, encoding="utf-8") as handle:
+            index = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{index_file} is not valid JSON ({error}).") from None
+    provided = provided or {}
+    problems = []
+    for name, required_file in REQUIRED_COMPONENTS.items():
+        if name in provided:
+            continue
+        entry = index.get(name)
+        folder = os.path.join(path, name)
+        if not entry or entry[0] is None:
+            problems.append(f"{name} (not listed in model_index.json)")
+        elif not os.path.isdir(folder) or not os.listdir(folder):
+            problems.append(f"{name} (no {name}/ subfolder)")
+        elif required_file and not os.path.isfile(os.path.join(folder, required_file)):
+            problems.append(f"{name} (no {name}/{required_file})")
+    if problems:
+        raise FileNotFoundError(
+            f"pretrained_model_name_or_path: the model folder {path!r} lacks {len(problems)} component(s): "
+            f"{'; '.join(problems)}. A world model needs {expected}."
+        )
 
 
 @dataclass
@@ -108,6 +169,16 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`DiffusionPipeline.from_pretrained`, with a clear error for a local folder that is missing or lacks a
+        component (checked before anything is loaded). A diffusers-format ModelScope text-to-video folder
+        (`_class_name: TextToVideoSDPipeline`) loads as it is."""
+        check_model_folder(pretrained_model_name_or_path, provided=kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ properties
 
@@ -334,8 +405,14 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                model_input = torch.cat([self.condition_frames(context, context_noise, t), latents], dim=2)
-                model_input = self.scheduler.scale_model_input(model_input, t)
+                if context_noise is None:
+                    # "mask": the clean context is no sample of the scheduler's noisy distribution, so the
+                    # scheduler's input scaling (a no-op for DDIM/DDPM/DPM, not for Euler-type) only applies
+                    # to the new frames, and the context reaches the UNet exactly as given.
+                    model_input = torch.cat([context, self.scheduler.scale_model_input(latents, t)], dim=2)
+                else:
+                    model_input = torch.cat([self.condition_frames(context, context_noise, t), latents], dim=2)
+                    model_input = self.scheduler.scale_model_input(model_input, t)
                 if self.do_classifier_free_guidance:
                     model_input = torch.cat([model_input] * 2)
                 prediction = self.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
@@ -428,6 +505,11 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         context = self.start_latents(image, start_latents, chunk_kwargs.pop("resize", False))
         config = temp_lora if isinstance(temp_lora, TempLoRAConfig) else None
         chunk_kwargs = {"output_type": "latent", **chunk_kwargs}
+        if isinstance(actions, str):
+            raise ValueError("actions must be a list or an iterator of action strings (one per chunk), not a string.")
+        if isinstance(actions, (list, tuple)) and not actions:
+            raise ValueError("actions is empty: give at least one action (one per chunk).")
+        index = -1
         for index, action in enumerate(actions):
             if not isinstance(action, str) or not action.strip():
                 raise ValueError(f"actions[{index}] is {action!r}; every action must be non-empty text.")
@@ -437,6 +519,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                 memory = self.update_memory(memory, context, chunk, action=action, config=config, generator=generator)
             context = chunk
             yield EpisodeChunk(index=index, action=action, latents=chunk.cpu(), memory=memory)
+        if index < 0:
+            raise ValueError("actions is empty: the action iterator gave no action (give at least one per chunk).")
 
     def start_latents(self, image=None, start_latents: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:
         """The latents an episode starts from: the encoded start image (f_p = 1), or latents given as they are."""
@@ -446,13 +530,22 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
     def generate_episode(
         self, actions: Iterable[str], image=None, start_latents: torch.Tensor | None = None, resize: bool = False,
-        memory: EpisodicMemory | None = None, **kwargs,
+        memory: EpisodicMemory | None = None, keep_memories: bool = False, **kwargs,
     ) -> EpisodeOutput:
-        """Run a whole episode (see `stream_episode`) and return all latents, the start frame's included."""
+        """Run a whole episode (see `stream_episode`) and return all latents, the start frame's included.
+
+        Only the last chunk keeps its memory unless `keep_memories=True`: every memory holds the whole
+        Temp-LoRA (and Adam moments), so keeping one per chunk would make memory use grow with the episode.
+        Keep them (or use `stream_episode`) to branch the episode at any chunk.
+        """
         if isinstance(actions, (list, tuple)) and not actions:
             raise ValueError("actions is empty: give at least one action (one per chunk).")
         start = self.start_latents(image, start_latents, resize)
-        chunks = list(self.stream_episode(actions, start_latents=start, memory=memory, **kwargs))
+        chunks = []
+        for chunk in self.stream_episode(actions, start_latents=start, memory=memory, **kwargs):
+            if chunks and not keep_memories:
+                chunks[-1].memory = None
+            chunks.append(chunk)
         latents = torch.cat([start.cpu()] + [chunk.latents for chunk in chunks], dim=2)
         return EpisodeOutput(latents=latents, chunks=chunks, memory=chunks[-1].memory if chunks else memory)
 

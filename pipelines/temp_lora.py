@@ -392,6 +392,13 @@ def update_memory(
     touches neither the inputs nor `memory`, and on a NaN or infinite loss returns `memory` unchanged.
     """
     config = memory.config
+    if isinstance(generator, (list, tuple)):
+        generator = generator[0] if generator else None
+    if generator is not None and generator.device.type != "cpu":
+        # Timesteps and noise are drawn on the CPU (bit-identical on every device); a device generator
+        # cannot draw there, so derive a CPU one from it, reproducibly.
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator,
+                                                                    device=generator.device).item()))
     num_train_timesteps = noise_scheduler.config.num_train_timesteps
     low = int(config.timestep_range[0] * (num_train_timesteps - 1))
     high = max(low + 1, int(config.timestep_range[1] * (num_train_timesteps - 1)) + 1)
@@ -401,42 +408,16 @@ def update_memory(
         trainable = list(parameters.values())
         for parameter in trainable:
             parameter.requires_grad_(True)
-        optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
-        if config.keep_optimizer_state and memory.optimizer_state:
-            for key, parameter in parameters.items():
-                optimizer.state[parameter] = {
-                    "step": torch.tensor(float(memory.optimizer_steps)),
-                    "exp_avg": memory.optimizer_state[f"{key}.exp_avg"].to(parameter.device).clone(),
-                    "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
-                }
-        for _ in range(config.steps_per_update):
-            timesteps = torch.randint(low, high, (clip.shape[0],), generator=generator).to(clip.device)
-            noise = torch.randn(clip.shape, generator=generator, dtype=torch.float32).to(clip.device, clip.dtype)
-            loss = temp_lora_loss(unet, noise_scheduler, clip, null_embeds, timesteps, noise)
-            if not torch.isfinite(loss):
-                warnings.warn(
-                    f"Temp-LoRA update skipped: the loss was {loss.item()}; the memory was rolled back to its last "
-                    "good state and generation carries on.", RuntimeWarning, stacklevel=2,
-                )
-                return memory
-            gradients = torch.autograd.grad(loss, trainable)
-            for parameter, gradient in zip(trainable, gradients):
-                parameter.grad = gradient
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        lora = {key: p.detach().to("cpu", copy=True) for key, p in parameters.items()}
-        if not all(torch.isfinite(t).all() for t in lora.values()):
-            warnings.warn("Temp-LoRA update produced non-finite weights; the memory was rolled back.",
-                          RuntimeWarning, stacklevel=2)
-            return memory
-        optimizer_state = {}
-        if config.keep_optimizer_state:
-            for key, parameter in parameters.items():
-                state = optimizer.state[parameter]
-                optimizer_state[f"{key}.exp_avg"] = state["exp_avg"].detach().to("cpu", copy=True)
-                optimizer_state[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().to("cpu", copy=True)
-        for parameter in trainable:
-            parameter.requires_grad_(False)
+        try:
+            result = _train_steps(unet, noise_scheduler, null_embeds, memory, clip, parameters, trainable,
+                                  low, high, generator)
+        finally:
+            for parameter in trainable:
+                parameter.requires_grad_(False)
+                parameter.grad = None
+    if result is None:
+        return memory
+    lora, optimizer_state = result
     return replace(
         memory,
         lora=lora,
@@ -446,3 +427,43 @@ def update_memory(
         frames_seen=memory.frames_seen + new_frames,
         actions=memory.actions + ((action,) if action is not None else ()),
     )
+
+
+def _train_steps(unet, noise_scheduler, null_embeds, memory, clip, parameters, trainable, low, high, generator):
+    """The optimizer steps of one update: (lora, optimizer_state) of the new memory, or None to roll back."""
+    config = memory.config
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
+    if config.keep_optimizer_state and memory.optimizer_state:
+        for key, parameter in parameters.items():
+            optimizer.state[parameter] = {
+                "step": torch.tensor(float(memory.optimizer_steps)),
+                "exp_avg": memory.optimizer_state[f"{key}.exp_avg"].to(parameter.device).clone(),
+                "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
+            }
+    for _ in range(config.steps_per_update):
+        timesteps = torch.randint(low, high, (clip.shape[0],), generator=generator).to(clip.device)
+        noise = torch.randn(clip.shape, generator=generator, dtype=torch.float32).to(clip.device, clip.dtype)
+        loss = temp_lora_loss(unet, noise_scheduler, clip, null_embeds, timesteps, noise)
+        if not torch.isfinite(loss):
+            warnings.warn(
+                f"Temp-LoRA update skipped: the loss was {loss.item()}; the memory was rolled back to its last "
+                "good state and generation carries on.", RuntimeWarning, stacklevel=2,
+            )
+            return None
+        gradients = torch.autograd.grad(loss, trainable)
+        for parameter, gradient in zip(trainable, gradients):
+            parameter.grad = gradient
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    lora = {key: p.detach().to("cpu", copy=True) for key, p in parameters.items()}
+    if not all(torch.isfinite(t).all() for t in lora.values()):
+        warnings.warn("Temp-LoRA update produced non-finite weights; the memory was rolled back.",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    optimizer_state = {}
+    if config.keep_optimizer_state:
+        for key, parameter in parameters.items():
+            state = optimizer.state[parameter]
+            optimizer_state[f"{key}.exp_avg"] = state["exp_avg"].detach().to("cpu", copy=True)
+            optimizer_state[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().to("cpu", copy=True)
+    return lora, optimizer_state
