@@ -11,6 +11,7 @@ only the header and a few bytes per tensor are read (about 100 KB of a 2.8 GB Mo
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from .files import WeightsFileError, child_path, is_pickle_file, open_safetensor
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+_UNET_PARAMETERS = dict(list(inspect.signature(UNet3DConditionModel.__init__).parameters.items())[1:])
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,12 @@ def weight_files(component: str | os.PathLike) -> dict[str, Path]:
 def unet_config(path: str | os.PathLike) -> dict:
     """The UNet config as a loaded model's `.config` has it: config.json plus every default it leaves out."""
     config = json.loads((unet_folder(path) / "config.json").read_text())
+    # diffusers keeps only known __init__ arguments, and records the defaults of missing ones when it
+    # builds the model: do both, so that the file and the loaded model hash the same config.
     init_arguments, _unused, _private = UNet3DConditionModel.extract_init_dict(config)
-    return init_arguments
+    defaults = {name: parameter.default for name, parameter in _UNET_PARAMETERS.items()
+                if parameter.default is not inspect.Parameter.empty}
+    return {**defaults, **init_arguments}
 
 
 def empty_unet(path: str | os.PathLike) -> UNet3DConditionModel:

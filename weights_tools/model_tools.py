@@ -244,6 +244,7 @@ def cast_world_model(source: str | os.PathLike, out_dir: str | os.PathLike, dtyp
                 continue
             for file, relative in plan:
                 target = child_path(folder / name, relative)
+                target.parent.mkdir(parents=True, exist_ok=True)
                 if file.suffix == ".safetensors":
                     header = read_header(file)
                     state = load_weights(file)
