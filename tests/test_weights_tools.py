@@ -36,7 +36,7 @@ from slowfast_vgen.weights_tools.cli import add_weights_commands
 from slowfast_vgen.weights_tools.memory_tools import PEFT_SIDECAR_NAME
 
 # Fusing adds the update to the weights in float64 and rounds once to float32, where the LoRA path
-# computes x A^T B^T in float32: the two UNet outputs agree to float32 rounding (measured ~1e-7).
+# computes x A^T B^T in float32: the UNet outputs (magnitude ~1.5) agree to float32 rounding (measured 1e-6).
 FUSE_ATOL = 1e-5
 
 
