@@ -156,6 +156,11 @@ def build_pipeline(spec: WorldModelSpec | None = None, seed: int = 0) -> SlowFas
         steps_offset=1,
         prediction_type=spec.prediction_type,
     )
+    for model in (text_encoder, vae, unet):
+        # Models built from configs start in training mode; from_pretrained gives eval mode. Inference
+        # must not depend on how the pipeline was made (the VAE decodes differently in training mode),
+        # and the training entrypoint switches the models it trains to train() itself.
+        model.eval()
     return SlowFastVGenPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         context_window=spec.context_window,
