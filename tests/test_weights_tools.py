@@ -25,7 +25,6 @@ from slowfast_vgen.weights_tools import (
     export_checkpoint,
     file_fingerprint,
     fuse_memory,
-    import_modelscope,
     inspect_memory,
     load_memory,
     memory_from_peft,

@@ -39,7 +39,6 @@ KNOWN_VARIANTS = ("fp16", "bf16", "fp32", "ema", "non_ema")
 CONVERTED_NAMES = {"diffusion_pytorch_model.bin": "diffusion_pytorch_model.safetensors",
                    "pytorch_model.bin": "model.safetensors"}
 DEFAULT_CONTEXT_WINDOW = 16  # ModelScope T2V was trained on 16-frame clips
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def read_model_index(folder: str | os.PathLike, expected_classes: tuple[str, ...]) -> dict:
