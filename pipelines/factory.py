@@ -29,9 +29,9 @@ class WorldModelSpec:
     """Sizes of a world model. `tiny()` is for tests, `toyworld()` is the shipped model, `mid()` benchmarks."""
 
     image_size: int = 64
-    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_channels: tuple[int, ...] = (16, 32, 32)
     latent_channels: int = 8
-    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (32, 64)
     unet_layers_per_block: int = 1
     unet_head_dim: int = 8
     norm_num_groups: int = 8

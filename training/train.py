@@ -68,6 +68,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--checkpoints-total-limit", type=int, default=2)
     parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'latest'")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu", action="store_true",
+                        help="train on CPU; with several processes (torchrun) they then join over gloo")
     parser.set_defaults(run=run)
     return parser
 
@@ -165,7 +167,11 @@ def load_base_pipeline(model: str) -> SlowFastVGenPipeline:
 
 def run(args: argparse.Namespace) -> int:
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              mixed_precision=args.mixed_precision)
+                              mixed_precision=args.mixed_precision, cpu=args.cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise SystemExit(f"{launched} processes were launched but accelerate joined {accelerator.num_processes}: "
+                         "on a machine without GPU pass --cpu so that they train together over gloo.")
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     pipe = load_base_pipeline(args.model)
