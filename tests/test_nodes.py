@@ -1,0 +1,275 @@
+"""The node pack on the tiny model, called as ComfyUI calls nodes (keyword inputs, under inference_mode)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+import torch
+
+from comfy_graph import TINY, comfy_dir, tiny_model_dir  # noqa: F401 (fixtures)
+from slowfast_vgen import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from slowfast_vgen.nodes import comfy_services
+from slowfast_vgen.nodes.world_model import Chunk, WorldModel
+from slowfast_vgen.pipelines import EpisodicMemory, MemoryMismatchError, TempLoRAConfig
+from slowfast_vgen.workflows.convert import input_options, input_type
+
+OUTPUT_CHECKS = {
+    "SFV_WORLD_MODEL": lambda value: isinstance(value, WorldModel),
+    "SFV_CHUNK": lambda value: isinstance(value, Chunk),
+    "SFV_MEMORY": lambda value: value is None or isinstance(value, EpisodicMemory),
+    "SFV_TEMP_LORA": lambda value: isinstance(value, TempLoRAConfig),
+    "IMAGE": lambda value: (isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[-1] == 3
+                            and value.dtype == torch.float32 and 0.0 <= value.min() and value.max() <= 1.0),
+}
+
+
+def run(key: str, **inputs):
+    """Call a node as ComfyUI's executor does, and check what comes back against its RETURN_TYPES."""
+    cls = NODE_CLASS_MAPPINGS[f"SlowFastVGen_{key}"]
+    with torch.inference_mode():
+        result = getattr(cls(), cls.FUNCTION)(**inputs)
+    if getattr(cls, "OUTPUT_NODE", False):
+        assert isinstance(result, dict) and "ui" in result
+        return result
+    assert isinstance(result, tuple) and len(result) == len(cls.RETURN_TYPES)
+    for kind, value in zip(cls.RETURN_TYPES, result):
+        assert OUTPUT_CHECKS[kind](value), f"{key} returned {type(value).__name__} for {kind}"
+    return result
+
+
+SAMPLING = dict(num_frames=2, steps=2, guidance=3.0, seed=0, conditioning="mask")
+
+
+@pytest.fixture
+def world(comfy_dir):
+    return run("LoadWorldModel", model_name=TINY, dtype="float32", device="cpu")[0]
+
+
+@pytest.fixture
+def start(world):
+    return run("ToyWorldStartFrame", seed=0, size=32)[0]
+
+
+def tensors_of(memory: EpisodicMemory) -> dict[str, torch.Tensor]:
+    return {**{k: v.clone() for k, v in memory.lora.items()},
+            **{f"opt.{k}": v.clone() for k, v in memory.optimizer_state.items()}}
+
+
+def assert_same(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declarations
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_CLASS_MAPPINGS))
+def test_declared_inputs_and_outputs_match_the_function(node_id):
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    assert node_id.startswith("SlowFastVGen_") and node_id in NODE_DISPLAY_NAME_MAPPINGS
+    assert cls.CATEGORY == "SlowFast-VGen" and cls.DESCRIPTION.strip() and cls.__doc__
+    declared = cls.INPUT_TYPES()
+    required, optional = declared.get("required", {}), declared.get("optional", {})
+    parameters = dict(inspect.signature(getattr(cls, cls.FUNCTION)).parameters)
+    parameters.pop("self")
+    assert list(parameters) == [*required, *optional]
+    assert all(parameters[name].default is inspect.Parameter.empty for name in required)
+    assert all(parameters[name].default is None for name in optional)
+    for name, spec in {**required, **optional}.items():
+        options = input_options(spec)
+        assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+        if "default" in options and input_type(spec) == "COMBO":
+            assert options["default"] in spec[0]
+        elif "default" in options and input_type(spec) in ("INT", "FLOAT"):
+            assert options.get("min", options["default"]) <= options["default"] <= options.get("max", options["default"])
+    names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+    assert len(names) == len(cls.RETURN_TYPES) == len(getattr(cls, "OUTPUT_TOOLTIPS", cls.RETURN_TYPES))
+    assert all(kind in OUTPUT_CHECKS for kind in cls.RETURN_TYPES)
+
+
+def test_the_builtin_model_is_listed_first_and_folders_after(comfy_dir):
+    choices = NODE_CLASS_MAPPINGS["SlowFastVGen_LoadWorldModel"].INPUT_TYPES()["required"]["model_name"][0]
+    assert choices == ["toyworld (built-in)", TINY]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+
+
+def test_a_chunk_chain_decodes_to_comfy_images(world, start):
+    first = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    second = run("ActionChunk", world_model=world, action="move left", chunk=first, **SAMPLING)[0]
+    assert second.segments == (1, 2, 2) and second.actions == ("move right", "move left")
+    assert torch.equal(second.latents[:, :, :3], first.latents)  # chunks chain without being re-encoded
+    episode = run("DecodeChunk", world_model=world, chunk=second, frames="episode")[0]
+    last = run("DecodeChunk", world_model=world, chunk=second, frames="last chunk")[0]
+    assert episode.shape == (5, 32, 32, 3) and last.shape == (2, 32, 32, 3)
+    assert torch.allclose(episode[-2:], last, atol=1e-5)
+
+
+def test_start_frame_is_a_seeded_comfy_image():
+    first = run("ToyWorldStartFrame", seed=3, size=64)[0]
+    assert first.shape == (1, 64, 64, 3)
+    assert torch.equal(first, run("ToyWorldStartFrame", seed=3, size=64)[0])
+    assert not torch.equal(first, run("ToyWorldStartFrame", seed=4, size=64)[0])
+
+
+def test_episode_returns_every_frame_and_continues(world, start):
+    images, memory, chunk = run("RunEpisode", world_model=world, actions="move right\n\n  \nmove up\n",
+                                temp_lora="learn", image=start, **SAMPLING)
+    assert images.shape == (5, 32, 32, 3) and memory.num_updates == 2 and memory.actions == ("move right", "move up")
+    more, memory2, chunk2 = run("RunEpisode", world_model=world, actions="move left", temp_lora="frozen",
+                                chunk=chunk, memory=memory, **SAMPLING)
+    assert more.shape[0] == 7 and memory2 is memory and chunk2.segments == (1, 2, 2, 2)
+    _, none, _ = run("RunEpisode", world_model=world, actions="stay", temp_lora="off", image=start,
+                     memory=memory, **SAMPLING)
+    assert none is None
+
+
+def test_the_model_is_loaded_once_per_dtype_and_device(world):
+    assert run("LoadWorldModel", model_name=TINY, dtype="float32", device="cpu")[0] is world
+    other = run("LoadWorldModel", model_name=TINY, dtype="bfloat16", device="cpu")[0]
+    assert other is not world and other.pipe.unet.dtype == torch.bfloat16
+
+
+def test_temp_lora_update_changes_no_input(world, start):
+    first = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    memory = run("TempLoRAUpdate", world_model=world, new_chunk=first, seed=0)[0]
+    second = run("ActionChunk", world_model=world, action="move right", chunk=first, memory=memory, **SAMPLING)[0]
+    memory_before, chunks_before = tensors_of(memory), (first.latents.clone(), second.latents.clone())
+    weights_before = {k: v.clone() for k, v in world.pipe.unet.state_dict().items() if ".lora_" not in k}
+
+    settings = run("TempLoRASettings", rank=32, alpha=0.0, learning_rate=1e-3, target="all-attention",
+                   steps_per_update=2, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)[0]
+    updated = run("TempLoRAUpdate", world_model=world, new_chunk=second, seed=0, memory=memory,
+                  previous_chunk=first, settings=settings)[0]
+
+    assert_same(memory_before, tensors_of(memory))
+    assert torch.equal(chunks_before[0], first.latents) and torch.equal(chunks_before[1], second.latents)
+    weights_after = {k: v for k, v in world.pipe.unet.state_dict().items() if ".lora_" not in k}
+    assert_same(weights_before, weights_after)
+    assert updated is not memory and updated.num_updates == 2 and updated.optimizer_steps == 3
+    assert any(not torch.equal(memory.lora[k], updated.lora[k]) for k in memory.lora)
+
+
+def test_branches_from_one_memory_do_not_disturb_each_other(world, start):
+    images, memory, chunk = run("RunEpisode", world_model=world, actions="move right", temp_lora="learn",
+                                image=start, **SAMPLING)
+    up = run("ActionChunk", world_model=world, action="move up", chunk=chunk, memory=memory, **SAMPLING)[0]
+    run("TempLoRAUpdate", world_model=world, new_chunk=up, seed=0, memory=memory)
+    down = run("ActionChunk", world_model=world, action="move down", chunk=chunk, memory=memory, **SAMPLING)[0]
+    up_again = run("ActionChunk", world_model=world, action="move up", chunk=chunk, memory=memory, **SAMPLING)[0]
+    assert torch.equal(up.latents, up_again.latents)  # the same inputs give the same branch, whatever ran between
+    assert not torch.equal(up.last, down.last)
+
+
+def test_cancel_mid_episode_leaves_the_memory_intact(world, start):
+    memory = run("RunEpisode", world_model=world, actions="move right", temp_lora="learn", image=start,
+                 **SAMPLING)[1]
+    before = tensors_of(memory)
+    run("SaveMemory", memory=memory, filename_prefix="slowfast_vgen/before_cancel")
+    saved = comfy_dir_file("output/slowfast_vgen/before_cancel_00001_.safetensors")
+
+    # Cancel pressed during the third chunk, after two Temp-LoRA updates of this episode.
+    comfy_services.set_progress_hook(lambda done, total: done == 5 and comfy_services.request_interrupt())
+    try:
+        with pytest.raises(comfy_services.Interrupted):
+            run("RunEpisode", world_model=world, actions="move left\nmove up\nmove right\nmove down",
+                temp_lora="learn", chunk=None, image=start, memory=memory, **SAMPLING)
+    finally:
+        comfy_services.set_progress_hook(None)
+
+    assert_same(before, tensors_of(memory))
+    assert saved == comfy_dir_file("output/slowfast_vgen/before_cancel_00001_.safetensors")
+    assert os.listdir("output/slowfast_vgen") == ["before_cancel_00001_.safetensors"]
+    # The cancel was consumed: the next run goes through.
+    run("RunEpisode", world_model=world, actions="stay", temp_lora="learn", image=start, memory=memory, **SAMPLING)
+
+
+def comfy_dir_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_memories_save_numbered_and_load_back(world, start):
+    memory = run("RunEpisode", world_model=world, actions="move right", temp_lora="learn", image=start,
+                 **SAMPLING)[1]
+    for _ in range(2):
+        result = run("SaveMemory", memory=memory, filename_prefix="slowfast_vgen/walk")
+    assert result["ui"]["memories"] == [{"filename": "walk_00002_.safetensors", "subfolder": "slowfast_vgen",
+                                         "type": "output"}]
+    load = NODE_CLASS_MAPPINGS["SlowFastVGen_LoadMemory"]
+    names = load.INPUT_TYPES()["required"]["memory_name"][0]
+    assert names == ["slowfast_vgen/walk_00001_.safetensors [output]", "slowfast_vgen/walk_00002_.safetensors [output]"]
+    loaded = run("LoadMemory", memory_name=names[1])[0]
+    assert_same(tensors_of(memory), tensors_of(loaded))
+    assert load.VALIDATE_INPUTS(names[0]) is True
+    run("ActionChunk", world_model=world, action="move up", image=start, memory=loaded, **SAMPLING)
+
+
+def test_side_by_side_pads_the_shorter_video():
+    left, right = torch.rand(5, 8, 6, 3), torch.rand(3, 8, 4, 3)
+    images = run("SideBySide", left=left, right=right, gap=2)[0]
+    assert images.shape == (5, 8, 12, 3)
+    assert torch.equal(images[4, :, 8:], right[2]) and torch.equal(images[:, :, 6:8], torch.zeros(5, 8, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: a clear error, and nothing written or changed
+
+
+@pytest.mark.parametrize("script", ["", "   \n\n \t\n"])
+def test_a_blank_action_script_is_refused(world, start, script):
+    with pytest.raises(ValueError, match="one action per line"):
+        run("RunEpisode", world_model=world, actions=script, temp_lora="learn", image=start, **SAMPLING)
+    with pytest.raises(ValueError, match="action is empty"):
+        run("ActionChunk", world_model=world, action=script, image=start, **SAMPLING)
+
+
+def test_a_missing_model_folder_names_the_folder_to_use(comfy_dir):
+    with pytest.raises(FileNotFoundError, match="world_models"):
+        run("LoadWorldModel", model_name="not-there", dtype="float32", device="cpu")
+
+
+def test_a_corrupted_memory_file_is_refused(comfy_dir):
+    folder = comfy_dir / "models" / "temp_lora_memories"
+    folder.mkdir()
+    (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        run("LoadMemory", memory_name="broken.safetensors")
+    message = NODE_CLASS_MAPPINGS["SlowFastVGen_LoadMemory"].VALIDATE_INPUTS("gone.safetensors")
+    assert "Save Memory" in message and "temp_lora_memories" in message
+
+
+def test_a_memory_of_another_model_or_layout_is_refused(world, start, tiny_model_dir):
+    other = world.pipe.new_memory(TempLoRAConfig(rank=4))
+    other = EpisodicMemory(config=other.config, lora=other.lora, base_fingerprint="0123456789abcdef")
+    with pytest.raises(MemoryMismatchError, match="fingerprint"):
+        run("ActionChunk", world_model=world, action="move up", image=start, memory=other, **SAMPLING)
+    memory = world.pipe.new_memory(TempLoRAConfig(rank=4))
+    settings = TempLoRAConfig(rank=8)
+    chunk = run("ActionChunk", world_model=world, action="move up", image=start, **SAMPLING)[0]
+    with pytest.raises(MemoryMismatchError, match="rank 4"):
+        run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0, memory=memory, settings=settings)
+
+
+def test_a_start_image_of_the_wrong_size_is_refused(world):
+    with pytest.raises(ValueError, match="multiples of 4.*Upscale Image"):
+        run("ActionChunk", world_model=world, action="move up", image=torch.rand(1, 30, 30, 3), **SAMPLING)
+
+
+@pytest.mark.parametrize("prefix", ["../escape", "slowfast_vgen/../../escape", "/tmp/escape", "\\escape"])
+def test_saving_outside_the_output_folder_is_refused(world, start, comfy_dir, prefix):
+    memory = world.pipe.new_memory()
+    with pytest.raises(ValueError, match="output folder"):
+        run("SaveMemory", memory=memory, filename_prefix=prefix)
+    assert not (comfy_dir / "output").exists() and not os.path.exists("/tmp/escape_00001_.safetensors")
+
+
+def test_saving_no_memory_is_refused(comfy_dir):
+    with pytest.raises(ValueError, match="no memory to save"):
+        run("SaveMemory", memory=None, filename_prefix="slowfast_vgen/memory")
+    assert not (comfy_dir / "output").exists()
