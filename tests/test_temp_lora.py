@@ -1,0 +1,430 @@
+"""Temp-LoRA, the fast learner: updates, immutable episodic memories, files, mismatches, long episodes.
+
+Real peft LoRA layers in the tiny UNet3D of `build_pipeline`; memories with a small rank keep every test fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import warnings
+
+import psutil
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from peft.tuners.lora import LoraLayer
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from slowfast_vgen.pipelines import (
+    TARGET_PRESETS,
+    EpisodicMemory,
+    MemoryMismatchError,
+    TempLoRAConfig,
+    WorldModelSpec,
+    build_pipeline,
+)
+from slowfast_vgen.pipelines.temp_lora import memory_applied, temp_lora_loss
+
+SMALL = TempLoRAConfig(rank=4, learning_rate=1e-3)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def chunk(pipe, context, memory=None, seed=0, **kwargs):
+    kwargs = {"num_frames": 2, "num_inference_steps": 2, "output_type": "latent", **kwargs}
+    return pipe("move left", context_latents=context, memory=memory, generator=gen(seed), **kwargs).latents
+
+
+def clone_memory(memory: EpisodicMemory) -> EpisodicMemory:
+    return dataclasses.replace(
+        memory,
+        lora={k: t.clone() for k, t in memory.lora.items()},
+        optimizer_state={k: t.clone() for k, t in memory.optimizer_state.items()},
+    )
+
+
+def assert_memories_equal(a: EpisodicMemory, b: EpisodicMemory) -> None:
+    assert a.config == b.config and a.base_fingerprint == b.base_fingerprint
+    assert (a.optimizer_steps, a.num_updates, a.frames_seen, a.actions) == (
+        b.optimizer_steps, b.num_updates, b.frames_seen, b.actions)
+    assert a.lora.keys() == b.lora.keys() and a.optimizer_state.keys() == b.optimizer_state.keys()
+    for key in a.lora:
+        assert a.lora[key].dtype == b.lora[key].dtype and torch.equal(a.lora[key], b.lora[key]), key
+    for key in a.optimizer_state:
+        assert torch.equal(a.optimizer_state[key], b.optimizer_state[key]), key
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pipe, tiny_context_module):
+    """One chunk and a memory trained on it with a few updates (shared by the read-only tests below)."""
+    context = tiny_context_module
+    new = chunk(tiny_pipe, context)
+    memory = None
+    for step in range(2):
+        memory = tiny_pipe.update_memory(memory, context, new, action=f"move left {step}",
+                                         config=dataclasses.replace(SMALL, learning_rate=1e-2), generator=gen(step))
+    return context, new, memory
+
+
+@pytest.fixture(scope="module")
+def tiny_context_module():
+    return torch.randn(1, 4, 2, 16, 16, generator=gen(1234))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The update (Algorithm 1 (a), lines 11-14)
+
+
+def test_update_lowers_denoising_loss_on_its_sequence_and_changes_next_chunk(tiny_pipe, tiny_context):
+    new = chunk(tiny_pipe, tiny_context)
+    clip = torch.cat([tiny_context, new], dim=2)
+    noise_scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    null_embeds = tiny_pipe.encode_action([""])
+    fixed = [(torch.tensor([t]), torch.randn(clip.shape, generator=gen(100 + t))) for t in (100, 400, 700, 950)]
+
+    def loss_with(memory) -> float:
+        with torch.no_grad(), memory_applied(tiny_pipe.unet, memory):
+            return sum(temp_lora_loss(tiny_pipe.unet, noise_scheduler, clip, null_embeds, t, n).item()
+                       for t, n in fixed) / len(fixed)
+
+    base_memory = tiny_pipe.new_memory(TempLoRAConfig(rank=8, learning_rate=5e-3, steps_per_update=6))
+    before = loss_with(base_memory)
+    assert before == pytest.approx(loss_with(None), rel=1e-6), "a new memory (B = 0) is the base model"
+    memory = base_memory
+    for update in range(3):
+        memory = tiny_pipe.update_memory(memory, tiny_context, new, action="move left", generator=gen(update))
+    after = loss_with(memory)
+    assert after < 0.97 * before, f"the denoising loss on the trained sequence must drop: {before} -> {after}"
+    assert memory.num_updates == 3 and memory.frames_seen == 6 and memory.actions == ("move left",) * 3
+    assert memory.optimizer_steps == 18
+
+    next_base = chunk(tiny_pipe, new, seed=5)
+    next_memory = chunk(tiny_pipe, new, memory, seed=5)
+    assert not torch.allclose(next_base, next_memory), "the memory must change the next chunk"
+
+
+def test_memory_none_is_exactly_the_base_model_after_memories_were_used(tiny_pipe, tiny_context, trained):
+    fresh = build_pipeline(WorldModelSpec.tiny(), seed=0)  # never had LoRA layers
+    fresh.set_progress_bar_config(disable=True)
+    reference = chunk(fresh, tiny_context, seed=3)
+    context, new, memory = trained
+    with_memory = chunk(tiny_pipe, tiny_context, memory, seed=3)
+    assert any(isinstance(m, LoraLayer) for m in tiny_pipe.unet.modules()), "LoRA layers are injected"
+    assert not torch.equal(with_memory, reference)
+    assert torch.equal(chunk(tiny_pipe, tiny_context, None, seed=3), reference)
+    assert torch.equal(chunk(tiny_pipe, tiny_context, memory, seed=3), with_memory), "and back again"
+    empty = tiny_pipe.new_memory(SMALL)
+    assert torch.equal(chunk(tiny_pipe, tiny_context, empty, seed=3), reference), "an empty memory changes nothing"
+
+
+def test_update_never_mutates_memory_or_latents_so_episodes_can_branch(tiny_pipe, trained):
+    context, new, memory = trained
+    memory_before, context_before, new_before = clone_memory(memory), context.clone(), new.clone()
+    next_with_memory = chunk(tiny_pipe, new, memory, seed=8)
+
+    left = tiny_pipe.update_memory(memory, context, new, action="turn left", generator=gen(1))
+    other_chunk = chunk(tiny_pipe, new, seed=9)
+    right = tiny_pipe.update_memory(memory, new, other_chunk, action="turn right", generator=gen(1))
+
+    assert_memories_equal(memory, memory_before)
+    assert torch.equal(context, context_before) and torch.equal(new, new_before)
+    assert left.actions[-1] == "turn left" and right.actions[-1] == "turn right"
+    assert left.num_updates == right.num_updates == memory.num_updates + 1
+    assert not all(torch.equal(left.lora[k], right.lora[k]) for k in left.lora), "the branches differ"
+    assert not all(torch.equal(left.lora[k], memory.lora[k]) for k in left.lora)
+    # The earlier memory still generates exactly what it did before the branches were made.
+    assert torch.equal(chunk(tiny_pipe, new, memory, seed=8), next_with_memory)
+    # The same update from the same memory with the same seed is reproducible.
+    assert_memories_equal(left, tiny_pipe.update_memory(memory, context, new, action="turn left", generator=gen(1)))
+
+
+def test_update_under_inference_mode_like_comfyui(tiny_pipe, trained):
+    context, new, memory = trained
+    with torch.inference_mode():
+        updated = tiny_pipe.update_memory(memory, context, new, generator=gen(2))
+        out = chunk(tiny_pipe, new, updated)
+    assert updated.num_updates == memory.num_updates + 1
+    assert torch.isfinite(out).all()
+
+
+def test_nan_loss_warns_and_rolls_back(tiny_pipe, trained):
+    context, new, memory = trained
+    before = clone_memory(memory)
+    expected = chunk(tiny_pipe, new, memory, seed=4)
+    poisoned = new.clone()
+    poisoned[0, 0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        result = tiny_pipe.update_memory(memory, context, poisoned, action="move left", generator=gen(0))
+    assert_memories_equal(result, before)
+    assert result.num_updates == memory.num_updates, "a rolled-back update is not counted"
+    lora_parameters = [p for n, p in tiny_pipe.unet.named_parameters() if "lora_" in n]
+    assert lora_parameters and not any(p.requires_grad for p in lora_parameters)
+    assert torch.equal(chunk(tiny_pipe, new, result, seed=4), expected), "generation carries on as before"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and a good update after it works without warnings
+        recovered = tiny_pipe.update_memory(result, context, new, generator=gen(0))
+    assert recovered.num_updates == memory.num_updates + 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+
+
+def test_memory_save_load_bit_exact_with_metadata(trained, tmp_path):
+    _, _, memory = trained
+    path = tmp_path / "episode.safetensors"
+    memory.save(path)
+    loaded = EpisodicMemory.load(path)
+    assert_memories_equal(loaded, memory)
+    assert loaded == dataclasses.replace(loaded)  # a frozen dataclass, comparable
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["format"] == "slowfast-vgen-memory"
+    assert json.loads(metadata["actions"]) == list(memory.actions)
+    assert TempLoRAConfig.from_json(metadata["config"]) == memory.config
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")], "atomic save leaves no temporary file"
+    # (Not byte-identical files: safetensors writes the metadata keys in hash-map order.)
+    loaded.save(tmp_path / "again.safetensors")
+    assert_memories_equal(EpisodicMemory.load(tmp_path / "again.safetensors"), memory)
+
+
+def test_loaded_memory_generates_bit_identical_chunk(tiny_pipe, trained, tmp_path):
+    _, new, memory = trained
+    memory.save(tmp_path / "m.safetensors")
+    loaded = EpisodicMemory.load(tmp_path / "m.safetensors")
+    assert torch.equal(chunk(tiny_pipe, new, loaded, seed=6), chunk(tiny_pipe, new, memory, seed=6))
+
+
+def test_truncated_or_foreign_safetensors_are_clear_errors(trained, tmp_path):
+    _, _, memory = trained
+    path = tmp_path / "memory.safetensors"
+    memory.save(path)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted") as error:
+        EpisodicMemory.load(truncated)
+    assert str(truncated) in str(error.value)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00\x01not a safetensors file at all")
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        EpisodicMemory.load(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(foreign))
+    with pytest.raises(ValueError, match="not a SlowFast-VGen memory"):
+        EpisodicMemory.load(foreign)
+    broken = tmp_path / "broken_metadata.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(broken), metadata={"format": "slowfast-vgen-memory"})
+    with pytest.raises(ValueError, match="corrupted memory metadata"):
+        EpisodicMemory.load(broken)
+    with pytest.raises(FileNotFoundError):
+        EpisodicMemory.load(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mismatched adapters
+
+
+def mismatched_memories(tiny_pipe, memory: EpisodicMemory) -> dict[str, tuple[EpisodicMemory, str]]:
+    other_model = build_pipeline(WorldModelSpec.tiny(), seed=1)
+    rank8 = tiny_pipe.new_memory(dataclasses.replace(memory.config, rank=8))
+    temporal = tiny_pipe.new_memory(dataclasses.replace(memory.config, target="temporal-attention"))
+    return {
+        # Made on another base model.
+        "fingerprint": (other_model.new_memory(memory.config), "fingerprint"),
+        # Tensors of rank 8 under a config that says rank 4 (e.g. a file edited or made by another tool).
+        "rank": (dataclasses.replace(memory, lora=rank8.lora), "rank 4"),
+        # Tensors of the temporal-attention targets under an all-attention config.
+        "targets": (dataclasses.replace(memory, lora=temporal.lora), "target modules 'all-attention'"),
+    }
+
+
+@pytest.mark.parametrize("problem", ["fingerprint", "rank", "targets"])
+def test_mismatched_memory_is_refused_and_nothing_changes(tiny_pipe, trained, tmp_path, problem):
+    context, new, memory = trained
+    base_before = chunk(tiny_pipe, new, seed=2)
+    memory_before = chunk(tiny_pipe, new, memory, seed=2)
+    structure_before = tiny_pipe.unet._temp_lora_structure
+    bad, message = mismatched_memories(tiny_pipe, memory)[problem]
+    bad.save(tmp_path / "bad.safetensors")
+    bad = EpisodicMemory.load(tmp_path / "bad.safetensors")  # the way a user meets one: from a file
+
+    with pytest.raises(MemoryMismatchError, match=message):
+        chunk(tiny_pipe, new, bad, seed=2)
+    with pytest.raises(MemoryMismatchError, match=message):
+        tiny_pipe.update_memory(bad, context, new)
+    with pytest.raises(MemoryMismatchError, match=message):
+        list(tiny_pipe.stream_episode(["move left"], start_latents=context, memory=bad, num_frames=2,
+                                      num_inference_steps=1))
+    assert issubclass(MemoryMismatchError, ValueError)
+    assert tiny_pipe.unet._temp_lora_structure == structure_before
+    assert torch.equal(chunk(tiny_pipe, new, seed=2), base_before)
+    assert torch.equal(chunk(tiny_pipe, new, memory, seed=2), memory_before)
+
+
+def test_memory_of_another_rank_or_targets_is_its_own_valid_memory(tiny_pipe, tiny_context, trained):
+    """A memory whose config and tensors agree fits, whatever its rank or targets: layers are re-injected."""
+    _, new, memory = trained
+    reference = chunk(tiny_pipe, new, memory, seed=1)
+    for config in (TempLoRAConfig(rank=2, learning_rate=1e-2), TempLoRAConfig(rank=4, target="spatial-attention")):
+        other = tiny_pipe.update_memory(None, tiny_context, new, config=config, generator=gen(0))
+        assert other.config == config
+        assert torch.isfinite(chunk(tiny_pipe, new, other, seed=1)).all()
+    assert torch.equal(chunk(tiny_pipe, new, memory, seed=1), reference)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config and target presets
+
+
+def test_target_presets_select_the_right_modules(tiny_pipe):
+    keys = {name: set(tiny_pipe.new_memory(TempLoRAConfig(rank=2, target=name)).lora) for name in TARGET_PRESETS}
+    assert keys["temporal-attention"] and keys["spatial-attention"]
+    assert keys["temporal-attention"] | keys["spatial-attention"] == keys["all-attention"]
+    assert not keys["temporal-attention"] & keys["spatial-attention"]
+    assert all("temp_attentions" in k or "transformer_in" in k for k in keys["temporal-attention"])
+    assert not any("temp_attentions" in k or "transformer_in" in k for k in keys["spatial-attention"])
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys["all-attention"])
+    memory = tiny_pipe.new_memory(TempLoRAConfig(rank=2))
+    assert all(not t.any() for k, t in memory.lora.items() if ".lora_B." in k), "B starts at zero"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rank": 0}, "rank"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"steps_per_update": 0}, "steps_per_update"),
+        ({"timestep_range": (0.5, 0.2)}, "timestep_range"),
+        ({"target": "(unclosed"}, "neither a preset"),
+    ],
+)
+def test_bad_config_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TempLoRAConfig(**kwargs)
+
+
+def test_target_matching_nothing_is_refused(tiny_pipe):
+    with pytest.raises(ValueError, match="matches no module"):
+        tiny_pipe.new_memory(TempLoRAConfig(target=r".*no_such_module"))
+
+
+def test_defaults_are_the_papers():
+    config = TempLoRAConfig()
+    assert (config.rank, config.learning_rate, config.lora_alpha) == (32, 1e-4, 32.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Long episodes (Algorithm 1 (a))
+
+
+def test_stream_episode_is_algorithm_1a_step_by_step(tiny_pipe, tiny_context):
+    """The driver equals the manual loop: chunk with the memory so far, then update on previous ⊕ new."""
+    kwargs = {"num_frames": 2, "num_inference_steps": 2}
+    streamed = list(tiny_pipe.stream_episode(["move left", "move up", "move right"], start_latents=tiny_context,
+                                             temp_lora=SMALL, generator=gen(21), **kwargs))
+    generator, context, memory = gen(21), tiny_context, None
+    for step, action in zip(streamed, ["move left", "move up", "move right"]):
+        new = tiny_pipe(action, context_latents=context, memory=memory, generator=generator, output_type="latent",
+                        **kwargs).latents
+        memory = tiny_pipe.update_memory(memory, context, new, action=action, config=SMALL, generator=generator)
+        assert step.action == action
+        assert torch.equal(step.latents, new)
+        assert_memories_equal(step.memory, memory)
+        context = new
+    assert streamed[-1].memory.actions == ("move left", "move up", "move right")
+    assert streamed[-1].memory.frames_seen == 6
+
+
+def test_stream_episode_with_lazy_actions_that_read_the_last_chunk(tiny_pipe, tiny_context):
+    seen = []
+    decisions = []
+
+    def policy():
+        yield "move left"
+        while len(seen) < 4:
+            # Decide the next action only after seeing the chunk just generated.
+            action = "move right" if seen[-1].latents.mean() > 0 else "move left"
+            decisions.append((len(seen), action))
+            yield action
+
+    for step in tiny_pipe.stream_episode(policy(), start_latents=tiny_context, temp_lora=SMALL, num_frames=2,
+                                         num_inference_steps=1, generator=gen(0)):
+        seen.append(step)
+    assert len(seen) == 4
+    assert [index for index, _ in decisions] == [1, 2, 3], "each decision saw exactly the chunks so far"
+    assert [s.action for s in seen[1:]] == [a for _, a in decisions]
+    assert [s.index for s in seen] == [0, 1, 2, 3]
+    assert seen[-1].memory.num_updates == 4
+
+
+def test_temp_lora_off_keeps_memory_frozen(tiny_pipe, tiny_context, trained):
+    _, _, memory = trained
+    frozen = list(tiny_pipe.stream_episode(["move left", "move up"], start_latents=tiny_context, memory=memory,
+                                           temp_lora=False, num_frames=2, num_inference_steps=1))
+    assert all(step.memory is memory for step in frozen)
+    off = list(tiny_pipe.stream_episode(["move left"], start_latents=tiny_context, temp_lora=False, num_frames=2,
+                                        num_inference_steps=1))
+    assert off[0].memory is None
+
+
+def test_generate_episode_concatenates_and_keeps_the_last_memory(tiny_pipe, tiny_context):
+    episode = tiny_pipe.generate_episode(["move left", "move up", "move right"], start_latents=tiny_context,
+                                         temp_lora=SMALL, num_frames=2, num_inference_steps=1, generator=gen(0))
+    assert episode.latents.shape == (1, 4, 2 + 3 * 2, 16, 16)
+    assert torch.equal(episode.latents[:, :, :2], tiny_context), "the start frames come out bit-identical"
+    assert torch.equal(episode.latents[:, :, -2:], episode.chunks[-1].latents)
+    assert episode.memory is episode.chunks[-1].memory and episode.memory.num_updates == 3
+    assert [c.memory for c in episode.chunks[:-1]] == [None, None]
+    kept = tiny_pipe.generate_episode(["move left", "move up"], start_latents=tiny_context, temp_lora=SMALL,
+                                      num_frames=2, num_inference_steps=1, keep_memories=True, generator=gen(0))
+    assert [c.memory.num_updates for c in kept.chunks] == [1, 2]
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    total, seen = 0, set()
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and not obj.is_meta:
+                storage = obj.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+        except Exception:  # noqa: BLE001 - objects gc hands out may be half-built
+            continue
+    return total
+
+
+def test_long_episode_memory_stays_flat(tiny_pipe, tiny_context):
+    """22 chunks with Temp-LoRA: live tensors, RSS and the memory object do not grow with the chunk count."""
+    process = psutil.Process()
+    config = TempLoRAConfig(rank=4, learning_rate=1e-4)
+    kept_latents = []
+    sizes, tensor_bytes, rss = [], {}, {}
+    for step in tiny_pipe.stream_episode((f"move {d}" for d in ["left", "right", "up", "down"] * 6),
+                                         start_latents=tiny_context, temp_lora=config, num_frames=2,
+                                         num_inference_steps=1, guidance_scale=3.0, generator=gen(0)):
+        kept_latents.append(step.latents)  # a caller keeps the chunks, as a long video needs
+        memory = step.memory
+        sizes.append((memory.num_parameters, sum(t.numel() for t in memory.optimizer_state.values()),
+                       len(memory.lora)))
+        if step.index in (4, 21):
+            tensor_bytes[step.index] = live_tensor_bytes()
+            rss[step.index] = process.memory_info().rss
+        del step
+    assert len(kept_latents) == 24 and memory.num_updates == 24 and memory.frames_seen == 48
+    assert len(set(sizes)) == 1, "the memory object must have a constant size"
+    latents_growth = sum(t.nbytes for t in kept_latents[5:22])
+    tensor_growth = tensor_bytes[21] - tensor_bytes[4]
+    assert tensor_growth <= latents_growth + 64 * 1024, (
+        f"live tensors grew by {tensor_growth} bytes between chunk 5 and 22; the kept latents explain "
+        f"{latents_growth}")
+    assert rss[21] - rss[4] < 32 * 2**20, f"RSS grew by {(rss[21] - rss[4]) / 2**20:.1f} MiB over 17 chunks"
