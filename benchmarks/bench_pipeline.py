@@ -1,0 +1,258 @@
+#!/usr/bin/env python
+"""Benchmark SlowFast-VGen chunk generation: Temp-LoRA cost, diffusers baseline, long-episode memory.
+
+    python benchmarks/bench_pipeline.py            # tiny and mid-size models (the mid one takes long on a CPU)
+    python benchmarks/bench_pipeline.py --quick    # tiny model only, seconds
+
+Every measurement runs in its own fresh subprocess (one per setting and round), so that peak memory is
+that setting's alone. Peak memory is the subprocess's peak resident set size (`getrusage` ru_maxrss, i.e.
+psutil/RSS peak; tracemalloc does not see torch's allocations). It is reported both as the whole process
+peak and as the peak above the process's RSS once the model is built ("over base"), which isolates what
+generating a chunk costs. Times are medians over the timed chunks of all rounds, after one warm-up chunk.
+
+Measured, side by side in one run:
+  1. time and peak memory per chunk with Temp-LoRA (generation + update, default `TempLoRAConfig`) vs
+     without (generation only);
+  2. our chunk (f_p context + f_g new frames) vs diffusers' own `TextToVideoSDPipeline` generating the same
+     total number of frames with the same UNet, scheduler, steps and guidance (ratio theirs/ours time:
+     >= 1.0 means ours is at least as fast);
+  3. peak memory after 5 chunks vs after 50 chunks of one episode with Temp-LoRA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+ACTIONS = ["move left", "move right", "move up", "move down"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Worker: one setting in a fresh process
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def current_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def run_worker(setting: dict) -> dict:
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(setting["threads"])
+    from slowfast_vgen.pipelines import TempLoRAConfig, WorldModelSpec, build_pipeline
+
+    spec = getattr(WorldModelSpec, setting["model"])()
+    pipe = build_pipeline(spec, seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    latent_size = spec.image_size // pipe.vae_scale_factor
+    channels = pipe.unet.config.in_channels
+    fp, fg, steps, guidance = setting["context_frames"], setting["new_frames"], setting["steps"], setting["guidance"]
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randn(1, channels, fp, latent_size, latent_size, generator=generator)
+    base_rss = current_rss()
+    result = {"base_rss": base_rss}
+    kind = setting["kind"]
+
+    if kind == "t2v":
+        from diffusers import TextToVideoSDPipeline
+
+        theirs = TextToVideoSDPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                       unet=pipe.unet, scheduler=pipe.scheduler)
+        theirs.set_progress_bar_config(disable=True)
+        times = []
+        for index in range(setting["warmup"] + setting["chunks"]):
+            start = time.perf_counter()
+            theirs(prompt=ACTIONS[index % 4], num_frames=fp + fg, height=spec.image_size, width=spec.image_size,
+                   num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="latent")
+            if index >= setting["warmup"]:
+                times.append(time.perf_counter() - start)
+        result.update(times=times, peak_rss=peak_rss())
+        return result
+
+    temp_lora = kind in ("temp_lora", "long")
+    config = TempLoRAConfig()
+    memory = None
+    times, generation_times, update_times, peaks = [], [], [], {}
+    kept = []
+    total = setting["warmup"] + setting["chunks"]
+    for index in range(total):
+        action = ACTIONS[index % 4]
+        start = time.perf_counter()
+        chunk = pipe(action, context_latents=context, num_frames=fg, num_context_frames=fp, memory=memory,
+                     num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                     output_type="latent").latents
+        generated = time.perf_counter()
+        if temp_lora:
+            memory = pipe.update_memory(memory, context, chunk, action=action, config=config, generator=generator)
+        done = time.perf_counter()
+        # Chain: the new chunk's last f_p frames condition the next one; the chunks are kept, on the CPU.
+        context = chunk[:, :, -fp:] if chunk.shape[2] >= fp else torch.cat([context, chunk], dim=2)[:, :, -fp:]
+        kept.append(chunk.cpu())
+        if index >= setting["warmup"]:
+            times.append(done - start)
+            generation_times.append(generated - start)
+            update_times.append(done - generated)
+        peaks[index + 1] = peak_rss()
+    result.update(times=times, generation_times=generation_times, update_times=update_times, peak_rss=peak_rss(),
+                  peaks=peaks, memory_parameters=memory.num_parameters if memory else 0)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Driver
+
+
+def model_settings(model: str, args) -> dict:
+    if model == "tiny":
+        return {"model": "tiny", "context_frames": args.tiny_frames[0], "new_frames": args.tiny_frames[1],
+                "steps": args.steps}
+    return {"model": "mid", "context_frames": args.mid_frames[0], "new_frames": args.mid_frames[1],
+            "steps": args.mid_steps}
+
+
+def run_setting(setting: dict, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    completed = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(setting)],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"benchmark worker {setting} failed:\n{completed.stderr[-4000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:.1f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model only (about 2 minutes on one CPU core)")
+    parser.add_argument("--models", nargs="+", choices=("tiny", "mid"), default=("tiny", "mid"),
+                        help="models to measure (default: tiny mid; --quick means tiny)")
+    parser.add_argument("--steps", type=int, default=20, help="inference steps per chunk, tiny model (default 20)")
+    parser.add_argument("--mid-steps", type=int, default=20, help="inference steps per chunk, mid model (default 20)")
+    parser.add_argument("--tiny-frames", type=int, nargs=2, default=(4, 4), metavar=("F_P", "F_G"),
+                        help="context and new frames per chunk, tiny model (window 8; default 4 4)")
+    parser.add_argument("--mid-frames", type=int, nargs=2, default=(16, 16), metavar=("F_P", "F_G"),
+                        help="context and new frames per chunk, mid model (window 32; default 16 16)")
+    parser.add_argument("--chunks", type=int, default=3, help="timed chunks per setting and round (default 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, settings interleaved (default 2)")
+    parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale (default 3.0)")
+    parser.add_argument("--long-chunks", type=int, default=50, help="chunks of the long episode (default 50)")
+    parser.add_argument("--long-steps", type=int, default=2, help="inference steps in the long episode (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per worker (default 1)")
+    parser.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+
+    command = shlex.join(["python", "benchmarks/bench_pipeline.py", *(sys.argv[1:] if argv is None else argv)])
+    models = ["tiny"] if args.quick else list(dict.fromkeys(args.models))
+    import torch
+
+    print(f"# SlowFast-VGen pipeline benchmark\ncommand: {command}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()} CPU, "
+          f"{args.threads} thread(s) per worker, cuda available: {torch.cuda.is_available()}")
+    print("peak memory: subprocess peak RSS (getrusage ru_maxrss); 'over base' = peak minus RSS after model build\n")
+
+    results: dict = {}
+    for model in models:
+        base = model_settings(model, args)
+        common = {**base, "guidance": args.guidance, "threads": args.threads, "warmup": 1, "chunks": args.chunks}
+        for round_index in range(args.rounds):
+            for kind in ("base", "temp_lora", "t2v"):
+                started = time.perf_counter()
+                out = run_setting({**common, "kind": kind}, args.threads)
+                results.setdefault((model, kind), []).append(out)
+                print(f"  [{model} {kind} round {round_index + 1}: {time.perf_counter() - started:.1f}s]",
+                      file=sys.stderr)
+        long_setting = {**common, "kind": "long", "steps": args.long_steps, "warmup": 0, "chunks": args.long_chunks}
+        if model == "tiny":
+            results[(model, "long")] = [run_setting(long_setting, args.threads)]
+
+    rows = []
+    summary = {}
+    for model in models:
+        base = model_settings(model, args)
+        frames = f"{base['context_frames']}+{base['new_frames']}"
+
+        def median_time(kind):
+            return statistics.median(t for out in results[(model, kind)] for t in out["times"])
+
+        def max_of(kind, key):
+            return max(out[key] for out in results[(model, kind)])
+
+        def over_base(kind):
+            return max(out["peak_rss"] - out["base_rss"] for out in results[(model, kind)])
+
+        for kind, label in (("base", "ours, no Temp-LoRA"), ("temp_lora", "ours + Temp-LoRA update"),
+                            ("t2v", "diffusers TextToVideoSDPipeline")):
+            rows.append((model, label, frames if kind != "t2v" else f"{base['context_frames'] + base['new_frames']}",
+                         base["steps"], f"{median_time(kind):.3f}", mib(max_of(kind, "peak_rss")),
+                         mib(over_base(kind))))
+        update = statistics.median(t for out in results[(model, "temp_lora")] for t in out["update_times"])
+        summary[model] = {
+            "temp_lora_time_ratio": median_time("temp_lora") / median_time("base"),
+            "temp_lora_update_seconds": update,
+            "temp_lora_peak_ratio": max_of("temp_lora", "peak_rss") / max_of("base", "peak_rss"),
+            "temp_lora_over_base_ratio": over_base("temp_lora") / max(over_base("base"), 1),
+            "speed_ratio_theirs_over_ours": median_time("t2v") / median_time("base"),
+            "memory_parameters": results[(model, "temp_lora")][0]["memory_parameters"],
+        }
+        if (model, "long") in results:
+            peaks = {int(k): v for k, v in results[(model, "long")][0]["peaks"].items()}
+            last = max(peaks)
+            summary[model].update(long_peak_5=peaks[5], long_peak_last=peaks[last], long_chunks=last,
+                                  long_ratio=peaks[last] / peaks[5])
+
+    header = ("model", "setting", "frames", "steps", "s/chunk", "peak RSS MiB", "over base MiB")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    line = lambda row: "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+    print()
+    for model, values in summary.items():
+        print(f"{model}: Temp-LoRA time x{values['temp_lora_time_ratio']:.3f} "
+              f"(update {values['temp_lora_update_seconds']:.3f}s, {values['memory_parameters']} LoRA parameters), "
+              f"peak RSS x{values['temp_lora_peak_ratio']:.3f} (over base x{values['temp_lora_over_base_ratio']:.2f}); "
+              f"diffusers time / ours = {values['speed_ratio_theirs_over_ours']:.3f}")
+        if "long_ratio" in values:
+            print(f"{model}: episode with Temp-LoRA ({args.long_steps} steps/chunk): peak RSS after 5 chunks "
+                  f"{mib(values['long_peak_5'])} MiB, after {values['long_chunks']} chunks "
+                  f"{mib(values['long_peak_last'])} MiB (x{values['long_ratio']:.4f})")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"command": command, "summary": summary,
+                       "raw": {f"{m}/{k}": v for (m, k), v in results.items()}}, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
