@@ -327,9 +327,10 @@ def memory_applied(unet: torch.nn.Module, memory: EpisodicMemory | None) -> Iter
         _set_adapters_enabled(unet, False)
         yield {}
         return
-    parameters = _ensure_adapter(unet, memory.config)
-    reference = next(unet.parameters())
-    with torch.no_grad():
+    # Outside inference mode, so that LoRA layers first made under ComfyUI's inference mode stay trainable.
+    with torch.inference_mode(False), torch.no_grad():
+        parameters = _ensure_adapter(unet, memory.config)
+        reference = next(unet.parameters())
         for key, parameter in parameters.items():
             parameter.data = memory.lora[key].to(device=reference.device, dtype=torch.float32).clone()
     _set_adapters_enabled(unet, True)
