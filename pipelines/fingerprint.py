@@ -67,3 +67,15 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         lambda name: tuple(state[name].shape),
         lambda name, row: state[name][row].detach().cpu(),
     )
+
+
+def weights_version(model: torch.nn.Module) -> tuple:
+    """A cheap key that changes whenever the model's base weights may have changed (in-place updates bump a
+    tensor's version counter; replacing or moving a tensor changes its storage), used to cache
+    `model_fingerprint` between calls. Temp-LoRA tensors are left out, as in the fingerprint itself."""
+    return tuple(
+        (name, tensor.data_ptr(), tensor._version, tensor.dtype, tuple(tensor.shape))
+        for named in (model.named_parameters(), model.named_buffers())
+        for name, tensor in named
+        if ".lora_" not in name
+    )

@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .fingerprint import model_fingerprint
+from .fingerprint import model_fingerprint, weights_version
 from .temp_lora import (
     EpisodicMemory,
     TempLoRAConfig,
@@ -91,10 +91,12 @@ def check_model_folder(pretrained_model_name_or_path, provided: dict | None = No
         folder = os.path.join(path, name)
         if not entry or entry[0] is None:
             problems.append(f"{name} (not listed in model_index.json)")
-        elif not os.path.isdir(folder) or not os.listdir(folder):
+        elif not os.path.isdir(folder):
             problems.append(f"{name} (no {name}/ subfolder)")
         elif required_file and not os.path.isfile(os.path.join(folder, required_file)):
             problems.append(f"{name} (no {name}/{required_file})")
+        elif not os.listdir(folder):
+            problems.append(f"{name} ({name}/ is empty)")
     if problems:
         raise FileNotFoundError(
             f"pretrained_model_name_or_path: the model folder {path!r} lacks {len(problems)} component(s): "
@@ -197,8 +199,17 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
     @property
     def base_fingerprint(self) -> str:
-        """Fingerprint of the UNet weights (without Temp-LoRA), recorded by memories made with it."""
-        return model_fingerprint(self.unet)
+        """Fingerprint of the UNet weights (without Temp-LoRA), recorded by memories made with it.
+
+        Cached while the weights stay the same (see `weights_version`): every chunk and update with a
+        memory checks it, and hashing the weights each time would cost more than a small model's step.
+        """
+        key = (id(self.unet), weights_version(self.unet))
+        cached = self.__dict__.get("_fingerprint_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, model_fingerprint(self.unet))
+            self.__dict__["_fingerprint_cache"] = cached
+        return cached[1]
 
     @property
     def guidance_scale(self) -> float:
@@ -299,7 +310,9 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                 f"num_context_frames must be between 1 and the {context_latents.shape[2]} frames of context given, "
                 f"got {num_context_frames}."
             )
-        if num_frames < 1 or num_frames + num_context_frames > self.context_window:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
+        if num_frames + num_context_frames > self.context_window:
             raise ValueError(
                 f"num_frames={num_frames} with {num_context_frames} context frames exceeds the context window of "
                 f"{self.context_window} frames; use num_frames <= {self.context_window - num_context_frames} or "
@@ -371,7 +384,10 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             if context_latents is not None:
                 raise ValueError("Pass `image` or `context_latents`, not both.")
             context_latents = self.encode_frames(image, resize=resize)
-        num_frames = num_frames or self.context_window // 2
+        if num_frames is None:
+            num_frames = self.context_window // 2
+        if not isinstance(num_frames, int) or isinstance(num_frames, bool):
+            raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}.")
         if num_context_frames is None and context_latents is not None:
             num_context_frames = max(1, min(context_latents.shape[2], self.context_window - num_frames))
         self.check_inputs(action, context_latents, num_frames, num_context_frames, conditioning, output_type,

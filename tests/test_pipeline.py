@@ -432,8 +432,10 @@ def test_image_size_must_fit_or_be_resized(tiny_pipe):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_frames": 7}, "context window of 8"),
-        ({"num_frames": 0}, "num_frames"),
+        ({"num_frames": 8}, "context window of 8"),
+        ({"num_frames": 7, "num_context_frames": 2}, "context window of 8"),
+        ({"num_frames": 0}, "num_frames must be at least 1"),
+        ({"num_frames": 2.5}, "num_frames must be a positive integer"),
         ({"conditioning": "inpaint"}, "conditioning must be one of"),
         ({"num_context_frames": 3}, "num_context_frames"),
         ({"output_type": "mp4"}, "output_type"),

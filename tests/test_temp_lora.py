@@ -428,3 +428,31 @@ def test_long_episode_memory_stays_flat(tiny_pipe, tiny_context):
         f"live tensors grew by {tensor_growth} bytes between chunk 5 and 22; the kept latents explain "
         f"{latents_growth}")
     assert rss[21] - rss[4] < 32 * 2**20, f"RSS grew by {(rss[21] - rss[4]) / 2**20:.1f} MiB over 17 chunks"
+
+
+def test_gradient_checkpointing_gives_the_same_update_and_unwraps(tiny_pipe, tiny_context):
+    new = chunk(tiny_pipe, tiny_context)
+    results = {}
+    for flag in (True, False):
+        config = TempLoRAConfig(rank=4, learning_rate=1e-2, gradient_checkpointing=flag)
+        results[flag] = tiny_pipe.update_memory(None, tiny_context, new, config=config, generator=gen(3))
+        assert not [n for n, m in tiny_pipe.unet.named_modules() if "forward" in m.__dict__], "wrappers removed"
+    for key in results[True].lora:
+        torch.testing.assert_close(results[True].lora[key], results[False].lora[key], rtol=0, atol=1e-7)
+    assert not all(torch.equal(results[True].lora[k], tiny_pipe.new_memory(results[True].config).lora[k])
+                   for k in results[True].lora), "the update did train"
+    old_file_config = json.loads(TempLoRAConfig().to_json())
+    del old_file_config["gradient_checkpointing"]  # memories saved before the option existed still load
+    assert TempLoRAConfig.from_json(json.dumps(old_file_config)) == TempLoRAConfig()
+
+
+def test_base_fingerprint_cache_follows_weight_changes():
+    pipe = build_pipeline(WorldModelSpec.tiny(), seed=0)
+    before = pipe.base_fingerprint
+    memory = pipe.new_memory(SMALL)
+    assert pipe.base_fingerprint == before, "injecting LoRA layers does not change the base fingerprint"
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(1.0)
+    assert pipe.base_fingerprint != before
+    with pytest.raises(MemoryMismatchError, match="fingerprint"):
+        pipe.update_memory(memory, torch.zeros(1, 4, 1, 16, 16), torch.zeros(1, 4, 1, 16, 16))
