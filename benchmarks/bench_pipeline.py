@@ -216,9 +216,12 @@ def main(argv=None) -> int:
                          base["steps"], f"{median_time(kind):.3f}", mib(max_of(kind, "peak_rss")),
                          mib(over_base(kind))))
         update = statistics.median(t for out in results[(model, "temp_lora")] for t in out["update_times"])
+        generation = {kind: statistics.median(t for out in results[(model, kind)] for t in out["generation_times"])
+                      for kind in ("base", "temp_lora")}
         summary[model] = {
             "temp_lora_time_ratio": median_time("temp_lora") / median_time("base"),
             "temp_lora_update_seconds": update,
+            "generation_with_memory_ratio": generation["temp_lora"] / generation["base"],
             "temp_lora_peak_ratio": max_of("temp_lora", "peak_rss") / max_of("base", "peak_rss"),
             "temp_lora_over_base_ratio": over_base("temp_lora") / max(over_base("base"), 1),
             "speed_ratio_theirs_over_ours": median_time("t2v") / median_time("base"),
@@ -240,7 +243,8 @@ def main(argv=None) -> int:
     print()
     for model, values in summary.items():
         print(f"{model}: Temp-LoRA time x{values['temp_lora_time_ratio']:.3f} "
-              f"(update {values['temp_lora_update_seconds']:.3f}s, {values['memory_parameters']} LoRA parameters), "
+              f"(update {values['temp_lora_update_seconds']:.3f}s; generation with the memory "
+              f"x{values['generation_with_memory_ratio']:.3f}; {values['memory_parameters']} LoRA parameters), "
               f"peak RSS x{values['temp_lora_peak_ratio']:.3f} (over base x{values['temp_lora_over_base_ratio']:.2f}); "
               f"diffusers time / ours = {values['speed_ratio_theirs_over_ours']:.3f}")
         if "long_ratio" in values:
