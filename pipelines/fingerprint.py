@@ -4,9 +4,8 @@ Hashing every byte of a multi-gigabyte model would take longer than loading it, 
 hashes the model config plus, for every tensor, its name, shape and a few sampled rows. The rows are
 read through `safetensors`' lazy slices when fingerprinting a file, so only those bytes leave the disk,
 and the same rows are taken from a loaded model: the two ways give the same value for the same
-weights. Values are rounded through float16 to bfloat16 before hashing, so an fp32 model and its fp16
-copy always share a fingerprint (and a memory made on one loads on the other); a bf16 copy does too, but
-for the rare value that the double rounding sends to the other neighbour.
+weights. Values are rounded to bfloat16 before hashing, so an fp32 model and its fp16 / bf16 copy share
+a fingerprint and a memory made on one loads on the other.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ def fingerprint(
         rows = sampled_row_indices(shape[0]) if shape else []
         samples = [row_of(name, r).reshape(-1)[:VALUES_PER_ROW] for r in rows]
         if samples:
-            values = torch.cat(samples).to(torch.float16).to(torch.bfloat16).to(torch.float32)
+            values = torch.cat(samples).to(torch.bfloat16).to(torch.float32)
             digest.update(values.numpy().tobytes())
     return digest.hexdigest()[:16]
 
