@@ -373,14 +373,17 @@ def temp_lora_loss(unet, noise_scheduler, clip: torch.Tensor, null_embeds: torch
     """Plain denoising loss over every frame of `clip`: no clean-frame conditioning and no action text."""
     noisy = noise_scheduler.add_noise(clip, noise, timesteps)
     prediction = unet(noisy, timesteps, encoder_hidden_states=null_embeds).sample
+    return F.mse_loss(prediction.float(), denoising_target(noise_scheduler, clip, noise, timesteps).float())
+
+
+def denoising_target(noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict under the scheduler's `prediction_type` (epsilon, v or the sample)."""
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(clip, noise, timesteps)
-    else:
-        target = clip
-    return F.mse_loss(prediction.float(), target.float())
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(clean, noise, timesteps)
+    return clean
 
 
 def update_memory(

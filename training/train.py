@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ..data.manifest import load_clip, read_manifest
 from ..data.toyworld import Sample, ToyWorld
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
+from ..pipelines.temp_lora import denoising_target
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -134,13 +135,7 @@ def masked_diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, num_cont
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     noisy = torch.cat([latents[:, :, :num_context], noisy[:, :, num_context:]], dim=2)
     prediction = unet(noisy, timesteps, encoder_hidden_states=text_embeds).sample
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = latents
+    target = denoising_target(noise_scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction[:, :, num_context:].float(), target[:, :, num_context:].float())
 
 
