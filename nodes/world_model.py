@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 
 from ..paths import DEFAULT_MODEL_DIR
-from ..pipelines import EpisodicMemory, MemoryMismatchError, SlowFastVGenPipeline, TempLoRAConfig
+from ..pipelines import EpisodicMemory, MemoryMismatchError, SlowFastVGenPipeline, TempLoRAConfig, dtype_argument
 from . import comfy_services
 
 BUILTIN_MODEL_NAME = "toyworld (built-in)"
@@ -113,7 +113,7 @@ def load_world_model(name: str, dtype: str = "float32", device: str = "auto") ->
         # Weights loaded under ComfyUI's inference_mode would be inference tensors, through which Temp-LoRA
         # cannot backpropagate.
         with torch.inference_mode(False):
-            pipe = SlowFastVGenPipeline.from_pretrained(folder, torch_dtype=DTYPES[dtype])
+            pipe = SlowFastVGenPipeline.from_pretrained(folder, **dtype_argument(DTYPES[dtype]))
             pipe.to(offload)
     except Exception as error:
         raise RuntimeError(

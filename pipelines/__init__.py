@@ -7,6 +7,7 @@ from .pipeline_slowfast_vgen import (
     EpisodeOutput,
     SlowFastVGenPipeline,
     SlowFastVGenPipelineOutput,
+    dtype_argument,
 )
 from .temp_lora import TARGET_PRESETS, EpisodicMemory, MemoryMismatchError, TempLoRAConfig
 
@@ -22,5 +23,6 @@ __all__ = [
     "WorldModelSpec",
     "build_pipeline",
     "build_tokenizer",
+    "dtype_argument",
     "model_fingerprint",
 ]

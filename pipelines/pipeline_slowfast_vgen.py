@@ -55,6 +55,17 @@ REQUIRED_COMPONENTS = {
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
+def dtype_argument(dtype: torch.dtype | None) -> dict:
+    """The keyword that sets the weights' dtype in `from_pretrained`, for the installed diffusers.
+
+    diffusers deprecated `torch_dtype` for `dtype` in 2026 (huggingface/diffusers#14205); older releases
+    know only `torch_dtype`.
+    """
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype": dtype}
+
+
 def check_model_folder(pretrained_model_name_or_path, provided: dict | None = None) -> None:
     """Raise `FileNotFoundError` naming the problem when a local model folder is missing or incomplete.
 

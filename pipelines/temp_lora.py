@@ -15,7 +15,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator
@@ -196,13 +196,14 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(handle)
+    # A fresh name rather than mkstemp, whose 0600 mode would make the saved file private to its writer.
+    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
     try:
         save_file(tensors, temporary, metadata=metadata)
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
         raise
 
 

@@ -14,6 +14,7 @@ import torch
 from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file
+from transformers import CLIPTextModel
 
 from slowfast_vgen.pipelines import SlowFastVGenPipeline, TempLoRAConfig, WorldModelSpec, build_pipeline, model_fingerprint
 from slowfast_vgen.pipelines.temp_lora import memory_applied
@@ -338,11 +339,17 @@ def test_export_a_training_checkpoint(world, tmp_path):
 
     folder = world[0]
     unet = UNet3DConditionModel.from_pretrained(folder / "unet")
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
     with torch.no_grad():
         unet.conv_out.bias.add_(1.0)
+        text_encoder.get_input_embeddings().weight.add_(1.0)
     accelerator = Accelerator(cpu=True)
     checkpoint = tmp_path / "run" / "checkpoint-10"
     accelerator.prepare(unet)
+    accelerator.save_state(str(checkpoint))
+    frozen_text_export = export_checkpoint(checkpoint, folder, tmp_path / "frozen-text")
+    assert not frozen_text_export.trained_text_encoder
+    accelerator.prepare(text_encoder)  # as --train-text-encoder does: the UNet first, the text encoder second
     accelerator.save_state(str(checkpoint))
     ema = UNet3DConditionModel.from_pretrained(folder / "unet")
     with torch.no_grad():
@@ -353,6 +360,10 @@ def test_export_a_training_checkpoint(world, tmp_path):
     result = export_checkpoint(checkpoint, None, tmp_path / "exported")
     exported = UNet3DConditionModel.from_pretrained(tmp_path / "exported" / "unet")
     assert result.used_ema and torch.equal(exported.conv_out.bias, ema.conv_out.bias)
+    exported_text = CLIPTextModel.from_pretrained(tmp_path / "exported" / "text_encoder")
+    assert result.trained_text_encoder and torch.equal(exported_text.get_input_embeddings().weight,
+                                                       text_encoder.get_input_embeddings().weight)
+    assert (tmp_path / "exported" / "text_encoder" / "model.safetensors").is_file()
     assert result.fingerprint == model_fingerprint(ema) != file_fingerprint(folder).value
     assert run_cli("model", "export", checkpoint, "--no-ema", "-o", tmp_path / "trained") == 0
     trained = SlowFastVGenPipeline.from_pretrained(tmp_path / "trained").unet

@@ -159,3 +159,20 @@ def test_api_graph_runs_on_the_tiny_model(path, comfy_dir, tiny_model_dir):
             saved = results[node_id]["ui"]["memories"][0]
             memory = EpisodicMemory.load(os.path.join("output", saved["subfolder"], saved["filename"]))
             assert memory.num_updates >= 1
+
+
+def test_submit_reads_the_files_of_a_comfyui_history_entry():
+    from slowfast_vgen.workflows.submit import output_files
+
+    # The outputs of a /history entry, as ComfyUI 0.8 reports SaveVideo and a custom node's "ui" result.
+    outputs = {"6": {"images": [{"filename": "episode_00001_.mp4", "subfolder": "slowfast_vgen", "type": "output"}],
+                     "animated": [True]},
+               "7": {"memory": [{"filename": "toyworld_memory_00001_.safetensors", "subfolder": "", "type": "output"}]}}
+    assert output_files(outputs) == ["slowfast_vgen/episode_00001_.mp4", "toyworld_memory_00001_.safetensors"]
+
+
+def test_submit_says_when_no_server_answers(capsys):
+    from slowfast_vgen.workflows.submit import main as submit
+
+    with pytest.raises(SystemExit, match="No ComfyUI server answers at http://127.0.0.1:9"):
+        submit(["--server", "http://127.0.0.1:9"])

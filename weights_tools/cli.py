@@ -235,6 +235,8 @@ def _run_export(args: argparse.Namespace) -> int:
     result = export_checkpoint(args.checkpoint, args.base, args.output, not args.no_ema, args.link,
                                args.allow_pickle, args.force)
     weights = "EMA weights" if result.used_ema else "trained weights (no EMA)"
+    if result.trained_text_encoder:
+        weights += " and its trained text encoder"
     print(f"Wrote world model {result.path} from {args.checkpoint} ({weights}), fingerprint {result.fingerprint}.")
     return 0
 

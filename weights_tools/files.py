@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -140,7 +140,9 @@ def atomic_folder(destination: str | os.PathLike, force: bool = False) -> Iterat
     destination = Path(destination).absolute()
     check_destination(destination, force)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".tmp-{destination.name}-"))
+    # Not mkdtemp, whose 0700 mode would make the finished folder private to its writer.
+    temporary = destination.with_name(f".tmp-{destination.name}-{uuid.uuid4().hex}")
+    temporary.mkdir()
     try:
         yield temporary
     except BaseException:

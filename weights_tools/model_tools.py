@@ -148,6 +148,7 @@ class ExportResult:
     path: Path
     used_ema: bool
     fingerprint: str
+    trained_text_encoder: bool = False
 
 
 def checkpoint_base_model(checkpoint_dir: str | os.PathLike) -> Path:
@@ -180,12 +181,34 @@ def checkpoint_unet_weights(checkpoint_dir: Path, use_ema: bool, allow_pickle: b
                            "checkpoint of the training entrypoint.")
 
 
+def checkpoint_text_encoder(checkpoint_dir: Path, base: Path, allow_pickle: bool):
+    """The text encoder trained alongside the UNet (`--train-text-encoder`), or None if the run kept it frozen.
+
+    The training entrypoint prepares the UNet first and the text encoder second, so accelerate saves the
+    latter as `model_1`.
+    """
+    for name in ("model_1.safetensors", "pytorch_model_1.bin"):
+        if (checkpoint_dir / name).is_file():
+            from transformers import CLIPTextModel
+
+            text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+            state = load_weights(checkpoint_dir / name, allow_pickle=allow_pickle)
+            state = {key.removeprefix("module.").removeprefix("_orig_mod."): t for key, t in state.items()}
+            try:
+                text_encoder.load_state_dict(state)
+            except RuntimeError as error:
+                raise WeightsFileError(f"{checkpoint_dir / name} does not hold weights of {base}'s text encoder: "
+                                       f"{error}") from None
+            return text_encoder
+    return None
+
+
 def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | os.PathLike | None,
                       out_dir: str | os.PathLike, use_ema: bool = True, link: bool = False,
                       allow_pickle: bool = False, force: bool = False) -> ExportResult:
     """Write the world model of a training checkpoint: its UNet (EMA weights when present and `use_ema`),
     with the other components of the base model the run started from (`base_model_dir`, or the one in
-    `run_config.json` beside the checkpoint)."""
+    `run_config.json` beside the checkpoint). A text encoder trained in the same run replaces the base one."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"No checkpoint folder {checkpoint_dir}.")
@@ -200,14 +223,18 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | o
     if missing or unexpected:
         raise WeightsFileError(f"{checkpoint_dir} does not hold weights of {base}'s UNet: {len(missing)} missing "
                                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}).")
+    text_encoder = checkpoint_text_encoder(checkpoint_dir, base, allow_pickle)
+    trained = {"unet": unet, **({"text_encoder": text_encoder} if text_encoder is not None else {})}
     with atomic_folder(out_dir, force) as folder:
         for name in COMPONENTS:
-            if name != "unet":
+            if name not in trained:
                 copy_component(base / name, folder / name, link)
         (folder / "model_index.json").write_text((base / "model_index.json").read_text())
-        unet.save_pretrained(folder / "unet")
+        for name, module in trained.items():
+            module.save_pretrained(folder / name)
         fingerprint = file_fingerprint(folder).value
-    return ExportResult(path=Path(out_dir), used_ema=used_ema, fingerprint=fingerprint)
+    return ExportResult(path=Path(out_dir), used_ema=used_ema, fingerprint=fingerprint,
+                        trained_text_encoder=text_encoder is not None)
 
 
 # --------------------------------------------------------------------------------------------- cast / prune
@@ -292,11 +319,11 @@ def cast_quality(source: str | os.PathLike, cast: str | os.PathLike, dtype: torc
     of the weights alone.
     """
     from ..data.toyworld import ToyWorld
-    from ..pipelines import SlowFastVGenPipeline
+    from ..pipelines import SlowFastVGenPipeline, dtype_argument
 
     outputs = []
     for folder, torch_dtype in ((source, None), (cast, dtype)):
-        pipe = SlowFastVGenPipeline.from_pretrained(folder, torch_dtype=torch_dtype).to(device)
+        pipe = SlowFastVGenPipeline.from_pretrained(folder, **dtype_argument(torch_dtype)).to(device)
         pipe.set_progress_bar_config(disable=True)
         frame = ToyWorld(seed=seed, view_size=pipe.native_size).start_frame()
         generator = torch.Generator().manual_seed(seed)
