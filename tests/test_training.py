@@ -1,5 +1,6 @@
 """Slow learning: ToyWorld, the masked loss, the training entrypoint, the manifest reader and the CLI."""
 
+import importlib.util
 import json
 import os
 import random
@@ -72,6 +73,22 @@ def test_out_and_back_returns_to_the_first_views():
     frames = world.rollout(out_and_back("left", 3), frames_per_action=4)
     assert np.array_equal(frames[0], frames[-1])
     assert np.array_equal(frames[4], frames[-5])
+
+
+def test_revisit_mask_keeps_only_what_the_context_does_not_show():
+    spec = importlib.util.spec_from_file_location("eval_memory", Path(__file__).parents[1] / "benchmarks" / "eval_memory.py")
+    eval_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_memory)
+    assert not eval_memory.revisit_mask((40, 40), [(40, 40)], 64).any()
+    mask = eval_memory.revisit_mask((36, 40), [(40, 40), (44, 40)], 64)  # one step left of the context
+    assert mask[:, :4].all() and not mask[:, 4:].any()
+    assert eval_memory.revisit_mask((0, 0), [(200, 200)], 64).all()
+    episode = eval_memory.Episode(2001, chunks_out=4, chunk=4, size=64)
+    assert episode.positions[0] == episode.positions[-1], "out and back ends where it started"
+    # The first return chunk retraces the last outward chunk, which is its context: only its last frame
+    # shows a new strip. From the second on, each frame shows one more step of revisited world.
+    assert [int(m.sum()) // 64 for m in episode.return_masks(4)] == [0, 0, 0, 4]
+    assert [int(m.sum()) // 64 for m in episode.return_masks(5)] == [4, 8, 12, 16]
 
 
 # ------------------------------------------------------------------------------------------ the masked loss

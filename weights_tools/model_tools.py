@@ -229,7 +229,9 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | o
         for name in COMPONENTS:
             if name not in trained:
                 copy_component(base / name, folder / name, link)
-        (folder / "model_index.json").write_text((base / "model_index.json").read_text())
+        index = json.loads((base / "model_index.json").read_text())
+        index.pop("_name_or_path", None)  # where the base model lay on the trainer's machine
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         for name, module in trained.items():
             module.save_pretrained(folder / name)
         fingerprint = file_fingerprint(folder).value
