@@ -196,7 +196,6 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    # A fresh name rather than mkstemp, whose 0600 mode would make the saved file private to its writer.
     temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
     try:
         save_file(tensors, temporary, metadata=metadata)
