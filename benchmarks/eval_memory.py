@@ -28,11 +28,11 @@ import time
 import numpy as np
 import torch
 
-from slowfast_vgen.data.toyworld import ToyWorld, out_and_back
+from slowfast_vgen.data.toyworld import DIRECTIONS, ToyWorld, out_and_back
 from slowfast_vgen.paths import DEFAULT_MODEL_DIR
 from slowfast_vgen.pipelines import SlowFastVGenPipeline, TempLoRAConfig
 
-DIRECTIONS = ("right", "down", "left", "up")
+EPISODE_DIRECTIONS = ("right", "down", "left", "up")
 
 
 def revisit_mask(frame_position: tuple[int, int], context_positions: list[tuple[int, int]], size: int) -> np.ndarray:
@@ -58,14 +58,13 @@ class Episode:
 
     def __init__(self, seed: int, chunks_out: int, chunk: int, size: int):
         self.world = ToyWorld(seed, view_size=size)
-        direction = DIRECTIONS[seed % len(DIRECTIONS)]
+        direction = EPISODE_DIRECTIONS[seed % len(EPISODE_DIRECTIONS)]
         self.actions = out_and_back(direction, chunks_out)
         self.chunks_out, self.chunk, self.size, self.seed = chunks_out, chunk, size, seed
-        # Start where the whole trip stays inside the world.
+        # Start half the trip behind the centre, so that the whole trip stays inside the world.
         reach = chunks_out * chunk * self.world.step
-        center = self.world.center()
-        dx, dy = {"right": (-1, 0), "left": (1, 0), "down": (0, -1), "up": (0, 1)}[direction]
-        self.start = (center[0] + dx * reach // 2, center[1] + dy * reach // 2)
+        (center_x, center_y), (dx, dy) = self.world.center(), DIRECTIONS[direction]
+        self.start = (center_x - dx * reach // 2, center_y - dy * reach // 2)
         self.positions = self.world.path(self.actions, chunk, self.start)
         self.frames = np.stack([self.world.render(*p) for p in self.positions]).astype(np.float32) / 255
 

@@ -163,6 +163,17 @@ def checkpoint_base_model(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(base)
 
 
+def accelerate_model_weights(checkpoint_dir: Path, index: int, allow_pickle: bool) -> dict | None:
+    """The state dict of the `index`-th model an accelerate checkpoint holds, or None if it has no such model."""
+    suffix = f"_{index}" if index else ""
+    for name in (f"model{suffix}.safetensors", f"pytorch_model{suffix}.bin"):  # safe or pickle serialisation
+        if (checkpoint_dir / name).is_file():
+            state = load_weights(checkpoint_dir / name, allow_pickle=allow_pickle)
+            # DDP and torch.compile wrappers prefix the names they save.
+            return {key.removeprefix("module.").removeprefix("_orig_mod."): t for key, t in state.items()}
+    return None
+
+
 def checkpoint_unet_weights(checkpoint_dir: Path, use_ema: bool, allow_pickle: bool) -> tuple[dict, bool]:
     """The UNet state dict of an accelerate checkpoint (EMA weights when present and asked for)."""
     ema_folder = checkpoint_dir / "ema_unet"
@@ -172,11 +183,9 @@ def checkpoint_unet_weights(checkpoint_dir: Path, use_ema: bool, allow_pickle: b
         for file in set(files.values()):
             state.update(load_weights(file))
         return state, True
-    for name in ("model.safetensors", "pytorch_model.bin"):  # accelerate's names, safe or pickle serialisation
-        if (checkpoint_dir / name).is_file():
-            state = load_weights(checkpoint_dir / name, allow_pickle=allow_pickle)
-            # DDP and torch.compile wrappers prefix the names they save.
-            return {key.removeprefix("module.").removeprefix("_orig_mod."): t for key, t in state.items()}, False
+    state = accelerate_model_weights(checkpoint_dir, 0, allow_pickle)
+    if state is not None:
+        return state, False
     raise WeightsFileError(f"{checkpoint_dir} has neither ema_unet/ nor model.safetensors: not an accelerate "
                            "checkpoint of the training entrypoint.")
 
@@ -187,20 +196,17 @@ def checkpoint_text_encoder(checkpoint_dir: Path, base: Path, allow_pickle: bool
     The training entrypoint prepares the UNet first and the text encoder second, so accelerate saves the
     latter as `model_1`.
     """
-    for name in ("model_1.safetensors", "pytorch_model_1.bin"):
-        if (checkpoint_dir / name).is_file():
-            from transformers import CLIPTextModel
+    state = accelerate_model_weights(checkpoint_dir, 1, allow_pickle)
+    if state is None:
+        return None
+    from transformers import CLIPTextModel
 
-            text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
-            state = load_weights(checkpoint_dir / name, allow_pickle=allow_pickle)
-            state = {key.removeprefix("module.").removeprefix("_orig_mod."): t for key, t in state.items()}
-            try:
-                text_encoder.load_state_dict(state)
-            except RuntimeError as error:
-                raise WeightsFileError(f"{checkpoint_dir / name} does not hold weights of {base}'s text encoder: "
-                                       f"{error}") from None
-            return text_encoder
-    return None
+    text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder")
+    try:
+        text_encoder.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsFileError(f"{checkpoint_dir} does not hold weights of {base}'s text encoder: {error}") from None
+    return text_encoder
 
 
 def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | os.PathLike | None,
