@@ -111,15 +111,12 @@ class ToyWorld:
         """The exact frames (1 + len(actions) * frames_per_action, H, W, 3) of an action sequence."""
         return np.stack([self.render(x, y) for x, y in self.path(actions, frames_per_action, start)])
 
-    def sample(self, rng: random.Random, context_window: int, max_generate: int, stay_probability: float = 0.1,
-               image_start_probability: float = 0.25, paraphrases: dict = TRAIN_PARAPHRASES) -> Sample:
-        """A random training sample: f_p context frames of one motion, then f_g frames of a new action.
+    def sample(self, rng: random.Random, num_context: int, num_generate: int, stay_probability: float = 0.2,
+               paraphrases: dict = TRAIN_PARAPHRASES) -> Sample:
+        """A random training sample: `num_context` frames of one motion, then `num_generate` of a new action.
 
-        Lengths are mixed inside the context window (paper D.1), with f_p = 1 (an image start) a quarter
-        of the time; most samples move, since motion is what the model must learn.
+        Most samples move, since motion is what the model must learn; "stay" teaches it to copy its context.
         """
-        num_generate = rng.randint(1, max_generate)
-        num_context = 1 if rng.random() < image_start_probability else rng.randint(1, context_window - num_generate)
         moving = [d for d in DIRECTIONS if d != "stay"]
         direction = "stay" if rng.random() < stay_probability else rng.choice(moving)
         previous = rng.choice(list(DIRECTIONS))
@@ -134,6 +131,15 @@ class ToyWorld:
             action=rng.choice(paraphrases[direction]),
             target=np.stack([self.render(*p) for p in after]),
         )
+
+
+def sample_lengths(rng: random.Random, context_window: int, max_generate: int,
+                   image_start_probability: float = 0.25) -> tuple[int, int]:
+    """(f_p, f_g) of a training batch: mixed inside the context window (paper D.1), with f_p = 1 (an image
+    start) a quarter of the time. Drawn once per batch, since a batch's clips must have one length."""
+    num_generate = rng.randint(1, max_generate)
+    num_context = 1 if rng.random() < image_start_probability else rng.randint(1, context_window - num_generate)
+    return num_context, num_generate
 
 
 def out_and_back(direction: str, chunks_out: int) -> list[str]:

@@ -15,7 +15,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from slowfast_vgen.data.manifest import BadRecordError, load_clip, read_manifest
-from slowfast_vgen.data.toyworld import HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld, out_and_back, parse_action
+from slowfast_vgen.data.toyworld import (HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld, out_and_back, parse_action,
+                                         sample_lengths)
 from slowfast_vgen.paths import DEFAULT_MODEL_DIR
 from slowfast_vgen.pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from slowfast_vgen.training.train import main as train_main
@@ -59,13 +60,18 @@ def test_held_out_paraphrases_are_not_in_training_and_parse():
 def test_samples_have_mixed_lengths_inside_the_window_and_match_the_world():
     world = ToyWorld(1)
     rng = random.Random(0)
-    samples = [world.sample(rng, context_window=8, max_generate=4) for _ in range(200)]
-    assert all(len(s.context) + len(s.target) <= 8 for s in samples)
-    assert {len(s.target) for s in samples} == {1, 2, 3, 4}
-    assert any(len(s.context) == 1 for s in samples) and any(len(s.context) > 2 for s in samples)
+    lengths = [sample_lengths(rng, context_window=8, max_generate=4) for _ in range(400)]
+    assert all(c >= 1 and 1 <= g <= 4 and c + g <= 8 for c, g in lengths)
+    assert {g for _, g in lengths} == {1, 2, 3, 4}
+    assert 0.15 < sum(c == 1 for c, _ in lengths) / len(lengths) < 0.45, "image starts (f_p = 1) about a quarter"
+    assert sum(c >= 4 and g == 4 for c, g in lengths) > 10, "full chunks after a full context are trained too"
+    samples = [world.sample(rng, *length) for length in lengths[:200]]
+    assert [(len(s.context), len(s.target)) for s in samples] == lengths[:200]
     moving = sum(parse_action(s.action) != "stay" for s in samples)
-    assert moving > 0.8 * len(samples)
+    assert 0.6 * len(samples) < moving < 0.95 * len(samples)
     assert all(s.action in TRAIN_PARAPHRASES[parse_action(s.action)] for s in samples)
+    for s in samples:  # the target continues from the last context frame: unchanged only for "stay"
+        assert np.array_equal(s.target[0], s.context[-1]) == (parse_action(s.action) == "stay")
 
 
 def test_out_and_back_returns_to_the_first_views():

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data.manifest import load_clip, read_manifest
-from ..data.toyworld import Sample, ToyWorld
+from ..data.toyworld import Sample, ToyWorld, sample_lengths
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from ..pipelines.temp_lora import denoising_target
 
@@ -53,7 +53,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--on-bad-record", choices=("skip", "fatal"), default="skip")
     parser.add_argument("--world-seeds", type=int, default=64, help="ToyWorld seeds 1..N train; 0 and >N are held out")
     parser.add_argument("--max-generate", type=int, default=None, help="most frames generated per sample (f_g)")
-    parser.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (from scratch)")
+    parser.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (a new:<spec> model has a random one)")
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -86,7 +86,8 @@ def add_train_command(commands) -> None:
 class SampleStream:
     """An endless, seeded stream of training batches whose state can be saved for exact resume.
 
-    All samples of a batch share f_p and f_g (so they stack); lengths vary from batch to batch.
+    All clips of a batch share f_p and f_g (so they stack): ToyWorld draws them once per batch, so every
+    length pair is trained as often as it is drawn; manifest clips are cut to the shortest of the batch.
     """
 
     def __init__(self, args, image_size: int, context_window: int, seed: int):
@@ -110,17 +111,18 @@ class SampleStream:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, list[str]]]:
         while True:
-            samples = [self.next_sample() for _ in range(self.batch_size)]
+            samples = self.next_batch()
             num_context = min(len(s.context) for s in samples)
             num_generate = min(len(s.target) for s in samples)
             clips = np.stack([np.concatenate([s.context[-num_context:], s.target[:num_generate]]) for s in samples])
             video = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
             yield video, num_context, [s.action for s in samples]
 
-    def next_sample(self) -> Sample:
+    def next_batch(self) -> list[Sample]:
         if self.worlds is not None:
-            return self.rng.choice(self.worlds).sample(self.rng, self.context_window, self.max_generate)
-        return load_clip(self.rng.choice(self.records), self.image_size)
+            lengths = sample_lengths(self.rng, self.context_window, self.max_generate)
+            return [self.rng.choice(self.worlds).sample(self.rng, *lengths) for _ in range(self.batch_size)]
+        return [load_clip(self.rng.choice(self.records), self.image_size) for _ in range(self.batch_size)]
 
 
 # ---------------------------------------------------------------------------------------------- losses
