@@ -15,7 +15,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from slowfast_vgen.data.manifest import BadRecordError, load_clip, read_manifest
-from slowfast_vgen.data.toyworld import (HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld, out_and_back, parse_action,
+from slowfast_vgen.data.toyworld import (DIRECTIONS, HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld, out_and_back, parse_action,
                                          sample_lengths)
 from slowfast_vgen.paths import DEFAULT_MODEL_DIR
 from slowfast_vgen.pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
@@ -287,3 +287,18 @@ def test_shipped_model_loads_and_generates_a_chunk():
     out = pipe("move left", image=frame, num_inference_steps=2, output_type="np")
     assert out.frames.shape == (1, pipe.context_window // 2, pipe.native_size, pipe.native_size, 3)
     assert 0.0 <= out.frames.min() and out.frames.max() <= 1.0
+
+
+def test_gate1_metrics_measure_motion_and_similarity_on_true_frames():
+    spec = importlib.util.spec_from_file_location("eval_world_model",
+                                                  Path(__file__).parents[1] / "benchmarks" / "eval_world_model.py")
+    eval_world_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_world_model)
+    world = ToyWorld(1000)
+    for direction, (dx, dy) in DIRECTIONS.items():
+        frames = world.rollout([direction], 4).astype(np.float32) / 255
+        motion = eval_world_model.camera_motion(frames)
+        assert np.abs(motion - np.array([dx, dy]) * world.step).max() < 0.5, (direction, motion)
+    frames = world.rollout(["move right"], 4).astype(np.float32) / 255
+    assert eval_world_model.ssim(frames, frames) == pytest.approx(1.0)
+    assert eval_world_model.ssim(frames, frames[::-1]) < 0.8
