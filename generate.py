@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .data.toyworld import ToyWorld, loop, out_and_back
 from .paths import DEFAULT_MODEL_DIR
-from .pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig
+from .pipelines import TEMP_LORA_DIRECTIONS, TEMP_LORA_OBJECTIVES, EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig
 
 DEMO_ACTIONS = out_and_back("right", 6) + out_and_back("down", 4) + loop(1) + ["stay", "stay"]
 
@@ -47,6 +47,10 @@ def add_generate_command(commands) -> None:
     parser.add_argument("--lora-lr", type=float, default=TempLoRAConfig.learning_rate)
     parser.add_argument("--lora-steps", type=int, default=TempLoRAConfig.steps_per_update)
     parser.add_argument("--lora-target", default=TempLoRAConfig.target)
+    parser.add_argument("--lora-objective", default=TempLoRAConfig.objective, choices=TEMP_LORA_OBJECTIVES,
+                        help="trajectory: the paper's update; transition: learn each chunk from the one before")
+    parser.add_argument("--lora-direction", default=TempLoRAConfig.direction, choices=TEMP_LORA_DIRECTIONS,
+                        help="learn each clip as played, reversed (what a way back sees) or both")
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--contact-sheet", help="also write a PNG grid of every 4th frame here")
     parser.set_defaults(run=run)
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     load_seconds = time.time() - started
     image = first_frame(args, pipe.native_size)
     config = TempLoRAConfig(rank=args.lora_rank, learning_rate=args.lora_lr, steps_per_update=args.lora_steps,
-                            target=args.lora_target)
+                            target=args.lora_target, objective=args.lora_objective, direction=args.lora_direction)
     output = Path(args.output)
     memory_path, summary_path = output.with_suffix(".memory.safetensors"), output.with_suffix(".json")
     sink = VideoSink(str(output), args.fps, pipe.native_size)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.toyworld import ToyWorld
-from ..pipelines import TARGET_PRESETS, EpisodicMemory, TempLoRAConfig
+from ..pipelines import TARGET_PRESETS, TEMP_LORA_DIRECTIONS, TEMP_LORA_OBJECTIVES, EpisodicMemory, TempLoRAConfig
 from . import comfy_services
 from .world_model import (
     BUILTIN_MODEL_NAME,
@@ -183,13 +183,23 @@ class TempLoRASettings:
                                         "tooltip": "Highest noise level trained on; must be above timestep_low."}),
             "keep_optimizer_state": ("BOOLEAN", {"default": True,
                                                  "tooltip": "Carry Adam's moments from chunk to chunk."}),
+        }, "optional": {  # optional, so that workflows saved before these settings existed still validate
+            "objective": (list(TEMP_LORA_OBJECTIVES), {"default": TempLoRAConfig.objective,
+                                             "tooltip": "trajectory: denoise previous + new chunk as one clip (the "
+                                                        "paper); transition: learn the new chunk from the clean "
+                                                        "previous one, as chunks are generated."}),
+            "direction": (list(TEMP_LORA_DIRECTIONS), {"default": TempLoRAConfig.direction,
+                                             "tooltip": "Learn the clip as played, reversed (what a return trip "
+                                                        "sees), or both (twice the cost)."}),
         }}
 
     def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
-             timestep_low: float, timestep_high: float, keep_optimizer_state: bool) -> tuple[TempLoRAConfig]:
+             timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,
+             direction: str | None = None) -> tuple[TempLoRAConfig]:
+        given = {name: value for name, value in (("objective", objective), ("direction", direction)) if value}
         return (TempLoRAConfig(rank=rank, alpha=alpha or None, learning_rate=learning_rate, target=target,
                                steps_per_update=steps_per_update, timestep_range=(timestep_low, timestep_high),
-                               keep_optimizer_state=keep_optimizer_state),)
+                               keep_optimizer_state=keep_optimizer_state, **given),)
 
 
 class TempLoRAUpdate:

@@ -9,7 +9,14 @@ from .pipeline_slowfast_vgen import (
     SlowFastVGenPipelineOutput,
     dtype_argument,
 )
-from .temp_lora import TARGET_PRESETS, EpisodicMemory, MemoryMismatchError, TempLoRAConfig
+from .temp_lora import (
+    TARGET_PRESETS,
+    TEMP_LORA_DIRECTIONS,
+    TEMP_LORA_OBJECTIVES,
+    EpisodicMemory,
+    MemoryMismatchError,
+    TempLoRAConfig,
+)
 
 __all__ = [
     "EpisodeChunk",
@@ -19,6 +26,8 @@ __all__ = [
     "SlowFastVGenPipeline",
     "SlowFastVGenPipelineOutput",
     "TARGET_PRESETS",
+    "TEMP_LORA_DIRECTIONS",
+    "TEMP_LORA_OBJECTIVES",
     "TempLoRAConfig",
     "WorldModelSpec",
     "build_pipeline",

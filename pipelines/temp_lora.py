@@ -40,6 +40,8 @@ TARGET_PRESETS = {
     # Only the per-frame attention: remembers what places look like.
     "spatial-attention": rf".*(?<!temp_)attentions\.\d+\..*{_PROJECTIONS}",
 }
+TEMP_LORA_OBJECTIVES = ("trajectory", "transition")
+TEMP_LORA_DIRECTIONS = ("forward", "backward", "both")
 
 
 class MemoryMismatchError(ValueError):
@@ -65,6 +67,15 @@ class TempLoRAConfig:
     - `keep_optimizer_state=True`: Adam's moments carry over from chunk to chunk, as one optimizer
       running over the whole episode, which is what "training a LoRA during inference" means in
       Temp-LoRA for text (Wang et al., 2024b).
+    - `objective="trajectory"`: the paper's update (Eq. 3): the whole previous + new chunk is noised and
+      denoised with no clean conditioning, to memorise the trajectory itself. `"transition"` learns the
+      clip the way chunks are generated instead: the previous chunk stays clean as conditioning and only
+      the new chunk is noised and learned (the input -> output format of the original Temp-LoRA, which
+      the paper sets aside). On ToyWorld only the latter, played backward, brought revisited places back
+      (model card).
+    - `direction="forward"`: learn the clip as it was played; `"backward"` learns it played in reverse,
+      which is what going back through the same places shows (a return trip); `"both"` learns both, at
+      twice the cost of an update.
     - `gradient_checkpointing=True`: the update recomputes each UNet layer's activations in the
       backward pass instead of keeping them all (the UNet3D of diffusers has no checkpointing of its
       own). Same result; it halves the update's peak memory (measured: 2.1 GB -> 1.0 GB above the model
@@ -78,6 +89,8 @@ class TempLoRAConfig:
     steps_per_update: int = 1
     timestep_range: tuple[float, float] = (0.0, 1.0)
     keep_optimizer_state: bool = True
+    objective: str = "trajectory"
+    direction: str = "forward"
     gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
@@ -92,6 +105,10 @@ class TempLoRAConfig:
             raise ValueError(
                 f"TempLoRAConfig.timestep_range must be two fractions 0 <= low < high <= 1, got {self.timestep_range}."
             )
+        if self.objective not in TEMP_LORA_OBJECTIVES:
+            raise ValueError(f"TempLoRAConfig.objective must be one of {', '.join(TEMP_LORA_OBJECTIVES)}, got {self.objective!r}.")
+        if self.direction not in TEMP_LORA_DIRECTIONS:
+            raise ValueError(f"TempLoRAConfig.direction must be one of {', '.join(TEMP_LORA_DIRECTIONS)}, got {self.direction!r}.")
         try:
             re.compile(self.target_pattern)
         except re.error as error:
@@ -368,12 +385,23 @@ def temp_lora_detached(unet: torch.nn.Module) -> Iterator[None]:
 # The fast-learning update (Algorithm 1 (a), lines 11-14)
 
 
-def temp_lora_loss(unet, noise_scheduler, clip: torch.Tensor, null_embeds: torch.Tensor,
+def memory_examples(clip: torch.Tensor, new_frames: int, config: TempLoRAConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """What one update learns from `clip` (previous + new chunk): (clean conditioning, frames to denoise) pairs."""
+    forward, backward = (clip, clip.shape[2] - new_frames), (clip.flip(2), new_frames)
+    plays = {"forward": (forward,), "backward": (backward,), "both": (forward, backward)}[config.direction]
+    if config.objective == "trajectory":
+        return [(played[:, :, :0], played) for played, _ in plays]
+    # Played backwards, the new chunk comes first: it conditions, and the previous chunk is learned.
+    return [(played[:, :, :split], played[:, :, split:]) for played, split in plays]
+
+
+def temp_lora_loss(unet, noise_scheduler, context: torch.Tensor, target: torch.Tensor, null_embeds: torch.Tensor,
                    timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Plain denoising loss over every frame of `clip`: no clean-frame conditioning and no action text."""
-    noisy = noise_scheduler.add_noise(clip, noise, timesteps)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=null_embeds).sample
-    return F.mse_loss(prediction.float(), denoising_target(noise_scheduler, clip, noise, timesteps).float())
+    """Denoising loss on `target` after the clean `context` frames (none in the paper's update), no action text."""
+    noisy = noise_scheduler.add_noise(target, noise, timesteps)
+    prediction = unet(torch.cat([context, noisy], dim=2), timesteps, encoder_hidden_states=null_embeds).sample
+    prediction = prediction[:, :, context.shape[2]:]
+    return F.mse_loss(prediction.float(), denoising_target(noise_scheduler, target, noise, timesteps).float())
 
 
 def denoising_target(noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -420,8 +448,8 @@ def update_memory(
         for parameter in trainable:
             parameter.requires_grad_(True)
         try:
-            result = _train_steps(unet, noise_scheduler, null_embeds, memory, clip, parameters, trainable,
-                                  low, high, generator)
+            result = _train_steps(unet, noise_scheduler, null_embeds, memory, memory_examples(clip, new_frames, config),
+                                  parameters, trainable, low, high, generator)
         finally:
             for parameter in trainable:
                 parameter.requires_grad_(False)
@@ -472,7 +500,7 @@ def _checkpoint_call(checkpoint, forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def _train_steps(unet, noise_scheduler, null_embeds, memory, clip, parameters, trainable, low, high, generator):
+def _train_steps(unet, noise_scheduler, null_embeds, memory, examples, parameters, trainable, low, high, generator):
     """The optimizer steps of one update: (lora, optimizer_state) of the new memory, or None to roll back."""
     config = memory.config
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
@@ -484,9 +512,13 @@ def _train_steps(unet, noise_scheduler, null_embeds, memory, clip, parameters, t
                 "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
             }
     for _ in range(config.steps_per_update):
-        timesteps = torch.randint(low, high, (clip.shape[0],), generator=generator).to(clip.device)
-        noise = torch.randn(clip.shape, generator=generator, dtype=torch.float32).to(clip.device, clip.dtype)
-        loss = temp_lora_loss(unet, noise_scheduler, clip, null_embeds, timesteps, noise)
+        device = examples[0][1].device
+        timesteps = torch.randint(low, high, (examples[0][1].shape[0],), generator=generator).to(device)
+        losses = []
+        for context, target in examples:
+            noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(device, target.dtype)
+            losses.append(temp_lora_loss(unet, noise_scheduler, context, target, null_embeds, timesteps, noise))
+        loss = torch.stack(losses).mean()
         if not torch.isfinite(loss):
             warnings.warn(
                 f"Temp-LoRA update skipped: the loss was {loss.item()}; the memory was rolled back to its last "

@@ -27,7 +27,7 @@ from slowfast_vgen.pipelines import (
     WorldModelSpec,
     build_pipeline,
 )
-from slowfast_vgen.pipelines.temp_lora import memory_applied, temp_lora_loss
+from slowfast_vgen.pipelines.temp_lora import memory_applied, memory_examples, temp_lora_loss
 
 SMALL = TempLoRAConfig(rank=4, learning_rate=1e-3)
 
@@ -90,7 +90,7 @@ def test_update_lowers_denoising_loss_on_its_sequence_and_changes_next_chunk(tin
 
     def loss_with(memory) -> float:
         with torch.no_grad(), memory_applied(tiny_pipe.unet, memory):
-            return sum(temp_lora_loss(tiny_pipe.unet, noise_scheduler, clip, null_embeds, t, n).item()
+            return sum(temp_lora_loss(tiny_pipe.unet, noise_scheduler, clip[:, :, :0], clip, null_embeds, t, n).item()
                        for t, n in fixed) / len(fixed)
 
     base_memory = tiny_pipe.new_memory(TempLoRAConfig(rank=8, learning_rate=5e-3, steps_per_update=6))
@@ -296,6 +296,41 @@ def test_target_presets_select_the_right_modules(tiny_pipe):
     assert all(not t.any() for k, t in memory.lora.items() if ".lora_B." in k), "B starts at zero"
 
 
+def test_memory_examples_play_the_clip_each_way():
+    previous, new = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 4, 2, 8, 8)
+    clip = torch.cat([previous, new], dim=2)
+    [(context, target)] = memory_examples(clip, 2, TempLoRAConfig())
+    assert context.shape[2] == 0 and torch.equal(target, clip), "the paper's update: the whole clip, no context"
+    [(context, target)] = memory_examples(clip, 2, TempLoRAConfig(objective="transition"))
+    assert torch.equal(context, previous) and torch.equal(target, new)
+    [(context, target)] = memory_examples(clip, 2, TempLoRAConfig(objective="transition", direction="backward"))
+    assert torch.equal(context, new.flip(2)) and torch.equal(target, previous.flip(2)), "a return trip"
+    both = memory_examples(clip, 2, TempLoRAConfig(direction="both"))
+    assert [torch.equal(target, c) for (_, target), c in zip(both, (clip, clip.flip(2)))] == [True, True]
+
+
+def test_backward_transition_update_learns_the_way_back(tiny_pipe, tiny_context):
+    """A backward-transition memory lowers the loss of generating the previous chunk from the new one reversed."""
+    new = chunk(tiny_pipe, tiny_context)
+    noise_scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    null_embeds = tiny_pipe.encode_action([""])
+    context, target = new.flip(2), tiny_context.flip(2)
+    fixed = [(torch.tensor([t]), torch.randn(target.shape, generator=gen(200 + t))) for t in (100, 400, 700, 950)]
+
+    def loss_with(memory) -> float:
+        with torch.no_grad(), memory_applied(tiny_pipe.unet, memory):
+            return sum(temp_lora_loss(tiny_pipe.unet, noise_scheduler, context, target, null_embeds, t, n).item()
+                       for t, n in fixed) / len(fixed)
+
+    config = TempLoRAConfig(rank=8, learning_rate=5e-3, steps_per_update=6, objective="transition",
+                            direction="backward")
+    memory = None
+    for update in range(3):
+        memory = tiny_pipe.update_memory(memory, tiny_context, new, config=config, generator=gen(update))
+    before, after = loss_with(None), loss_with(memory)
+    assert after < 0.97 * before, f"the loss of the way back must drop: {before} -> {after}"
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -304,6 +339,8 @@ def test_target_presets_select_the_right_modules(tiny_pipe):
         ({"steps_per_update": 0}, "steps_per_update"),
         ({"timestep_range": (0.5, 0.2)}, "timestep_range"),
         ({"target": "(unclosed"}, "neither a preset"),
+        ({"objective": "reconstruction"}, "objective"),
+        ({"direction": "sideways"}, "direction"),
     ],
 )
 def test_bad_config_is_refused(kwargs, match):
@@ -319,6 +356,7 @@ def test_target_matching_nothing_is_refused(tiny_pipe):
 def test_defaults_are_the_papers():
     config = TempLoRAConfig()
     assert (config.rank, config.learning_rate, config.lora_alpha) == (32, 1e-4, 32.0)
+    assert (config.objective, config.direction) == ("trajectory", "forward"), "Eq. 3: the clip as played"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -95,6 +95,14 @@ def test_revisit_mask_keeps_only_what_the_context_does_not_show():
     # shows a new strip. From the second on, each frame shows one more step of revisited world.
     assert [int(m.sum()) // 64 for m in episode.return_masks(4)] == [0, 0, 0, 4]
     assert [int(m.sum()) // 64 for m in episode.return_masks(5)] == [4, 8, 12, 16]
+    # Gate 3 compares each return frame with the first frame taken at its place: frame 32 (the end) is
+    # back at the start, frame 17 retraces frame 15.
+    first = episode.first_visits()
+    assert first[32] == 0 and first[17] == 15 and all(first[:17] == range(17))
+    video = episode.frames.copy()
+    assert eval_memory.first_visit_psnr(episode, video, range(4, 8)) > 60, "a perfectly consistent return"
+    video[17:] = 1 - video[17:]
+    assert eval_memory.first_visit_psnr(episode, video, range(4, 8)) < 20
 
 
 # ------------------------------------------------------------------------------------------ the masked loss
