@@ -92,49 +92,48 @@ def sample_chunk(pipe, action, context, memory, episode: Episode, index: int, ar
                 num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="latent").latents
 
 
-def return_psnr(pipe, episode: Episode, chunks: dict[int, torch.Tensor]) -> float:
-    """Mean masked PSNR of the return chunks against the true frames."""
+def revisit_psnr(episode: Episode, video: np.ndarray, reference: np.ndarray, returns: range) -> float:
+    """Mean masked PSNR of the return chunks of `video` (every frame of the episode) against `reference`."""
     scores = []
-    for index, latents in chunks.items():
-        frames = pipe.postprocess(latents, "np")[0]
-        scores.append(masked_psnr(frames, episode.frames[episode.chunk_slice(index)], episode.return_masks(index)))
+    for index in returns:
+        frames = episode.chunk_slice(index)
+        scores.append(masked_psnr(video[frames], reference[frames], episode.return_masks(index)))
     return float(np.nanmean(scores))
 
 
 def first_visit_psnr(episode: Episode, video: np.ndarray, returns: range) -> float:
     """Mean masked PSNR of the return chunks of a generated `video` against its own first visits."""
-    first = episode.first_visits()
-    scores = []
-    for index in returns:
-        frames = episode.chunk_slice(index)
-        scores.append(masked_psnr(video[frames], video[first[frames]], episode.return_masks(index)))
-    return float(np.nanmean(scores))
+    return revisit_psnr(episode, video, video[episode.first_visits()], returns)
 
 
 def run_episode(pipe, episode: Episode, config: TempLoRAConfig, args) -> dict[str, float]:
     encode = lambda frames: pipe.encode_frames(list(frames))  # noqa: E731
     update_generator = torch.Generator().manual_seed(episode.seed)
     returns = range(episode.chunks_out, 2 * episode.chunks_out)
+    start = encode(episode.frames[:1])
+    outward_frames = episode.frames[:episode.chunk_slice(returns.start).start]
 
     # Gate 2: memory of the true outward trip, then the return from the true last outward chunk.
     oracle = None
-    previous = encode(episode.frames[:1])
+    previous = start
     for index in range(episode.chunks_out):
         current = encode(episode.frames[episode.chunk_slice(index)])
         oracle = pipe.update_memory(oracle, previous, current, config=config, generator=update_generator)
         previous = current
     results = {}
     for name, memory in (("oracle_memory", oracle), ("oracle_no_memory", None)):
-        context, chunks = previous, {}
+        context, chunks = previous, []
         for index in returns:
-            context = chunks[index] = sample_chunk(pipe, episode.actions[index], context, memory, episode, index, args)
-        results[name] = return_psnr(pipe, episode, chunks)
+            context = sample_chunk(pipe, episode.actions[index], context, memory, episode, index, args)
+            chunks.append(context)
+        video = np.concatenate([outward_frames, pipe.postprocess(torch.cat(chunks, dim=2), "np")[0]])
+        results[name] = revisit_psnr(episode, video, episode.frames, returns)
 
     if args.oracle_only:
         return results
     # Gate 3: the whole episode generated, with Temp-LoRA learning after every chunk, and without memory.
     for name, learn in (("memory", True), ("no_memory", False)):
-        context, memory, chunks = encode(episode.frames[:1]), None, [encode(episode.frames[:1])]
+        context, memory, chunks = start, None, [start]
         update_generator = torch.Generator().manual_seed(episode.seed)
         for index, action in enumerate(episode.actions):
             chunk = sample_chunk(pipe, action, context, memory, episode, index, args)
@@ -144,7 +143,7 @@ def run_episode(pipe, episode: Episode, config: TempLoRAConfig, args) -> dict[st
             context = chunk
         video = pipe.postprocess(torch.cat(chunks, dim=2), "np")[0]
         results[name] = first_visit_psnr(episode, video, returns)
-        results[f"{name}_vs_truth"] = return_psnr(pipe, episode, dict(zip(returns, chunks[1 + returns.start:])))
+        results[f"{name}_vs_truth"] = revisit_psnr(episode, video, episode.frames, returns)
     return results
 
 
@@ -155,11 +154,11 @@ def main() -> None:
     parser.add_argument("--chunks-out", type=int, default=4, help="chunks out (and as many back)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=2.0)
-    parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--steps-per-update", type=int, default=1)
-    parser.add_argument("--target", default="all-attention")
-    parser.add_argument("--timestep-range", type=float, nargs=2, default=(0.0, 1.0))
+    parser.add_argument("--rank", type=int, default=TempLoRAConfig.rank)
+    parser.add_argument("--lr", type=float, default=TempLoRAConfig.learning_rate)
+    parser.add_argument("--steps-per-update", type=int, default=TempLoRAConfig.steps_per_update)
+    parser.add_argument("--target", default=TempLoRAConfig.target)
+    parser.add_argument("--timestep-range", type=float, nargs=2, default=TempLoRAConfig.timestep_range)
     parser.add_argument("--objective", default=TempLoRAConfig.objective, choices=TEMP_LORA_OBJECTIVES)
     parser.add_argument("--direction", default=TempLoRAConfig.direction, choices=TEMP_LORA_DIRECTIONS)
     parser.add_argument("--oracle-only", action="store_true", help="gate 2 only: a quicker screen of Temp-LoRA settings")

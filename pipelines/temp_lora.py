@@ -511,9 +511,9 @@ def _train_steps(unet, noise_scheduler, null_embeds, memory, examples, parameter
                 "exp_avg": memory.optimizer_state[f"{key}.exp_avg"].to(parameter.device).clone(),
                 "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
             }
+    batch, device = examples[0][1].shape[0], examples[0][1].device
     for _ in range(config.steps_per_update):
-        device = examples[0][1].device
-        timesteps = torch.randint(low, high, (examples[0][1].shape[0],), generator=generator).to(device)
+        timesteps = torch.randint(low, high, (batch,), generator=generator).to(device)
         losses = []
         for context, target in examples:
             noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(device, target.dtype)
