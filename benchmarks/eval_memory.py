@@ -118,7 +118,8 @@ def run_episode(pipe, episode: Episode, config: TempLoRAConfig, args) -> dict[st
     previous = start
     for index in range(episode.chunks_out):
         current = encode(episode.frames[episode.chunk_slice(index)])
-        oracle = pipe.update_memory(oracle, previous, current, config=config, generator=update_generator)
+        oracle = pipe.update_memory(oracle, previous, current, action=episode.actions[index], config=config,
+                                    generator=update_generator)
         previous = current
     results = {}
     for name, memory in (("oracle_memory", oracle), ("oracle_no_memory", None)):
@@ -138,7 +139,8 @@ def run_episode(pipe, episode: Episode, config: TempLoRAConfig, args) -> dict[st
         for index, action in enumerate(episode.actions):
             chunk = sample_chunk(pipe, action, context, memory, episode, index, args)
             if learn:
-                memory = pipe.update_memory(memory, context, chunk, config=config, generator=update_generator)
+                memory = pipe.update_memory(memory, context, chunk, action=action, config=config,
+                                            generator=update_generator)
             chunks.append(chunk)
             context = chunk
         video = pipe.postprocess(torch.cat(chunks, dim=2), "np")[0]
@@ -161,11 +163,13 @@ def main() -> None:
     parser.add_argument("--timestep-range", type=float, nargs=2, default=TempLoRAConfig.timestep_range)
     parser.add_argument("--objective", default=TempLoRAConfig.objective, choices=TEMP_LORA_OBJECTIVES)
     parser.add_argument("--direction", default=TempLoRAConfig.direction, choices=TEMP_LORA_DIRECTIONS)
+    parser.add_argument("--action-text", action="store_true",
+                        help="learn each clip with its action's text (the reverse action's played backward)")
     parser.add_argument("--oracle-only", action="store_true", help="gate 2 only: a quicker screen of Temp-LoRA settings")
     args = parser.parse_args()
     config = TempLoRAConfig(rank=args.rank, learning_rate=args.lr, steps_per_update=args.steps_per_update,
                             target=args.target, timestep_range=tuple(args.timestep_range),
-                            objective=args.objective, direction=args.direction)
+                            objective=args.objective, direction=args.direction, action_text=args.action_text)
     pipe = SlowFastVGenPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     chunk = pipe.context_window // 2

@@ -52,6 +52,12 @@ def parse_action(action: str) -> str:
     )
 
 
+def reverse_actions() -> dict[str, str]:
+    """Every action ToyWorld knows -> the training phrase of the opposite move (a world model's
+    `reverse_actions`: what Temp-LoRA learns a clip played backward with)."""
+    return {phrase: TRAIN_PARAPHRASES[OPPOSITE[direction]][0] for phrase, direction in _PHRASE_TO_DIRECTION.items()}
+
+
 @dataclass
 class Sample:
     """One training sample in the paper's format: (input chunk, action, output chunk), frames uint8 HWC."""

@@ -66,6 +66,10 @@ def dtype_argument(dtype: torch.dtype | None) -> dict:
     return {"dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype": dtype}
 
 
+def _normalized(action: str) -> str:
+    return " ".join(action.lower().split())
+
+
 def check_model_folder(pretrained_model_name_or_path, provided: dict | None = None) -> None:
     """Raise `FileNotFoundError` naming the problem when a local model folder is missing or incomplete.
 
@@ -154,7 +158,9 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     Components are those of a ModelScope text-to-video checkpoint: `vae` (AutoencoderKL), `text_encoder`
     (CLIPTextModel), `tokenizer` (CLIPTokenizer), `unet` (UNet3DConditionModel) and `scheduler` (DDIM,
     DDPM, DPM-Solver++ and the other diffusers schedulers). `context_window` is the most frames the UNet
-    sees at once (context + new frames).
+    sees at once (context + new frames). `reverse_actions` (optional) maps an action to the one that
+    undoes it ("move left" -> "move right"): what Temp-LoRA with `action_text=True` learns a clip played
+    backward with (see `reverse_action`).
 
     Conditioning modes:
         - "mask" (the paper's): context latents stay clean at every step. Use it with models trained with
@@ -175,10 +181,11 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         unet: UNet3DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
         context_window: int = 16,
+        reverse_actions: dict[str, str] | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.register_to_config(context_window=context_window)
+        self.register_to_config(context_window=context_window, reverse_actions=reverse_actions)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
@@ -198,6 +205,12 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     @property
     def context_window(self) -> int:
         return self.config.context_window
+
+    def reverse_action(self, action: str) -> str | None:
+        """The action that undoes `action` in this world model's `reverse_actions` (case and spacing
+        ignored), or None where it has none."""
+        table = {_normalized(key): value for key, value in (self.config.reverse_actions or {}).items()}
+        return table.get(_normalized(action))
 
     @property
     def size_multiple(self) -> int:
@@ -488,11 +501,14 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         action: str | None = None,
         config: TempLoRAConfig | None = None,
         generator: torch.Generator | None = None,
+        reverse_action: str | None = None,
     ) -> EpisodicMemory:
         """Algorithm 1 (a), lines 11-14: train Temp-LoRA on previous ⊕ new chunk; returns a NEW memory.
 
         `memory=None` starts a memory with `config` (default `TempLoRAConfig()`); the given memory, the
-        latents and the base weights are left untouched.
+        latents and the base weights are left untouched. `action` is recorded in the memory, and with
+        `action_text=True` it is the text the clip is learned with; played backward, the clip is learned
+        with `reverse_action` (default: the world model's `reverse_action(action)`).
         """
         if memory is None:
             memory = self.new_memory(config)
@@ -505,10 +521,14 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             )
         device = self._execution_device
         clip = torch.cat([previous_latents, new_latents], dim=2).to(device, self.unet.dtype)
-        null_embeds = self.encode_action([""], device)
+        if memory.config.action_text and action is not None:
+            reverse_action = reverse_action or self.reverse_action(action)
+            text_embeds, reverse_embeds = self.encode_action([action, reverse_action or ""], device).chunk(2)
+        else:
+            text_embeds = reverse_embeds = self.encode_action([""], device)
         noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
-        return update_memory(self.unet, noise_scheduler, null_embeds, memory, clip, new_latents.shape[2],
-                             action, generator)
+        return update_memory(self.unet, noise_scheduler, text_embeds, memory, clip, new_latents.shape[2],
+                             action, generator, reverse_embeds)
 
     # ------------------------------------------------------------------ long videos (Algorithm 1 (a))
 

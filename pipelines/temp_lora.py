@@ -18,7 +18,7 @@ import re
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,12 @@ class TempLoRAConfig:
     - `direction="forward"`: learn the clip as it was played; `"backward"` learns it played in reverse,
       which is what going back through the same places shows (a return trip); `"both"` learns both, at
       twice the cost of an update.
+    - `action_text=False`: the paper's update has no text. With True, each example is learned with the
+      text of what it shows: the chunk's action played forward, the reverse action (the world model's
+      `reverse_action`) played backward, or no text where the reverse is unknown. Without text, a clip
+      and its reverse start from the same places and pull the memory both ways; with it, an outward trip
+      and a return through the same places are told apart (on ToyWorld the only setting whose memory
+      helped in the real loop; model card).
     - `gradient_checkpointing=True`: the update recomputes each UNet layer's activations in the
       backward pass instead of keeping them all (the UNet3D of diffusers has no checkpointing of its
       own). Same result; it halves the update's peak memory (measured: 2.1 GB -> 1.0 GB above the model
@@ -91,6 +97,7 @@ class TempLoRAConfig:
     keep_optimizer_state: bool = True
     objective: str = "trajectory"
     direction: str = "forward"
+    action_text: bool = False
     gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
@@ -385,21 +392,29 @@ def temp_lora_detached(unet: torch.nn.Module) -> Iterator[None]:
 # The fast-learning update (Algorithm 1 (a), lines 11-14)
 
 
-def memory_examples(clip: torch.Tensor, new_frames: int, config: TempLoRAConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """What one update learns from `clip` (previous + new chunk): (clean conditioning, frames to denoise) pairs."""
-    forward, backward = (clip, clip.shape[2] - new_frames), (clip.flip(2), new_frames)
+class MemoryExample(NamedTuple):
+    """One thing an update learns: `target` frames denoised after the clean `context` frames."""
+
+    context: torch.Tensor
+    target: torch.Tensor
+    backward: bool  # the clip played in reverse: learned with the reverse action's text
+
+
+def memory_examples(clip: torch.Tensor, new_frames: int, config: TempLoRAConfig) -> list[MemoryExample]:
+    """What one update learns from `clip` (previous + new chunk), in the order forward, backward."""
+    forward, backward = (clip, clip.shape[2] - new_frames, False), (clip.flip(2), new_frames, True)
     plays = {"forward": (forward,), "backward": (backward,), "both": (forward, backward)}[config.direction]
     if config.objective == "trajectory":
-        return [(played[:, :, :0], played) for played, _ in plays]
+        return [MemoryExample(played[:, :, :0], played, reverse) for played, _, reverse in plays]
     # Played backwards, the new chunk comes first: it conditions, and the previous chunk is learned.
-    return [(played[:, :, :split], played[:, :, split:]) for played, split in plays]
+    return [MemoryExample(played[:, :, :split], played[:, :, split:], reverse) for played, split, reverse in plays]
 
 
-def temp_lora_loss(unet, noise_scheduler, context: torch.Tensor, target: torch.Tensor, null_embeds: torch.Tensor,
+def temp_lora_loss(unet, noise_scheduler, context: torch.Tensor, target: torch.Tensor, text_embeds: torch.Tensor,
                    timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Denoising loss on `target` after the clean `context` frames (none in the paper's update), no action text."""
+    """Denoising loss on `target` after the clean `context` frames (none in the paper's update)."""
     noisy = noise_scheduler.add_noise(target, noise, timesteps)
-    prediction = unet(torch.cat([context, noisy], dim=2), timesteps, encoder_hidden_states=null_embeds).sample
+    prediction = unet(torch.cat([context, noisy], dim=2), timesteps, encoder_hidden_states=text_embeds).sample
     prediction = prediction[:, :, context.shape[2]:]
     return F.mse_loss(prediction.float(), denoising_target(noise_scheduler, target, noise, timesteps).float())
 
@@ -417,14 +432,18 @@ def denoising_target(noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, 
 def update_memory(
     unet: torch.nn.Module,
     noise_scheduler,
-    null_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
     memory: EpisodicMemory,
     clip: torch.Tensor,
     new_frames: int,
     action: str | None = None,
     generator: torch.Generator | None = None,
+    reverse_text_embeds: torch.Tensor | None = None,
 ) -> EpisodicMemory:
     """Train Temp-LoRA on `clip` (previous chunk + new chunk latents, B,C,F,H,W) and return the new memory.
+
+    Examples played forward are learned with `text_embeds`, those played backward with
+    `reverse_text_embeds` (default: `text_embeds`); the paper's update gives the empty text to both.
 
     Runs outside inference mode with grad enabled (ComfyUI runs nodes under `torch.inference_mode()`),
     touches neither the inputs nor `memory`, and on a NaN or infinite loss returns `memory` unchanged.
@@ -443,12 +462,13 @@ def update_memory(
     checkpointed = _checkpointed(unet) if config.gradient_checkpointing else contextlib.nullcontext()
     with torch.inference_mode(False), torch.enable_grad(), memory_applied(unet, memory) as parameters, checkpointed:
         clip = clip.detach().clone()
-        null_embeds = null_embeds.detach().clone().expand(clip.shape[0], -1, -1)
+        embeds = {reverse: e.detach().clone().expand(clip.shape[0], -1, -1) for reverse, e in
+                  ((False, text_embeds), (True, text_embeds if reverse_text_embeds is None else reverse_text_embeds))}
         trainable = list(parameters.values())
         for parameter in trainable:
             parameter.requires_grad_(True)
         try:
-            result = _train_steps(unet, noise_scheduler, null_embeds, memory, memory_examples(clip, new_frames, config),
+            result = _train_steps(unet, noise_scheduler, embeds, memory, memory_examples(clip, new_frames, config),
                                   parameters, trainable, low, high, generator)
         finally:
             for parameter in trainable:
@@ -500,7 +520,7 @@ def _checkpoint_call(checkpoint, forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def _train_steps(unet, noise_scheduler, null_embeds, memory, examples, parameters, trainable, low, high, generator):
+def _train_steps(unet, noise_scheduler, embeds, memory, examples, parameters, trainable, low, high, generator):
     """The optimizer steps of one update: (lora, optimizer_state) of the new memory, or None to roll back."""
     config = memory.config
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
@@ -511,13 +531,13 @@ def _train_steps(unet, noise_scheduler, null_embeds, memory, examples, parameter
                 "exp_avg": memory.optimizer_state[f"{key}.exp_avg"].to(parameter.device).clone(),
                 "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
             }
-    batch, device = examples[0][1].shape[0], examples[0][1].device
+    batch, device = examples[0].target.shape[0], examples[0].target.device
     for _ in range(config.steps_per_update):
         timesteps = torch.randint(low, high, (batch,), generator=generator).to(device)
         losses = []
-        for context, target in examples:
+        for context, target, backward in examples:
             noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(device, target.dtype)
-            losses.append(temp_lora_loss(unet, noise_scheduler, context, target, null_embeds, timesteps, noise))
+            losses.append(temp_lora_loss(unet, noise_scheduler, context, target, embeds[backward], timesteps, noise))
         loss = torch.stack(losses).mean()
         if not torch.isfinite(loss):
             warnings.warn(

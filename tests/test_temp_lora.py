@@ -23,6 +23,7 @@ from slowfast_vgen.pipelines import (
     TARGET_PRESETS,
     EpisodicMemory,
     MemoryMismatchError,
+    SlowFastVGenPipeline,
     TempLoRAConfig,
     WorldModelSpec,
     build_pipeline,
@@ -47,6 +48,10 @@ def clone_memory(memory: EpisodicMemory) -> EpisodicMemory:
         lora={k: t.clone() for k, t in memory.lora.items()},
         optimizer_state={k: t.clone() for k, t in memory.optimizer_state.items()},
     )
+
+
+def flat(memory: EpisodicMemory) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in memory.lora.values()])
 
 
 def assert_memories_equal(a: EpisodicMemory, b: EpisodicMemory) -> None:
@@ -299,14 +304,49 @@ def test_target_presets_select_the_right_modules(tiny_pipe):
 def test_memory_examples_play_the_clip_each_way():
     previous, new = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 4, 2, 8, 8)
     clip = torch.cat([previous, new], dim=2)
-    [(context, target)] = memory_examples(clip, 2, TempLoRAConfig())
-    assert context.shape[2] == 0 and torch.equal(target, clip), "the paper's update: the whole clip, no context"
-    [(context, target)] = memory_examples(clip, 2, TempLoRAConfig(objective="transition"))
-    assert torch.equal(context, previous) and torch.equal(target, new)
-    [(context, target)] = memory_examples(clip, 2, TempLoRAConfig(objective="transition", direction="backward"))
-    assert torch.equal(context, new.flip(2)) and torch.equal(target, previous.flip(2)), "a return trip"
+    [example] = memory_examples(clip, 2, TempLoRAConfig())
+    assert example.context.shape[2] == 0 and torch.equal(example.target, clip), "the paper's update: no context"
+    [example] = memory_examples(clip, 2, TempLoRAConfig(objective="transition"))
+    assert torch.equal(example.context, previous) and torch.equal(example.target, new) and not example.backward
+    [example] = memory_examples(clip, 2, TempLoRAConfig(objective="transition", direction="backward"))
+    assert torch.equal(example.context, new.flip(2)) and torch.equal(example.target, previous.flip(2)), "a return"
+    assert example.backward
     both = memory_examples(clip, 2, TempLoRAConfig(direction="both"))
-    assert [torch.equal(target, c) for (_, target), c in zip(both, (clip, clip.flip(2)))] == [True, True]
+    assert [torch.equal(e.target, c) for e, c in zip(both, (clip, clip.flip(2)))] == [True, True]
+    assert [e.backward for e in both] == [False, True]
+
+
+def test_action_text_learns_each_play_with_its_text(tiny_pipe, tiny_context):
+    """Forward with the chunk's action, backward with the reverse action: given, or from the model's table."""
+    new = chunk(tiny_pipe, tiny_context)
+    texts = TempLoRAConfig(rank=4, objective="transition", direction="both", action_text=True)
+
+    def update(config, action="move left", **kwargs):
+        return tiny_pipe.update_memory(None, tiny_context, new, action=action, config=config, generator=gen(7), **kwargs)
+
+    explicit = update(texts, reverse_action="move right")
+    tiny_pipe.register_to_config(reverse_actions={"Move  LEFT": "move right"})
+    try:
+        assert tiny_pipe.reverse_action("move left") == "move right" and tiny_pipe.reverse_action("jump") is None
+        assert_memories_equal(update(texts), explicit)
+    finally:
+        tiny_pipe.register_to_config(reverse_actions=None)
+    unknown_reverse = update(texts)
+    assert not torch.equal(flat(unknown_reverse), flat(explicit)), "no reverse: the backward play has no text"
+    forward_only = dataclasses.replace(texts, direction="forward")
+    assert not torch.equal(flat(update(forward_only)), flat(update(forward_only, action="move up")))
+    text_free = dataclasses.replace(texts, action_text=False)
+    assert torch.equal(flat(update(text_free)), flat(update(text_free, action="move up"))), \
+        "the paper's update ignores the action"
+
+
+def test_reverse_actions_are_saved_with_the_model(tiny_pipe, tmp_path):
+    tiny_pipe.register_to_config(reverse_actions={"go left": "go right"})
+    try:
+        tiny_pipe.save_pretrained(tmp_path)
+    finally:
+        tiny_pipe.register_to_config(reverse_actions=None)
+    assert SlowFastVGenPipeline.from_pretrained(tmp_path).reverse_action("Go Left") == "go right"
 
 
 def test_backward_transition_update_learns_the_way_back(tiny_pipe, tiny_context):

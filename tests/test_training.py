@@ -15,8 +15,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from slowfast_vgen.data.manifest import BadRecordError, load_clip, read_manifest
-from slowfast_vgen.data.toyworld import (DIRECTIONS, HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld, out_and_back, parse_action,
-                                         sample_lengths)
+from slowfast_vgen.data.toyworld import (DIRECTIONS, HELD_OUT_PARAPHRASES, OPPOSITE, TRAIN_PARAPHRASES, ToyWorld,
+                                         out_and_back, parse_action, reverse_actions, sample_lengths)
 from slowfast_vgen.paths import DEFAULT_MODEL_DIR
 from slowfast_vgen.pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from slowfast_vgen.training.train import main as train_main
@@ -174,6 +174,7 @@ def test_training_writes_a_loadable_pipeline_log_and_plot(tmp_path):
     chunk = pipe("move left", context_latents=torch.randn(1, 4, 1, 16, 16), num_frames=2, num_inference_steps=2,
                  output_type="latent").latents
     assert chunk.shape == (1, 4, 2, 16, 16)
+    assert pipe.reverse_action("walk west") == "move right", "a ToyWorld model knows its reverse actions"
 
 
 def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights(tmp_path):
@@ -202,6 +203,26 @@ def test_bad_model_argument_is_refused_before_training(tmp_path):
     with pytest.raises(SystemExit, match="not a pipeline folder"):
         train_main(["--model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, match", [("{not json", "cannot read it as JSON"),
+                                            ('["move left"]', "expected a JSON object"),
+                                            ('{"move left": ""}', "expected a JSON object")])
+def test_bad_reverse_actions_are_refused_before_training(tmp_path, content, match):
+    table = tmp_path / "reverse.json"
+    table.write_text(content)
+    with pytest.raises(SystemExit, match=match):
+        train_main([*TINY_RUN, "--output-dir", str(tmp_path / "out"), "--reverse-actions", str(table)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_toyworld_reverse_actions_undo_every_known_action():
+    table = reverse_actions()
+    known = {phrase for phrases in (*TRAIN_PARAPHRASES.values(), *HELD_OUT_PARAPHRASES.values()) for phrase in phrases}
+    assert set(table) == known
+    for action, reverse in table.items():
+        assert parse_action(reverse) == OPPOSITE[parse_action(action)]
+        assert reverse in TRAIN_PARAPHRASES[parse_action(reverse)], "the reverse is a phrase the model was trained on"
 
 
 # ------------------------------------------------------------------------------------------ manifest

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data.manifest import load_clip, read_manifest
-from ..data.toyworld import Sample, ToyWorld, sample_lengths
+from ..data.toyworld import Sample, ToyWorld, reverse_actions, sample_lengths
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from ..pipelines.temp_lora import denoising_target
 
@@ -51,6 +51,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--data", choices=("toyworld", "manifest"), default="toyworld")
     parser.add_argument("--manifest", help="JSON Lines manifest of videos (with --data manifest)")
     parser.add_argument("--on-bad-record", choices=("skip", "fatal"), default="skip")
+    parser.add_argument("--reverse-actions", metavar="JSON",
+                        help="a JSON file mapping each action to the one that undoes it, saved with the model for "
+                             "Temp-LoRA's action_text (ToyWorld's are built in)")
     parser.add_argument("--world-seeds", type=int, default=64, help="ToyWorld seeds 1..N train; 0 and >N are held out")
     parser.add_argument("--max-generate", type=int, default=None, help="most frames generated per sample (f_g)")
     parser.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (a new:<spec> model has a random one)")
@@ -162,6 +165,20 @@ def load_base_pipeline(model: str) -> SlowFastVGenPipeline:
     return SlowFastVGenPipeline.from_pretrained(model)
 
 
+def read_reverse_actions(path: str) -> dict[str, str]:
+    """The `--reverse-actions` table, checked before anything is trained."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            table = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"--reverse-actions {path}: cannot read it as JSON ({error}).") from None
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) and k.strip() and v.strip()
+                                              for k, v in table.items()):
+        raise SystemExit(f"--reverse-actions {path}: expected a JSON object of non-empty action -> reverse action "
+                         'strings, e.g. {"move left": "move right"}.')
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision, cpu=args.cpu)
@@ -171,7 +188,10 @@ def run(args: argparse.Namespace) -> int:
                          "on a machine without GPU pass --cpu so that they train together over gloo.")
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
+    reversals = read_reverse_actions(args.reverse_actions) if args.reverse_actions else None
     pipe = load_base_pipeline(args.model)
+    if reversals is not None or args.data == "toyworld":
+        pipe.register_to_config(reverse_actions=reversals or reverse_actions())
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
