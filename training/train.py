@@ -188,10 +188,13 @@ def run(args: argparse.Namespace) -> int:
                          "on a machine without GPU pass --cpu so that they train together over gloo.")
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    reversals = read_reverse_actions(args.reverse_actions) if args.reverse_actions else None
+    if args.reverse_actions:
+        reversals = read_reverse_actions(args.reverse_actions)
+    else:
+        reversals = reverse_actions() if args.data == "toyworld" else None
     pipe = load_base_pipeline(args.model)
-    if reversals is not None or args.data == "toyworld":
-        pipe.register_to_config(reverse_actions=reversals or reverse_actions())
+    if reversals is not None:
+        pipe.register_to_config(reverse_actions=reversals)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
