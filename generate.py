@@ -50,9 +50,11 @@ def add_generate_command(commands) -> None:
     parser.add_argument("--lora-objective", default=TempLoRAConfig.objective, choices=TEMP_LORA_OBJECTIVES,
                         help="trajectory: the paper's update; transition: learn each chunk from the one before")
     parser.add_argument("--lora-direction", default=TempLoRAConfig.direction, choices=TEMP_LORA_DIRECTIONS,
-                        help="learn each clip as played, reversed (what a way back sees) or both")
+                        help="learn each clip as played, the way back through it (what a return sees) or both")
     parser.add_argument("--lora-action-text", action="store_true",
                         help="learn each clip with its action's text (the model's reverse action played backward)")
+    parser.add_argument("--lora-replay", type=int, default=TempLoRAConfig.replay,
+                        help="earlier clips of the episode rehearsed at every update step (0: the paper's update)")
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--contact-sheet", help="also write a PNG grid of every 4th frame here")
     parser.set_defaults(run=run)
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     image = first_frame(args, pipe.native_size)
     config = TempLoRAConfig(rank=args.lora_rank, learning_rate=args.lora_lr, steps_per_update=args.lora_steps,
                             target=args.lora_target, objective=args.lora_objective, direction=args.lora_direction,
-                            action_text=args.lora_action_text)
+                            action_text=args.lora_action_text, replay=args.lora_replay)
     output = Path(args.output)
     memory_path, summary_path = output.with_suffix(".memory.safetensors"), output.with_suffix(".json")
     sink = VideoSink(str(output), args.fps, pipe.native_size)

@@ -152,7 +152,7 @@ def run_episode(pipe, episode: Episode, config: TempLoRAConfig, args) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--episodes", type=int, default=20, help="held-out world seeds 2000.. (training uses 1..64)")
+    parser.add_argument("--episodes", type=int, default=20, help="held-out world seeds (training uses 1..64)")
     parser.add_argument("--chunks-out", type=int, default=4, help="chunks out (and as many back)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=2.0)
@@ -165,17 +165,24 @@ def main() -> None:
     parser.add_argument("--direction", default=TempLoRAConfig.direction, choices=TEMP_LORA_DIRECTIONS)
     parser.add_argument("--action-text", action="store_true",
                         help="learn each clip with its action's text (the reverse action's played backward)")
+    parser.add_argument("--replay", type=int, default=TempLoRAConfig.replay,
+                        help="earlier clips of the episode rehearsed at every Temp-LoRA step")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                        default=TempLoRAConfig.gradient_checkpointing,
+                        help="same memories either way; without it the updates run faster in more memory")
+    parser.add_argument("--first-seed", type=int, default=2000, help="held-out world seeds from here on")
     parser.add_argument("--oracle-only", action="store_true", help="gate 2 only: a quicker screen of Temp-LoRA settings")
     args = parser.parse_args()
     config = TempLoRAConfig(rank=args.rank, learning_rate=args.lr, steps_per_update=args.steps_per_update,
                             target=args.target, timestep_range=tuple(args.timestep_range),
-                            objective=args.objective, direction=args.direction, action_text=args.action_text)
+                            objective=args.objective, direction=args.direction, action_text=args.action_text,
+                            replay=args.replay, gradient_checkpointing=args.gradient_checkpointing)
     pipe = SlowFastVGenPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     chunk = pipe.context_window // 2
     started = time.perf_counter()
     per_episode = []
-    for seed in range(2000, 2000 + args.episodes):
+    for seed in range(args.first_seed, args.first_seed + args.episodes):
         per_episode.append(run_episode(pipe, Episode(seed, args.chunks_out, chunk, pipe.native_size), config, args))
         print(json.dumps({"seed": seed, **{k: round(v, 2) for k, v in per_episode[-1].items()}}), flush=True)
     table = {name: np.array([r[name] for r in per_episode]) for name in per_episode[0]}
@@ -184,7 +191,8 @@ def main() -> None:
         gains["real"] = table["memory"] - table["no_memory"]
         gains["real_vs_truth"] = table["memory_vs_truth"] - table["no_memory_vs_truth"]
     summary = {
-        "model": args.model, "episodes": args.episodes, "chunks_out": args.chunks_out, "steps": args.steps,
+        "model": args.model, "episodes": args.episodes, "first_seed": args.first_seed,
+        "chunks_out": args.chunks_out, "steps": args.steps,
         "guidance": args.guidance, "temp_lora": {k: v for k, v in vars(config).items()},
         "revisit_psnr_db": {name: {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2)}
                             for name, v in table.items()},

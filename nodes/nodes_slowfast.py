@@ -189,19 +189,24 @@ class TempLoRASettings:
                                                         "paper); transition: learn the new chunk from the clean "
                                                         "previous one, as chunks are generated."}),
             "direction": (list(TEMP_LORA_DIRECTIONS), {"default": TempLoRAConfig.direction,
-                                             "tooltip": "Learn the clip as played, reversed (what a return trip "
-                                                        "sees), or both (twice the cost)."}),
+                                             "tooltip": "Learn the clip as played, the way back through it (what "
+                                                        "a return trip sees), or both."}),
             "action_text": ("BOOLEAN", {"default": TempLoRAConfig.action_text,
                                         "tooltip": "Learn each clip with its action's text (the reverse action's "
                                                    "when played backward), so a trip out and the way back are told "
                                                    "apart; off is the paper's text-free update."}),
+            "replay": ("INT", {"default": TempLoRAConfig.replay, "min": 0, "max": 64,
+                               "tooltip": "Earlier clips of the episode rehearsed at every step, so that later "
+                                          "updates do not overwrite them (the memory keeps their latents); 0 is "
+                                          "the paper's update."}),
         }}
 
     def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
              timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,
-             direction: str | None = None, action_text: bool | None = None) -> tuple[TempLoRAConfig]:
-        given = {name: value for name, value in
-                 (("objective", objective), ("direction", direction), ("action_text", action_text)) if value is not None}
+             direction: str | None = None, action_text: bool | None = None,
+             replay: int | None = None) -> tuple[TempLoRAConfig]:
+        optional = {"objective": objective, "direction": direction, "action_text": action_text, "replay": replay}
+        given = {name: value for name, value in optional.items() if value is not None}
         return (TempLoRAConfig(rank=rank, alpha=alpha or None, learning_rate=learning_rate, target=target,
                                steps_per_update=steps_per_update, timestep_range=(timestep_low, timestep_high),
                                keep_optimizer_state=keep_optimizer_state, **given),)

@@ -33,6 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .fingerprint import model_fingerprint, weights_version
 from .temp_lora import (
     EpisodicMemory,
+    MemoryClip,
     TempLoRAConfig,
     check_memory,
     memory_applied,
@@ -520,15 +521,15 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                 "share batch, height and width to be concatenated along frames."
             )
         device = self._execution_device
-        clip = torch.cat([previous_latents, new_latents], dim=2).to(device, self.unet.dtype)
+        text = reverse_text = ""
         if memory.config.action_text and action is not None:
-            reverse_action = reverse_action or self.reverse_action(action)
-            text_embeds, reverse_embeds = self.encode_action([action, reverse_action or ""], device).chunk(2)
-        else:
-            text_embeds = reverse_embeds = self.encode_action([""], device)
+            text, reverse_text = action, reverse_action or self.reverse_action(action) or ""
+        clip = MemoryClip(torch.cat([previous_latents, new_latents], dim=2).to(device, self.unet.dtype),
+                          new_latents.shape[2], text, reverse_text)
+        texts = sorted({t for c in (*memory.clips, clip) for t in (c.text, c.reverse_text)})
+        text_embeds = dict(zip(texts, self.encode_action(texts, device).split(1)))
         noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
-        return update_memory(self.unet, noise_scheduler, text_embeds, memory, clip, new_latents.shape[2],
-                             action, generator, reverse_embeds)
+        return update_memory(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator)
 
     # ------------------------------------------------------------------ long videos (Algorithm 1 (a))
 

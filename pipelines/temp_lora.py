@@ -18,7 +18,7 @@ import re
 import uuid
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, NamedTuple
+from typing import Iterator, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,15 +73,24 @@ class TempLoRAConfig:
       the new chunk is noised and learned (the input -> output format of the original Temp-LoRA, which
       the paper sets aside). On ToyWorld only the latter, played backward, brought revisited places back
       (model card).
-    - `direction="forward"`: learn the clip as it was played; `"backward"` learns it played in reverse,
-      which is what going back through the same places shows (a return trip); `"both"` learns both, at
-      twice the cost of an update.
+    - `direction="forward"`: learn the clip as it was played; `"backward"` learns what going back through
+      the same places shows (a return trip); `"both"` learns both. With the trajectory objective the way
+      back is the clip reversed. With the transition objective it is what a turn at the end of the clip
+      gives, chunk by chunk: the new chunk as seen, then the way back (the new chunk reversed, without its
+      last frame, which a turn does not show twice), then the rest of the way back through the previous
+      chunk. So the contexts learned are the ones a return really conditions on, frame for frame (a plain
+      reversal is one frame out of step with every return chunk, and never shows the turn).
     - `action_text=False`: the paper's update has no text. With True, each example is learned with the
       text of what it shows: the chunk's action played forward, the reverse action (the world model's
       `reverse_action`) played backward, or no text where the reverse is unknown. Without text, a clip
       and its reverse start from the same places and pull the memory both ways; with it, an outward trip
       and a return through the same places are told apart (on ToyWorld the only setting whose memory
       helped in the real loop; model card).
+    - `replay=0`: the paper learns each clip once, when it is made, so later updates overwrite it (on
+      ToyWorld, a place learned three chunks earlier was no longer reproduced). With `replay=k` the
+      memory keeps the latents of its clips, and every optimizer step also rehearses k of the earlier
+      clips, drawn at random, so the whole episode stays learned. The memory then grows by one clip
+      (previous + new chunk latents) per update, saved with it.
     - `gradient_checkpointing=True`: the update recomputes each UNet layer's activations in the
       backward pass instead of keeping them all (the UNet3D of diffusers has no checkpointing of its
       own). Same result; it halves the update's peak memory (measured: 2.1 GB -> 1.0 GB above the model
@@ -98,6 +107,7 @@ class TempLoRAConfig:
     objective: str = "trajectory"
     direction: str = "forward"
     action_text: bool = False
+    replay: int = 0
     gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
@@ -112,6 +122,8 @@ class TempLoRAConfig:
             raise ValueError(
                 f"TempLoRAConfig.timestep_range must be two fractions 0 <= low < high <= 1, got {self.timestep_range}."
             )
+        if self.replay < 0:
+            raise ValueError(f"TempLoRAConfig.replay must be 0 (no replay) or a number of clips, got {self.replay}.")
         if self.objective not in TEMP_LORA_OBJECTIVES:
             raise ValueError(f"TempLoRAConfig.objective must be one of {', '.join(TEMP_LORA_OBJECTIVES)}, got {self.objective!r}.")
         if self.direction not in TEMP_LORA_DIRECTIONS:
@@ -144,6 +156,15 @@ class TempLoRAConfig:
         return cls(**values)
 
 
+class MemoryClip(NamedTuple):
+    """What one update learns from: a previous + new chunk of latents and the texts of its two plays."""
+
+    latents: torch.Tensor  # B,C,F,H,W: the previous chunk, then the new one
+    new_frames: int
+    text: str = ""  # forward play: the chunk's action (with `action_text`), else the null text
+    reverse_text: str = ""  # backward play: the reverse action, else the null text
+
+
 @dataclass(frozen=True)
 class EpisodicMemory:
     """The memory of one episode: Temp-LoRA weights, optimizer moments, settings and provenance.
@@ -160,6 +181,7 @@ class EpisodicMemory:
     num_updates: int = 0
     frames_seen: int = 0
     actions: tuple[str, ...] = ()
+    clips: tuple[MemoryClip, ...] = ()  # kept for replay (`TempLoRAConfig.replay`), else empty
 
     @property
     def num_parameters(self) -> int:
@@ -169,6 +191,7 @@ class EpisodicMemory:
         """Write the memory as a `.safetensors` adapter, atomically (temporary file, then rename)."""
         tensors = {key: t.detach().contiguous().cpu() for key, t in self.lora.items()}
         tensors.update({f"optimizer.{k}": t.detach().contiguous().cpu() for k, t in self.optimizer_state.items()})
+        tensors.update({f"clip.{i}": clip.latents.detach().contiguous().cpu() for i, clip in enumerate(self.clips)})
         metadata = {
             "format": MEMORY_FORMAT,
             "format_version": MEMORY_FORMAT_VERSION,
@@ -178,6 +201,7 @@ class EpisodicMemory:
             "num_updates": str(self.num_updates),
             "frames_seen": str(self.frames_seen),
             "actions": json.dumps(list(self.actions)),
+            "clips": json.dumps([[c.new_frames, c.text, c.reverse_text] for c in self.clips]),
             "created_with": _package_version(),
         }
         atomic_save_safetensors(tensors, path, metadata)
@@ -192,15 +216,19 @@ class EpisodicMemory:
                 "A peft adapter folder can be converted with `slowfast-vgen memory convert`."
             )
         try:
+            clip_texts = json.loads(metadata.get("clips", "[]"))  # absent from memories made without replay
+            clips = tuple(MemoryClip(tensors[f"clip.{i}"], int(new_frames), text, reverse_text)
+                          for i, (new_frames, text, reverse_text) in enumerate(clip_texts))
             return cls(
                 config=TempLoRAConfig.from_json(metadata["config"]),
-                lora={k: t for k, t in tensors.items() if not k.startswith("optimizer.")},
+                lora={k: t for k, t in tensors.items() if not k.startswith(("optimizer.", "clip."))},
                 base_fingerprint=metadata["base_fingerprint"],
                 optimizer_state={k[len("optimizer."):]: t for k, t in tensors.items() if k.startswith("optimizer.")},
                 optimizer_steps=int(metadata["optimizer_steps"]),
                 num_updates=int(metadata["num_updates"]),
                 frames_seen=int(metadata["frames_seen"]),
                 actions=tuple(json.loads(metadata["actions"])),
+                clips=clips,
             )
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None
@@ -393,21 +421,27 @@ def temp_lora_detached(unet: torch.nn.Module) -> Iterator[None]:
 
 
 class MemoryExample(NamedTuple):
-    """One thing an update learns: `target` frames denoised after the clean `context` frames."""
+    """One thing an update learns: `target` frames denoised after the clean `context` frames, with `text`."""
 
     context: torch.Tensor
     target: torch.Tensor
-    backward: bool  # the clip played in reverse: learned with the reverse action's text
+    text: str
 
 
-def memory_examples(clip: torch.Tensor, new_frames: int, config: TempLoRAConfig) -> list[MemoryExample]:
-    """What one update learns from `clip` (previous + new chunk), in the order forward, backward."""
-    forward, backward = (clip, clip.shape[2] - new_frames, False), (clip.flip(2), new_frames, True)
-    plays = {"forward": (forward,), "backward": (backward,), "both": (forward, backward)}[config.direction]
+def memory_examples(clip: MemoryClip, config: TempLoRAConfig) -> list[MemoryExample]:
+    """What one update learns from `clip`, forward play first (see `TempLoRAConfig.direction`)."""
+    latents, new_frames = clip.latents, clip.new_frames
+    previous, new = latents[:, :, :-new_frames], latents[:, :, -new_frames:]
     if config.objective == "trajectory":
-        return [MemoryExample(played[:, :, :0], played, reverse) for played, _, reverse in plays]
-    # Played backwards, the new chunk comes first: it conditions, and the previous chunk is learned.
-    return [MemoryExample(played[:, :, :split], played[:, :, split:], reverse) for played, split, reverse in plays]
+        forward = [MemoryExample(latents[:, :, :0], latents, clip.text)]
+        backward = [MemoryExample(latents[:, :, :0], latents.flip(2), clip.reverse_text)]
+    else:
+        way_back = latents.flip(2)[:, :, 1:]
+        forward = [MemoryExample(previous, new, clip.text)]
+        backward = [MemoryExample(new, way_back[:, :, :new_frames], clip.reverse_text),
+                    MemoryExample(way_back[:, :, :new_frames], way_back[:, :, new_frames:], clip.reverse_text)]
+    examples = {"forward": forward, "backward": backward, "both": forward + backward}[config.direction]
+    return [example for example in examples if example.target.shape[2]]
 
 
 def temp_lora_loss(unet, noise_scheduler, context: torch.Tensor, target: torch.Tensor, text_embeds: torch.Tensor,
@@ -432,18 +466,16 @@ def denoising_target(noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, 
 def update_memory(
     unet: torch.nn.Module,
     noise_scheduler,
-    text_embeds: torch.Tensor,
     memory: EpisodicMemory,
-    clip: torch.Tensor,
-    new_frames: int,
+    clip: MemoryClip,
+    text_embeds: Mapping[str, torch.Tensor],
     action: str | None = None,
     generator: torch.Generator | None = None,
-    reverse_text_embeds: torch.Tensor | None = None,
 ) -> EpisodicMemory:
-    """Train Temp-LoRA on `clip` (previous chunk + new chunk latents, B,C,F,H,W) and return the new memory.
+    """Train Temp-LoRA on `clip` (and, with replay, on earlier clips of `memory`); return the new memory.
 
-    Examples played forward are learned with `text_embeds`, those played backward with
-    `reverse_text_embeds` (default: `text_embeds`); the paper's update gives the empty text to both.
+    `text_embeds` maps every text of `clip` and of the memory's clips to its text-encoder states (1,L,D);
+    the paper's update uses the null text only. `action` is recorded in the memory.
 
     Runs outside inference mode with grad enabled (ComfyUI runs nodes under `torch.inference_mode()`),
     touches neither the inputs nor `memory`, and on a NaN or infinite loss returns `memory` unchanged.
@@ -461,15 +493,21 @@ def update_memory(
     high = max(low + 1, int(config.timestep_range[1] * (num_train_timesteps - 1)) + 1)
     checkpointed = _checkpointed(unet) if config.gradient_checkpointing else contextlib.nullcontext()
     with torch.inference_mode(False), torch.enable_grad(), memory_applied(unet, memory) as parameters, checkpointed:
-        clip = clip.detach().clone()
-        embeds = {reverse: e.detach().clone().expand(clip.shape[0], -1, -1) for reverse, e in
-                  ((False, text_embeds), (True, text_embeds if reverse_text_embeds is None else reverse_text_embeds))}
+        # Copies made here, outside inference mode, so that autograd may save them (ComfyUI's inputs are
+        # inference tensors), and so that neither the inputs nor the memory can be touched.
+        def copied(source: MemoryClip) -> MemoryClip:
+            latents = source.latents.detach().to(clip.latents.device, clip.latents.dtype, copy=True)
+            return source._replace(latents=latents)
+
+        embeds = {text: e.detach().clone() for text, e in text_embeds.items()}
+        current = memory_examples(copied(clip), config)
+        replayed = [memory_examples(copied(old), config) for old in (memory.clips if config.replay else ())]
         trainable = list(parameters.values())
         for parameter in trainable:
             parameter.requires_grad_(True)
         try:
-            result = _train_steps(unet, noise_scheduler, embeds, memory, memory_examples(clip, new_frames, config),
-                                  parameters, trainable, low, high, generator)
+            result = _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, parameters, trainable,
+                                  low, high, generator)
         finally:
             for parameter in trainable:
                 parameter.requires_grad_(False)
@@ -477,15 +515,34 @@ def update_memory(
     if result is None:
         return memory
     lora, optimizer_state = result
+    kept = clip._replace(latents=clip.latents.detach().to("cpu", copy=True))
     return replace(
         memory,
         lora=lora,
         optimizer_state=optimizer_state,
         optimizer_steps=memory.optimizer_steps + config.steps_per_update if config.keep_optimizer_state else 0,
         num_updates=memory.num_updates + 1,
-        frames_seen=memory.frames_seen + new_frames,
+        frames_seen=memory.frames_seen + clip.new_frames,
         actions=memory.actions + ((action,) if action is not None else ()),
+        clips=memory.clips + (kept,) if config.replay else (),
     )
+
+
+def _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator) -> torch.Tensor:
+    """Mean loss of `examples`, those of one shape run through the UNet as one batch (each its own timestep)."""
+    batches: dict[tuple[int, int], list[MemoryExample]] = {}
+    for example in examples:
+        batches.setdefault((example.context.shape[2], example.target.shape[2]), []).append(example)
+    total = 0.0
+    for batch in batches.values():
+        context = torch.cat([e.context for e in batch])
+        target = torch.cat([e.target for e in batch])
+        text_embeds = torch.cat([embeds[e.text].expand(e.target.shape[0], -1, -1) for e in batch])
+        timesteps = torch.randint(low, high, (target.shape[0],), generator=generator).to(target.device)
+        noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(target.device, target.dtype)
+        loss = temp_lora_loss(unet, noise_scheduler, context, target, text_embeds, timesteps, noise)
+        total = total + loss * len(batch)
+    return total / len(examples)
 
 
 # The UNet3D layers whose activations the update recomputes in the backward pass instead of storing them.
@@ -520,7 +577,8 @@ def _checkpoint_call(checkpoint, forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def _train_steps(unet, noise_scheduler, embeds, memory, examples, parameters, trainable, low, high, generator):
+def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, parameters, trainable, low, high,
+                 generator):
     """The optimizer steps of one update: (lora, optimizer_state) of the new memory, or None to roll back."""
     config = memory.config
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
@@ -531,14 +589,12 @@ def _train_steps(unet, noise_scheduler, embeds, memory, examples, parameters, tr
                 "exp_avg": memory.optimizer_state[f"{key}.exp_avg"].to(parameter.device).clone(),
                 "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
             }
-    batch, device = examples[0].target.shape[0], examples[0].target.device
     for _ in range(config.steps_per_update):
-        timesteps = torch.randint(low, high, (batch,), generator=generator).to(device)
-        losses = []
-        for context, target, backward in examples:
-            noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(device, target.dtype)
-            losses.append(temp_lora_loss(unet, noise_scheduler, context, target, embeds[backward], timesteps, noise))
-        loss = torch.stack(losses).mean()
+        examples = list(current)
+        if replayed:
+            for index in torch.randint(0, len(replayed), (config.replay,), generator=generator).tolist():
+                examples += replayed[index]
+        loss = _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator)
         if not torch.isfinite(loss):
             warnings.warn(
                 f"Temp-LoRA update skipped: the loss was {loss.item()}; the memory was rolled back to its last "

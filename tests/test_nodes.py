@@ -160,9 +160,9 @@ def test_settings_carry_the_objective_and_default_to_the_papers_update():
                   timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)
     saved_before_these_inputs = run("TempLoRASettings", **common)[0]
     assert (saved_before_these_inputs.objective, saved_before_these_inputs.direction,
-            saved_before_these_inputs.action_text) == ("trajectory", "forward", False)
-    tuned = run("TempLoRASettings", **common, objective="transition", direction="both", action_text=True)[0]
-    assert (tuned.objective, tuned.direction, tuned.action_text) == ("transition", "both", True)
+            saved_before_these_inputs.action_text, saved_before_these_inputs.replay) == ("trajectory", "forward", False, 0)
+    tuned = run("TempLoRASettings", **common, objective="transition", direction="both", action_text=True, replay=3)[0]
+    assert (tuned.objective, tuned.direction, tuned.action_text, tuned.replay) == ("transition", "both", True, 3)
 
 
 def test_branches_from_one_memory_do_not_disturb_each_other(world, start):

@@ -28,7 +28,7 @@ from slowfast_vgen.pipelines import (
     WorldModelSpec,
     build_pipeline,
 )
-from slowfast_vgen.pipelines.temp_lora import memory_applied, memory_examples, temp_lora_loss
+from slowfast_vgen.pipelines.temp_lora import MemoryClip, memory_applied, memory_examples, temp_lora_loss
 
 SMALL = TempLoRAConfig(rank=4, learning_rate=1e-3)
 
@@ -63,6 +63,9 @@ def assert_memories_equal(a: EpisodicMemory, b: EpisodicMemory) -> None:
         assert a.lora[key].dtype == b.lora[key].dtype and torch.equal(a.lora[key], b.lora[key]), key
     for key in a.optimizer_state:
         assert torch.equal(a.optimizer_state[key], b.optimizer_state[key]), key
+    assert [(c.new_frames, c.text, c.reverse_text) for c in a.clips] == [
+        (c.new_frames, c.text, c.reverse_text) for c in b.clips]
+    assert all(torch.equal(x.latents, y.latents) for x, y in zip(a.clips, b.clips))
 
 
 @pytest.fixture(scope="module")
@@ -303,17 +306,24 @@ def test_target_presets_select_the_right_modules(tiny_pipe):
 
 def test_memory_examples_play_the_clip_each_way():
     previous, new = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 4, 2, 8, 8)
-    clip = torch.cat([previous, new], dim=2)
-    [example] = memory_examples(clip, 2, TempLoRAConfig())
-    assert example.context.shape[2] == 0 and torch.equal(example.target, clip), "the paper's update: no context"
-    [example] = memory_examples(clip, 2, TempLoRAConfig(objective="transition"))
-    assert torch.equal(example.context, previous) and torch.equal(example.target, new) and not example.backward
-    [example] = memory_examples(clip, 2, TempLoRAConfig(objective="transition", direction="backward"))
-    assert torch.equal(example.context, new.flip(2)) and torch.equal(example.target, previous.flip(2)), "a return"
-    assert example.backward
-    both = memory_examples(clip, 2, TempLoRAConfig(direction="both"))
-    assert [torch.equal(e.target, c) for e, c in zip(both, (clip, clip.flip(2)))] == [True, True]
-    assert [e.backward for e in both] == [False, True]
+    clip = MemoryClip(torch.cat([previous, new], dim=2), 2, "go left", "go right")
+    [example] = memory_examples(clip, TempLoRAConfig())
+    assert example.context.shape[2] == 0 and torch.equal(example.target, clip.latents), "the paper's update: no context"
+    [example] = memory_examples(clip, TempLoRAConfig(objective="transition"))
+    assert torch.equal(example.context, previous) and torch.equal(example.target, new) and example.text == "go left"
+    turn, way_back = memory_examples(clip, TempLoRAConfig(objective="transition", direction="backward"))
+    # Turning after the new chunk: the view goes back over the new chunk (its last frame is not shown
+    # twice), then over the previous one; each step is conditioned on exactly what a return would show.
+    assert torch.equal(turn.context, new)
+    assert torch.equal(turn.target, torch.cat([new[:, :, :1], previous[:, :, -1:]], dim=2))
+    assert torch.equal(way_back.context, turn.target) and torch.equal(way_back.target, previous[:, :, :2].flip(2))
+    assert turn.text == way_back.text == "go right"
+    both = memory_examples(clip, TempLoRAConfig(direction="both"))
+    assert [torch.equal(e.target, c) for e, c in zip(both, (clip.latents, clip.latents.flip(2)))] == [True, True]
+    assert [e.text for e in both] == ["go left", "go right"]
+    start = MemoryClip(torch.cat([previous[:, :, :1], new], dim=2), 2)
+    [turn] = memory_examples(start, TempLoRAConfig(objective="transition", direction="backward"))
+    assert turn.target.shape[2] == 2, "after an image start there is no further way back to learn"
 
 
 def test_action_text_learns_each_play_with_its_text(tiny_pipe, tiny_context):
@@ -349,12 +359,56 @@ def test_reverse_actions_are_saved_with_the_model(tiny_pipe, tmp_path):
     assert SlowFastVGenPipeline.from_pretrained(tmp_path).reverse_action("Go Left") == "go right"
 
 
+def test_replay_keeps_the_episodes_clips_and_survives_a_reload(tiny_pipe, tiny_context, tmp_path):
+    config = TempLoRAConfig(rank=4, objective="transition", direction="both", action_text=True, replay=2)
+    first = chunk(tiny_pipe, tiny_context)
+    second = chunk(tiny_pipe, first, seed=1)
+    memory = tiny_pipe.update_memory(None, tiny_context, first, action="move left", config=config, generator=gen(1),
+                                     reverse_action="move right")
+    assert [(c.new_frames, c.text, c.reverse_text) for c in memory.clips] == [(2, "move left", "move right")]
+    assert torch.equal(memory.clips[0].latents, torch.cat([tiny_context, first], dim=2))
+    memory.save(tmp_path / "memory.safetensors")
+    reloaded = EpisodicMemory.load(tmp_path / "memory.safetensors")
+    assert_memories_equal(reloaded, memory)
+    continued = [tiny_pipe.update_memory(m, first, second, action="move up", config=config, generator=gen(2))
+                 for m in (memory, reloaded)]
+    assert_memories_equal(*continued)
+    assert len(continued[0].clips) == 2 and continued[0].clips[1].reverse_text == "", "no reverse known: null text"
+    without = tiny_pipe.update_memory(None, tiny_context, first, action="move left", config=SMALL, generator=gen(1))
+    assert without.clips == (), "the paper's update keeps no latents"
+
+
+def test_replay_keeps_an_early_clip_learned(tiny_pipe, tiny_context):
+    """Later updates overwrite what an earlier one learned; rehearsing the episode's clips keeps it."""
+    noise_scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    null_embeds = tiny_pipe.encode_action([""])
+    first = torch.randn(tiny_context.shape, generator=gen(300))
+    fixed = [(torch.tensor([t]), torch.randn(first.shape, generator=gen(400 + t))) for t in (100, 400, 700, 950)]
+
+    def first_clip_loss(memory) -> float:
+        with torch.no_grad(), memory_applied(tiny_pipe.unet, memory):
+            return sum(temp_lora_loss(tiny_pipe.unet, noise_scheduler, tiny_context, first, null_embeds, t, n).item()
+                       for t, n in fixed) / len(fixed)
+
+    losses = {}
+    for replay in (0, 2):
+        config = TempLoRAConfig(rank=8, learning_rate=5e-3, steps_per_update=6, objective="transition", replay=replay)
+        memory = tiny_pipe.update_memory(None, tiny_context, first, config=config, generator=gen(5))
+        learned = first_clip_loss(memory)
+        for later in range(4):
+            other = torch.randn(tiny_context.shape, generator=gen(500 + later))
+            memory = tiny_pipe.update_memory(memory, torch.randn(tiny_context.shape, generator=gen(600 + later)),
+                                             other, config=config, generator=gen(later))
+        losses[replay] = first_clip_loss(memory) - learned
+    assert losses[2] < losses[0], f"forgetting of the first clip (loss increase) with / without replay: {losses}"
+
+
 def test_backward_transition_update_learns_the_way_back(tiny_pipe, tiny_context):
-    """A backward-transition memory lowers the loss of generating the previous chunk from the new one reversed."""
+    """A backward-transition memory lowers the loss of the way back: after the new chunk, the previous one reversed."""
     new = chunk(tiny_pipe, tiny_context)
     noise_scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
     null_embeds = tiny_pipe.encode_action([""])
-    context, target = new.flip(2), tiny_context.flip(2)
+    context, target = new, torch.cat([tiny_context, new], dim=2).flip(2)[:, :, 1:1 + new.shape[2]]
     fixed = [(torch.tensor([t]), torch.randn(target.shape, generator=gen(200 + t))) for t in (100, 400, 700, 950)]
 
     def loss_with(memory) -> float:
@@ -381,6 +435,7 @@ def test_backward_transition_update_learns_the_way_back(tiny_pipe, tiny_context)
         ({"target": "(unclosed"}, "neither a preset"),
         ({"objective": "reconstruction"}, "objective"),
         ({"direction": "sideways"}, "direction"),
+        ({"replay": -1}, "replay"),
     ],
 )
 def test_bad_config_is_refused(kwargs, match):

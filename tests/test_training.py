@@ -18,7 +18,7 @@ from slowfast_vgen.data.manifest import BadRecordError, load_clip, read_manifest
 from slowfast_vgen.data.toyworld import (DIRECTIONS, HELD_OUT_PARAPHRASES, OPPOSITE, TRAIN_PARAPHRASES, ToyWorld,
                                          out_and_back, parse_action, reverse_actions, sample_lengths)
 from slowfast_vgen.paths import DEFAULT_MODEL_DIR
-from slowfast_vgen.pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
+from slowfast_vgen.pipelines import EpisodicMemory, SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from slowfast_vgen.training.train import main as train_main
 from slowfast_vgen.training.train import masked_diffusion_loss
 
@@ -284,7 +284,7 @@ def tiny_model_dir(tmp_path_factory):
 def test_generate_cli_end_to_end(tiny_model_dir, tmp_path):
     video = tmp_path / "episode.mp4"
     command = [sys.executable, "-m", "slowfast_vgen", "generate", str(video), "--model", str(tiny_model_dir),
-               "--actions", "move left; stay", "--steps", "2", "--lora-rank", "4"]
+               "--actions", "move left; stay", "--steps", "2", "--lora-rank", "4", "--lora-replay", "1"]
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     capture = cv2.VideoCapture(str(video))
@@ -292,6 +292,7 @@ def test_generate_cli_end_to_end(tiny_model_dir, tmp_path):
     summary = json.loads(video.with_suffix(".json").read_text())
     assert summary["actions"] == ["move left", "stay"] and summary["frames"] == 9
     memory_path = video.with_suffix(".memory.safetensors")
+    assert [clip.new_frames for clip in EpisodicMemory.load(memory_path).clips] == [4, 4], "replay keeps the clips"
     continued = tmp_path / "more.mp4"
     result = subprocess.run([*command[:4], str(continued), *command[5:], "--memory", str(memory_path)],
                             env=ENV, capture_output=True, text=True, timeout=300)
