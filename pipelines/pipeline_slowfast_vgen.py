@@ -527,7 +527,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         clip = MemoryClip(torch.cat([previous_latents, new_latents], dim=2).to(device, self.unet.dtype),
                           new_latents.shape[2], text, reverse_text)
         texts = sorted({t for c in (*memory.clips, clip) for t in (c.text, c.reverse_text)})
-        text_embeds = dict(zip(texts, self.encode_action(texts, device).split(1)))
+        with torch.no_grad():  # the texts are inputs of the update, not trained
+            text_embeds = dict(zip(texts, self.encode_action(texts, device).split(1)))
         noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
         return update_memory(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator)
 

@@ -501,7 +501,11 @@ def update_memory(
 
         embeds = {text: e.detach().clone() for text, e in text_embeds.items()}
         current = memory_examples(copied(clip), config)
-        replayed = [memory_examples(copied(old), config) for old in (memory.clips if config.replay else ())]
+
+        @functools.cache  # only the clips a step draws are copied to the device, once each
+        def replayed(index: int) -> list[MemoryExample]:
+            return memory_examples(copied(memory.clips[index]), config)
+
         trainable = list(parameters.values())
         for parameter in trainable:
             parameter.requires_grad_(True)
@@ -591,9 +595,9 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
             }
     for _ in range(config.steps_per_update):
         examples = list(current)
-        if replayed:
-            for index in torch.randint(0, len(replayed), (config.replay,), generator=generator).tolist():
-                examples += replayed[index]
+        if memory.clips:
+            for index in torch.randint(0, len(memory.clips), (config.replay,), generator=generator).tolist():
+                examples += replayed(index)
         loss = _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator)
         if not torch.isfinite(loss):
             warnings.warn(
