@@ -519,7 +519,7 @@ def update_memory(
     if result is None:
         return memory
     lora, optimizer_state = result
-    kept = clip._replace(latents=clip.latents.detach().to("cpu", copy=True))
+    kept = clip._replace(latents=clip.latents.detach().to("cpu", copy=True)) if config.replay else None
     return replace(
         memory,
         lora=lora,
@@ -528,7 +528,7 @@ def update_memory(
         num_updates=memory.num_updates + 1,
         frames_seen=memory.frames_seen + clip.new_frames,
         actions=memory.actions + ((action,) if action is not None else ()),
-        clips=memory.clips + (kept,) if config.replay else (),
+        clips=memory.clips + (kept,) if kept is not None else (),
     )
 
 
