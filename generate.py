@@ -76,6 +76,8 @@ def read_actions(args: argparse.Namespace) -> list[str]:
 
 
 def first_frame(args: argparse.Namespace, size: int) -> np.ndarray:
+    """The start frame as uint8 RGB: `--image` read by OpenCV as 8-bit colour (alpha dropped, grey and 16-bit
+    converted), else ToyWorld's view of `--world-seed`."""
     if args.image:
         frame = cv2.imread(args.image, cv2.IMREAD_COLOR)
         if frame is None:
@@ -118,11 +120,15 @@ def run(args: argparse.Namespace) -> int:
                             action_text=args.lora_action_text, replay=args.lora_replay)
     output = Path(args.output)
     memory_path, summary_path = output.with_suffix(".memory.safetensors"), output.with_suffix(".json")
+    try:  # the start frame is checked before any file is opened
+        start_latents = pipe.start_latents(image, resize=True)
+    except ValueError as error:
+        raise SystemExit(f"--image {args.image!r}: {error}" if args.image else str(error)) from None
     sink = VideoSink(str(output), args.fps, pipe.native_size)
     generator = torch.Generator().manual_seed(args.seed)
-    start_latents = pipe.start_latents(image, resize=True)
-    sink.write(pipe.postprocess(start_latents, "np")[0])
-    sheet_frames = [] if args.contact_sheet else None
+    start_frames = pipe.postprocess(start_latents, "np")[0]
+    sink.write(start_frames)
+    sheet_frames = list(start_frames) if args.contact_sheet else None
     completed, interrupted = [], False
     generation_started = time.time()
     chunks = pipe.stream_episode(

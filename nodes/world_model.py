@@ -165,7 +165,11 @@ class Chunk:
 
 
 def image_to_frames(image: torch.Tensor, pipe: SlowFastVGenPipeline) -> torch.Tensor:
-    """A ComfyUI IMAGE (B,H,W,C in [0,1]) -> frames B,3,H,W for `encode_frames`, refusing sizes the model cannot take."""
+    """A ComfyUI IMAGE (B,H,W,C in [0,1]) -> frames B,C,H,W for `encode_frames`, refusing sizes the model cannot take.
+
+    ComfyUI keeps transparency in a separate MASK, so a 4th channel is dropped here, and values a resampling
+    node overshot are clipped to IMAGE's [0, 1]; `encode_frames` does the rest of the conversion and checks.
+    """
     if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"image must be a ComfyUI IMAGE batch (frames, height, width, channels), got {tuple(image.shape)}.")
     height, width = image.shape[1:3]
@@ -176,9 +180,7 @@ def image_to_frames(image: torch.Tensor, pipe: SlowFastVGenPipeline) -> torch.Te
             f"of {multiple} (it was trained at {native}x{native}). Resize it first, e.g. with the core "
             f"'Upscale Image' node set to {native}x{native}."
         )
-    frames = image[..., :3] if image.shape[-1] != 1 else image.expand(-1, -1, -1, 3)
-    return frames.permute(0, 3, 1, 2).float().clamp(0, 1)
-
+    return image[..., :3].permute(0, 3, 1, 2).float().clamp(0, 1)
 
 def start_chunk(pipe: SlowFastVGenPipeline, image: torch.Tensor | None, chunk: Chunk | None) -> Chunk:
     """What an episode continues from: a given chunk, or the start image(s) encoded as the first segment."""
@@ -188,7 +190,7 @@ def start_chunk(pipe: SlowFastVGenPipeline, image: torch.Tensor | None, chunk: C
         )
     if chunk is not None:
         return chunk
-    latents = pipe.encode_frames(image_to_frames(image, pipe)).to("cpu", torch.float32)
+    latents = pipe.encode_frames(image_to_frames(image, pipe), argument="image").to("cpu", torch.float32)
     return Chunk(latents, (latents.shape[2],))
 
 

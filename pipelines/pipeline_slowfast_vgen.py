@@ -31,6 +31,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .fingerprint import model_fingerprint, weights_version
+from .image_input import ImageInput, frames_to_tensor
 from .temp_lora import (
     EpisodicMemory,
     MemoryClip,
@@ -265,24 +266,32 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         return self.text_encoder(tokens.input_ids.to(device))[0].to(self.unet.dtype)
 
     @torch.no_grad()
-    def encode_frames(
-        self, frames: PIL.Image.Image | np.ndarray | torch.Tensor | list, resize: bool = False
-    ) -> torch.Tensor:
-        """Frames (any diffusers image input: PIL, np HWC in [0,1], pt CHW in [0,1] or [-1,1]) -> latents B,C,F,H,W.
+    def encode_frames(self, frames: ImageInput, resize: bool = False, argument: str = "frames") -> torch.Tensor:
+        """Frames -> latents B,C,F,H,W (B = 1): a list or a batch of frames is one clip, its frames the frame axis.
 
-        A list or a batch of frames is one clip: the frames become the frame axis of a single latent video.
+        Accepts PIL images, NumPy arrays (uint8 0-255 or float in [0, 1], H×W×C or N×H×W×C), torch tensors
+        (float in [0, 1] or [-1, 1], uint8; C×H×W or N×C×H×W) and lists of them; see `image_input` for the
+        whole table and what is refused. `argument` names the input in error messages.
         """
-        images = self.image_processor.preprocess(frames)
+        images = frames_to_tensor(frames, argument)
         height, width = images.shape[-2:]
-        if (height % self.size_multiple or width % self.size_multiple) and not resize:
+        multiple, native = self.size_multiple, self.native_size
+        if height < multiple or width < multiple:
             raise ValueError(
-                f"image: size {width}x{height} does not fit this world model; width and height must be multiples of "
-                f"{self.size_multiple} (native size {self.native_size}x{self.native_size}). Resize the image, or pass "
-                "resize=True to resize it to the native size."
+                f"{argument}: a {width}x{height} image is too small for this world model, which needs at least "
+                f"{multiple}x{multiple} (native size {native}x{native}); give a larger image."
             )
-        if resize:
-            images = self.image_processor.preprocess(frames, height=self.native_size, width=self.native_size)
-        images = images.to(device=self._execution_device, dtype=self.vae.dtype)
+        if (height % multiple or width % multiple) and not resize:
+            raise ValueError(
+                f"{argument}: size {width}x{height} does not fit this world model; width and height must be multiples "
+                f"of {multiple} (native size {native}x{native}). Resize the image, or pass resize=True to resize it "
+                "to the native size."
+            )
+        if resize and (height, width) != (native, native):
+            # Antialiased: a large photo shrunk to 64x64 without it would alias into noise.
+            images = torch.nn.functional.interpolate(images, size=(native, native), mode="bilinear",
+                                                     antialias=True, align_corners=False).clamp(0, 1)
+        images = self.image_processor.normalize(images).to(device=self._execution_device, dtype=self.vae.dtype)
         latents = self.vae.encode(images).latent_dist.mode() * self.vae.config.scaling_factor
         return latents.permute(1, 0, 2, 3).unsqueeze(0)
 
@@ -370,7 +379,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     def __call__(
         self,
         action: str | list[str],
-        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        image: ImageInput | None = None,
         context_latents: torch.Tensor | None = None,
         num_frames: int | None = None,
         num_context_frames: int | None = None,
@@ -391,7 +400,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
         Args:
             action: free-text action(s), e.g. "move left".
-            image: a start frame (f_p = 1), for the first chunk of an episode.
+            image: a start frame (f_p = 1), for the first chunk of an episode: PIL, uint8 or float NumPy, or a
+                torch tensor (see `encode_frames`).
             context_latents: clean latents B,C,F,H,W of the previous chunk (its `latents` output), to continue.
             num_frames: frames to generate (f_g); default: half the context window.
             num_context_frames: how many of the last context frames condition (f_p); default: all given,
@@ -408,7 +418,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if image is not None:
             if context_latents is not None:
                 raise ValueError("Pass `image` or `context_latents`, not both.")
-            context_latents = self.encode_frames(image, resize=resize)
+            context_latents = self.encode_frames(image, resize=resize, argument="image")
         if num_frames is None:
             num_frames = self.context_window // 2
         if not isinstance(num_frames, int) or isinstance(num_frames, bool):
@@ -537,7 +547,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     def stream_episode(
         self,
         actions: Iterable[str],
-        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        image: ImageInput | None = None,
         start_latents: torch.Tensor | None = None,
         memory: EpisodicMemory | None = None,
         temp_lora: TempLoRAConfig | bool = True,
@@ -571,15 +581,16 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if index < 0:
             raise ValueError("actions is empty: the action iterator gave no action (give at least one per chunk).")
 
-    def start_latents(self, image=None, start_latents: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:
+    def start_latents(self, image: ImageInput | None = None, start_latents: torch.Tensor | None = None,
+                      resize: bool = False) -> torch.Tensor:
         """The latents an episode starts from: the encoded start image (f_p = 1), or latents given as they are."""
         if (image is None) == (start_latents is None):
             raise ValueError("Pass exactly one of `image` (a start frame) and `start_latents` to start an episode.")
-        return self.encode_frames(image, resize=resize) if image is not None else start_latents
+        return self.encode_frames(image, resize=resize, argument="image") if image is not None else start_latents
 
     def generate_episode(
-        self, actions: Iterable[str], image=None, start_latents: torch.Tensor | None = None, resize: bool = False,
-        memory: EpisodicMemory | None = None, keep_memories: bool = False, **kwargs,
+        self, actions: Iterable[str], image: ImageInput | None = None, start_latents: torch.Tensor | None = None,
+        resize: bool = False, memory: EpisodicMemory | None = None, keep_memories: bool = False, **kwargs,
     ) -> EpisodeOutput:
         """Run a whole episode (see `stream_episode`) and return all latents, the start frame's included.
 

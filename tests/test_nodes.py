@@ -266,6 +266,24 @@ def test_a_memory_of_another_model_or_layout_is_refused(world, start, tiny_model
         run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0, memory=memory, settings=settings)
 
 
+def test_a_start_image_is_read_like_any_float_image(world, start):
+    """ComfyUI IMAGE conventions: alpha (4th channel) dropped, grey repeated, overshoot clipped; pixels as given."""
+    from slowfast_vgen.nodes.world_model import start_chunk
+
+    expected = world.pipe.encode_frames(start.permute(0, 3, 1, 2).contiguous()).cpu()
+    with_alpha = torch.cat([start, torch.rand_like(start[..., :1])], dim=-1)
+    overshot = start * 1.02
+    clipped = world.pipe.encode_frames(overshot.clamp(0, 1).permute(0, 3, 1, 2).contiguous()).cpu()
+    before = overshot.clone()
+    torch.testing.assert_close(start_chunk(world.pipe, with_alpha, None).latents, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(start_chunk(world.pipe, overshot, None).latents, clipped, atol=1e-5, rtol=0)
+    assert torch.equal(overshot, before)
+    grey = start[..., :1]
+    torch.testing.assert_close(start_chunk(world.pipe, grey, None).latents,
+                               world.pipe.encode_frames(grey.expand(-1, -1, -1, 3).permute(0, 3, 1, 2)).cpu(),
+                               atol=1e-5, rtol=0)
+
+
 def test_a_start_image_of_the_wrong_size_is_refused(world):
     with pytest.raises(ValueError, match="multiples of 4.*Upscale Image"):
         run("ActionChunk", world_model=world, action="move up", image=torch.rand(1, 30, 30, 3), **SAMPLING)
