@@ -8,6 +8,7 @@ from .pipeline_slowfast_vgen import (
     SlowFastVGenPipeline,
     SlowFastVGenPipelineOutput,
     dtype_argument,
+    memory_generator_for,
 )
 from .temp_lora import (
     TARGET_PRESETS,
@@ -33,5 +34,6 @@ __all__ = [
     "build_pipeline",
     "build_tokenizer",
     "dtype_argument",
+    "memory_generator_for",
     "model_fingerprint",
 ]

@@ -121,6 +121,20 @@ def check_model_folder(pretrained_model_name_or_path, provided: dict | None = No
         )
 
 
+def memory_generator_for(generator: torch.Generator | list[torch.Generator] | None) -> torch.Generator:
+    """The CPU generator an episode's Temp-LoRA updates draw from, derived from the sampling `generator`.
+
+    Seeded with NumPy's `SeedSequence([seed, 1])` of the generator's initial seed (the first one of a list;
+    `torch.initial_seed()` without one), so it draws nothing from the sampling stream and its numbers are
+    independent of any sampling stream, this episode's or another seed's.
+    """
+    if isinstance(generator, (list, tuple)):
+        generator = generator[0] if generator else None
+    seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+    derived = np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(derived) & (2**63 - 1))
+
+
 @dataclass
 class SlowFastVGenPipelineOutput(BaseOutput):
     """Output of one chunk call.
@@ -552,7 +566,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         memory: EpisodicMemory | None = None,
         temp_lora: TempLoRAConfig | bool = True,
         num_frames: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        memory_generator: torch.Generator | None = None,
         **chunk_kwargs,
     ) -> Iterator[EpisodeChunk]:
         """Yield the episode chunk by chunk; `actions` may be a lazy iterator that looks at the last chunk.
@@ -560,9 +575,16 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         With `temp_lora` true (or a `TempLoRAConfig`), the memory is updated after every chunk on the
         previous chunk ⊕ the new one; with False, `memory` (if any) is used as it is and never updated.
         Only the current context stays on the device; each yielded chunk's latents are on the CPU.
+
+        Sampling noise comes from `generator` only, and memory updates draw from `memory_generator` (by
+        default `memory_generator_for(generator)`, derived from its seed without drawing from it), so that
+        with the same generator the first chunk is bit-identical with or without memory and later chunks
+        differ by memory alone. This is the episode loop of `generate`, the nodes and `evaluate`.
         """
         context = self.start_latents(image, start_latents, chunk_kwargs.pop("resize", False))
         config = temp_lora if isinstance(temp_lora, TempLoRAConfig) else None
+        if temp_lora and memory_generator is None:
+            memory_generator = memory_generator_for(generator)
         chunk_kwargs = {"output_type": "latent", **chunk_kwargs}
         if isinstance(actions, str):
             raise ValueError("actions must be a list or an iterator of action strings (one per chunk), not a string.")
@@ -575,7 +597,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             chunk = self(action, context_latents=context, num_frames=num_frames, memory=memory, generator=generator,
                          **chunk_kwargs).latents
             if temp_lora:
-                memory = self.update_memory(memory, context, chunk, action=action, config=config, generator=generator)
+                memory = self.update_memory(memory, context, chunk, action=action, config=config,
+                                            generator=memory_generator)
             context = chunk
             yield EpisodeChunk(index=index, action=action, latents=chunk.cpu(), memory=memory)
         if index < 0:

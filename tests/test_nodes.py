@@ -266,6 +266,16 @@ def test_a_memory_of_another_model_or_layout_is_refused(world, start, tiny_model
         run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0, memory=memory, settings=settings)
 
 
+def test_run_episode_with_and_without_memory_share_the_first_chunk(world, start):
+    """The same seed samples the same noise: the first chunk is bit-identical, later ones differ by memory."""
+    script = "move right\nmove right\nmove left"
+    learned = run("RunEpisode", world_model=world, actions=script, temp_lora="learn", image=start, **SAMPLING)[0]
+    plain = run("RunEpisode", world_model=world, actions=script, temp_lora="off", image=start, **SAMPLING)[0]
+    first = 1 + SAMPLING["num_frames"]  # the start frame and the first chunk
+    assert torch.equal(learned[:first], plain[:first])
+    assert not torch.equal(learned[first:], plain[first:])
+
+
 def test_a_start_image_is_read_like_any_float_image(world, start):
     """ComfyUI IMAGE conventions: alpha (4th channel) dropped, grey repeated, overshoot clipped; pixels as given."""
     from slowfast_vgen.nodes.world_model import start_chunk

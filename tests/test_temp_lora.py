@@ -28,6 +28,7 @@ from slowfast_vgen.pipelines import (
     WorldModelSpec,
     build_pipeline,
 )
+from slowfast_vgen.pipelines.pipeline_slowfast_vgen import memory_generator_for
 from slowfast_vgen.pipelines.temp_lora import MemoryClip, memory_applied, memory_examples, temp_lora_loss
 
 SMALL = TempLoRAConfig(rank=4, learning_rate=1e-3)
@@ -464,16 +465,39 @@ def test_stream_episode_is_algorithm_1a_step_by_step(tiny_pipe, tiny_context):
     streamed = list(tiny_pipe.stream_episode(["move left", "move up", "move right"], start_latents=tiny_context,
                                              temp_lora=SMALL, generator=gen(21), **kwargs))
     generator, context, memory = gen(21), tiny_context, None
+    memory_generator = memory_generator_for(generator)  # updates draw from their own stream
     for step, action in zip(streamed, ["move left", "move up", "move right"]):
         new = tiny_pipe(action, context_latents=context, memory=memory, generator=generator, output_type="latent",
                         **kwargs).latents
-        memory = tiny_pipe.update_memory(memory, context, new, action=action, config=SMALL, generator=generator)
+        memory = tiny_pipe.update_memory(memory, context, new, action=action, config=SMALL,
+                                         generator=memory_generator)
         assert step.action == action
         assert torch.equal(step.latents, new)
         assert_memories_equal(step.memory, memory)
         context = new
     assert streamed[-1].memory.actions == ("move left", "move up", "move right")
     assert streamed[-1].memory.frames_seen == 6
+
+
+def test_memory_and_no_memory_share_the_sampling_noise(tiny_pipe, tiny_context):
+    """One loop, two streams: the first chunk is bit-identical with or without memory, and a memory that
+    learns (almost) nothing changes later chunks (almost) not at all. When updates drew from the sampling
+    generator, such a memory moved chunk 2 by up to 8.6 (latents are about 1.5 in size)."""
+    actions = ["move left", "move up", "move right"]
+    kwargs = {"num_frames": 2, "num_inference_steps": 2, "start_latents": tiny_context}
+    without = list(tiny_pipe.stream_episode(actions, temp_lora=False, generator=gen(5), **kwargs))
+    learned = list(tiny_pipe.stream_episode(actions, temp_lora=SMALL, generator=gen(5), **kwargs))
+    inert = list(tiny_pipe.stream_episode(actions, temp_lora=dataclasses.replace(SMALL, learning_rate=1e-12),
+                                          generator=gen(5), **kwargs))
+    assert torch.equal(without[0].latents, learned[0].latents) and torch.equal(without[0].latents, inert[0].latents)
+    assert not torch.equal(without[2].latents, learned[2].latents)
+    for a, b in zip(without[1:], inert[1:]):
+        assert (a.latents - b.latents).abs().max() < 1e-3
+    # The derived stream is a function of the seed alone: another generator object, the same memories.
+    again = list(tiny_pipe.stream_episode(actions, temp_lora=SMALL, generator=gen(5), **kwargs))
+    assert_memories_equal(again[-1].memory, learned[-1].memory)
+    assert memory_generator_for(gen(5)).initial_seed() != memory_generator_for(gen(6)).initial_seed()
+    assert memory_generator_for([gen(5)]).initial_seed() == memory_generator_for(gen(5)).initial_seed()
 
 
 def test_stream_episode_with_lazy_actions_that_read_the_last_chunk(tiny_pipe, tiny_context):

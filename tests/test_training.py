@@ -300,6 +300,25 @@ def test_generate_cli_end_to_end(tiny_model_dir, tmp_path):
     assert json.loads(continued.with_suffix(".json").read_text())["continued_from"] == str(memory_path)
 
 
+def test_generate_cli_with_and_without_memory_share_the_first_chunk(tiny_model_dir, tmp_path):
+    videos = {}
+    for name, extra in (("memory", []), ("plain", ["--no-temp-lora"])):
+        videos[name] = tmp_path / f"{name}.mp4"
+        command = [sys.executable, "-m", "slowfast_vgen", "generate", str(videos[name]), "--model",
+                   str(tiny_model_dir), "--actions", "move left; move left; stay", "--steps", "2", "--lora-rank", "4",
+                   "--lora-lr", "1e-2", *extra]
+        result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    frames = {}
+    for name, path in videos.items():
+        capture, read = cv2.VideoCapture(str(path)), []
+        while (frame := capture.read())[0]:
+            read.append(frame[1])
+        frames[name] = np.stack(read)
+    assert np.array_equal(frames["memory"][:5], frames["plain"][:5]), "start frame and first chunk"
+    assert not np.array_equal(frames["memory"], frames["plain"])
+
+
 def test_generate_cli_refuses_bad_input_before_writing(tiny_model_dir, tmp_path):
     video = tmp_path / "episode.mp4"
     for extra, message in [(["--actions", " ; "], "No action given"),

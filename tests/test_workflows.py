@@ -161,6 +161,19 @@ def test_api_graph_runs_on_the_tiny_model(path, comfy_dir, tiny_model_dir):
             assert memory.num_updates >= 1
 
 
+def test_memory_vs_no_memory_workflow_compares_memory_alone(comfy_dir, tiny_model_dir):
+    """Workflow 2's two episodes share seed and noise: their first chunks are bit-identical."""
+    prompt = for_tiny_model(load(api_path(WORKFLOWS_DIR / "2_memory_vs_no_memory.json")))
+    episodes = {node["inputs"]["temp_lora"]: node_id for node_id, node in prompt.items()
+                if node["class_type"] == "SlowFastVGen_RunEpisode"}
+    assert set(episodes) == {"learn", "off"}
+    results = run_prompt(prompt)
+    learned, plain = (results[episodes[mode]][0] for mode in ("learn", "off"))
+    first = 1 + prompt[episodes["learn"]]["inputs"]["num_frames"]
+    assert torch.equal(learned[:first], plain[:first])
+    assert not torch.equal(learned, plain)
+
+
 def test_submit_reads_the_files_of_a_comfyui_history_entry():
     from slowfast_vgen.workflows.submit import output_files
 
