@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         "video": str(output), "frames": sink.frames, "fps": args.fps, "model": args.model,
         "model_fingerprint": pipe.base_fingerprint, "memory": str(memory_path) if memory is not None else None,
         "continued_from": args.memory, "actions": completed, "interrupted": interrupted, "seed": args.seed,
+        "world_seed": None if args.image else args.world_seed, "image": args.image,
+        "frames_per_chunk": args.frames_per_chunk or pipe.context_window // 2,
         "steps": args.steps, "guidance": args.guidance, "temp_lora": None if args.no_temp_lora else vars(config),
         "seconds": {"load": round(load_seconds, 2), "generate_and_write": round(generation_seconds, 2)},
     }

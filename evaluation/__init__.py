@@ -1,0 +1,1 @@
+"""`slowfast-vgen evaluate`: the paper's metrics, revisit and drift tests, through the product's episode loop."""
