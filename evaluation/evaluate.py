@@ -44,7 +44,8 @@ from ..pipelines import SlowFastVGenPipeline, TempLoRAConfig, memory_generator_f
 from . import metrics
 
 # Named memory settings: a Temp-LoRA config (None: no memory) and chunk arguments. The paper's ablations
-# (Table 4) are rows here: "transition" is the original Temp-LoRA (input -> output), "no-chunk-input"
+# (Table 4) are rows here: "transition" is the original Temp-LoRA (input -> output), "global" learns
+# clips drawn from the whole sequence instead of the newest (no local learning rule), "no-chunk-input"
 # conditions every chunk on one frame instead of the previous chunk.
 SETTINGS: dict[str, tuple[TempLoRAConfig | None, dict]] = {
     "none": (None, {}),
@@ -52,10 +53,12 @@ SETTINGS: dict[str, tuple[TempLoRAConfig | None, dict]] = {
     "transition": (TempLoRAConfig(objective="transition"), {}),
     "replay": (TempLoRAConfig(objective="transition", direction="backward", action_text=True, replay=3,
                               learning_rate=3e-3, steps_per_update=32), {}),
+    "global": (TempLoRAConfig(local=False), {}),
     "no-chunk-input": (TempLoRAConfig(), {"num_context_frames": 1}),
     "none-no-chunk-input": (None, {"num_context_frames": 1}),
 }
 BASELINE = "none"
+STRIP_ZOOM = 3  # ToyWorld's 64-pixel views, drawn 3 times larger in the pictures
 SRC_MIN_OVERLAP = 0.5  # a frame counts for SRC when an earlier frame, before its context, saw half its view
 
 
@@ -286,7 +289,7 @@ def write_revisit_strip(path: Path, episode: EpisodePath, revisits: RevisitMap, 
         tiles += [revisits.first_sightings(video)[index], video[index]]
     gap = np.ones((truth.shape[1], 2, 3), np.float32)
     strip = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
-    write_image(path, strip)
+    write_image(path, strip.repeat(STRIP_ZOOM, 0).repeat(STRIP_ZOOM, 1))
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
@@ -499,8 +502,10 @@ def summary_markdown(summary: dict, options: EvaluationOptions, plots: list[str]
         lines.append("")
     lines += [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     if strips:
-        lines += ["Truth, then for each setting (" + ", ".join(options.settings) + ") the first sighting and the "
-                  "revisit, at the frame that revisits most:", ""] + [f"![{Path(p).stem}]({p})" for p in strips]
+        lines += ["The episodes where memory (" + next(n for n in options.settings if n != BASELINE) + ") gained "
+                  "most and least: the truth, then for each setting (" + ", ".join(options.settings) + ") the first "
+                  "sighting and the revisit, at the frame that revisits most.", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in strips]
     return "\n".join(lines) + "\n"
 
 
@@ -546,7 +551,7 @@ def best_and_worst_strips(output_dir: Path, rows: list[dict], options: Evaluatio
 
     ranked = sorted(rows, key=gain)
     picked = []
-    for label, row in (("best", ranked[-1]), ("worst", ranked[0])):
+    for row in (ranked[-1], ranked[0]):  # the best episode, then the worst
         source = output_dir / "strips" / f"{row['episode']['seed']}-{row['episode']['family']}.png"
         if source.is_file():
             picked.append(f"strips/{source.name}")

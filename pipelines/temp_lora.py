@@ -91,6 +91,9 @@ class TempLoRAConfig:
       memory keeps the latents of its clips, and every optimizer step also rehearses k of the earlier
       clips, drawn at random, so the whole episode stays learned. The memory then grows by one clip
       (previous + new chunk latents) per update, saved with it.
+    - `local=True`: the paper's local learning rule, each update learns the clip just made. `local=False`
+      is the paper's ablation "without local learning rule": the memory keeps its clips (as with replay)
+      and each step learns one clip drawn at random from the whole sequence so far, the new one included.
     - `gradient_checkpointing=True`: the update recomputes each UNet layer's activations in the
       backward pass instead of keeping them all (the UNet3D of diffusers has no checkpointing of its
       own). Same result; it halves the update's peak memory (measured: 2.1 GB -> 1.0 GB above the model
@@ -108,6 +111,7 @@ class TempLoRAConfig:
     direction: str = "forward"
     action_text: bool = False
     replay: int = 0
+    local: bool = True
     gradient_checkpointing: bool = True
 
     def __post_init__(self) -> None:
@@ -519,7 +523,8 @@ def update_memory(
     if result is None:
         return memory
     lora, optimizer_state = result
-    kept = clip._replace(latents=clip.latents.detach().to("cpu", copy=True)) if config.replay else None
+    keeps_clips = config.replay or not config.local
+    kept = clip._replace(latents=clip.latents.detach().to("cpu", copy=True)) if keeps_clips else None
     return replace(
         memory,
         lora=lora,
@@ -594,7 +599,11 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
                 "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
             }
     for _ in range(config.steps_per_update):
-        examples = list(current)
+        if config.local:
+            examples = list(current)
+        else:  # one clip of the whole sequence so far, the new one as likely as any other
+            drawn = int(torch.randint(0, len(memory.clips) + 1, (1,), generator=generator))
+            examples = list(current) if drawn == len(memory.clips) else list(replayed(drawn))
         if memory.clips:
             for index in torch.randint(0, len(memory.clips), (config.replay,), generator=generator).tolist():
                 examples += replayed(index)

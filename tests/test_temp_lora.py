@@ -500,6 +500,19 @@ def test_memory_and_no_memory_share_the_sampling_noise(tiny_pipe, tiny_context):
     assert memory_generator_for([gen(5)]).initial_seed() == memory_generator_for(gen(5)).initial_seed()
 
 
+def test_without_the_local_rule_steps_learn_clips_from_the_whole_sequence(tiny_pipe, tiny_context, tmp_path):
+    """The paper's ablation: the memory keeps every clip and each step learns one drawn from all of them."""
+    actions = ["move left", "move up", "move right"]
+    kwargs = {"num_frames": 2, "num_inference_steps": 1, "start_latents": tiny_context, "generator": gen(3)}
+    spread = dataclasses.replace(SMALL, local=False, steps_per_update=4)
+    memory = list(tiny_pipe.stream_episode(actions, temp_lora=spread, **kwargs))[-1].memory
+    local = list(tiny_pipe.stream_episode(actions, temp_lora=dataclasses.replace(spread, local=True), **kwargs))[-1].memory
+    assert [clip.new_frames for clip in memory.clips] == [2, 2, 2] and local.clips == ()
+    assert any(not torch.equal(memory.lora[k], local.lora[k]) for k in memory.lora)
+    memory.save(tmp_path / "global.safetensors")
+    assert EpisodicMemory.load(tmp_path / "global.safetensors").config.local is False
+
+
 def test_stream_episode_with_lazy_actions_that_read_the_last_chunk(tiny_pipe, tiny_context):
     seen = []
     decisions = []
