@@ -222,14 +222,17 @@ def score_video(episode: EpisodePath, video: np.ndarray, truth: np.ndarray, revi
     result["scuts"] = metrics.scene_cuts(video, threshold=scuts_threshold)
     result["scuts_per_100_frames"] = 100.0 * result["scuts"] / len(video)
     if resnet is not None:
-        pairs = src_pairs(episode, revisits)
-        if pairs:
-            later, earlier = (np.array(p) for p in zip(*pairs))
-            features = metrics.resnet_features(resnet, np.concatenate([video[later], video[earlier]]))
-            result["src"] = float(metrics.cosine_similarity(features[:len(later)], features[len(later):]).mean())
-        else:
-            result["src"] = float("nan")
+        result["src"] = scene_revisit_consistency(resnet, video, src_pairs(episode, revisits))
     return result
+
+
+def scene_revisit_consistency(resnet, video: np.ndarray, pairs: list[tuple[int, int]]) -> float:
+    """SRC: mean cosine similarity of the ResNet features of each (revisit, first visit) frame pair."""
+    if not pairs:
+        return float("nan")
+    later, earlier = (np.array(p) for p in zip(*pairs))
+    features = metrics.resnet_features(resnet, np.concatenate([video[later], video[earlier]]))
+    return float(metrics.cosine_similarity(features[:len(later)], features[len(later):]).mean())
 
 
 def src_pairs(episode: EpisodePath, revisits: RevisitMap) -> list[tuple[int, int]]:
@@ -267,11 +270,7 @@ def evaluate_episode(pipe: SlowFastVGenPipeline, episode: EpisodePath, options: 
         scores["seconds"] = round(time.perf_counter() - setting_started, 2)
         row["settings"][name] = scores
     if resnet is not None:
-        pairs = src_pairs(episode, revisits)
-        if pairs:
-            later, earlier = (np.array(p) for p in zip(*pairs))
-            features = metrics.resnet_features(resnet, np.concatenate([truth[later], truth[earlier]]))
-            row["truth_src"] = float(metrics.cosine_similarity(features[:len(later)], features[len(later):]).mean())
+        row["truth_src"] = scene_revisit_consistency(resnet, truth, src_pairs(episode, revisits))
     if strip_path is not None:
         write_revisit_strip(strip_path, episode, revisits, truth, videos)
     row["seconds"] = round(time.perf_counter() - started, 2)

@@ -306,8 +306,17 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             images = torch.nn.functional.interpolate(images, size=(native, native), mode="bilinear",
                                                      antialias=True, align_corners=False).clamp(0, 1)
         images = self.image_processor.normalize(images).to(device=self._execution_device, dtype=self.vae.dtype)
-        latents = self.vae.encode(images).latent_dist.mode() * self.vae.config.scaling_factor
-        return latents.permute(1, 0, 2, 3).unsqueeze(0)
+        return self.encode_pixels(images.permute(1, 0, 2, 3).unsqueeze(0))
+
+    def encode_pixels(self, video: torch.Tensor) -> torch.Tensor:
+        """Video B,3,F,H,W in [-1, 1] on the VAE's device -> scaled latents B,C,F,h,w (the posterior's mode).
+
+        The one encoder path: `encode_frames`, the trainer and Temp-LoRA's training data all go through it.
+        """
+        batch, _, num_frames = video.shape[:3]
+        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(self.vae.dtype)
+        latents = self.vae.encode(frames).latent_dist.mode() * self.vae.config.scaling_factor
+        return latents.reshape(batch, num_frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:

@@ -7,6 +7,10 @@ Two stages, for a world model trained from scratch (ToyWorld has no pretrained V
   --stage vae   trains the AutoencoderKL on single frames and sets its latent scaling factor;
   --stage unet  trains the UNet (and, with --train-text-encoder, the text encoder) to generate the next
                 frames from clean context frames and an action, with the loss masked on the context.
+Then, to teach the UNet to use its memory:
+  --stage slow-fast  the slow-fast learning loop (Algorithm 1 (b), `training/slow_fast.py`): ToyWorld
+                episodes with revisits; Temp-LoRA runs over each, and the UNet learns with each chunk's
+                memory applied and frozen. One step is one episode per process.
 Each run writes `checkpoint-<step>/` folders (exact resume), `loss.jsonl`, `loss.png` and the final
 pipeline as a diffusers folder in `<output-dir>/model`.
 """
@@ -38,7 +42,8 @@ from tqdm.auto import tqdm
 from ..data.manifest import load_clip, read_manifest
 from ..data.toyworld import Sample, ToyWorld, reverse_actions, sample_lengths
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
-from ..pipelines.temp_lora import denoising_target
+from ..pipelines.temp_lora import denoising_target, memory_applied
+from . import slow_fast
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -47,7 +52,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--model", default="new:toyworld",
                         help="pipeline folder to start from, or new:<tiny|toyworld|mid> for random weights")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--stage", choices=("vae", "unet"), default="unet")
+    parser.add_argument("--stage", choices=("vae", "unet", "slow-fast"), default="unet",
+                        help="slow-fast: Algorithm 1 (b), the UNet learns with each episode's Temp-LoRA applied")
+    parser.add_argument("--temp-lora", metavar="JSON",
+                        help="slow-fast: the fast learner's TempLoRAConfig fields (default: the paper's)")
+    parser.add_argument("--episode-chunks", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
+                        help="slow-fast: chunks per ToyWorld episode (default: 4 8, beyond the context window)")
     parser.add_argument("--data", choices=("toyworld", "manifest"), default="toyworld")
     parser.add_argument("--manifest", help="JSON Lines manifest of videos (with --data manifest)")
     parser.add_argument("--on-bad-record", choices=("skip", "fatal"), default="skip")
@@ -199,6 +209,14 @@ def run(args: argparse.Namespace) -> int:
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
 
+    temp_lora = None
+    if args.stage == "slow-fast":
+        if args.data != "toyworld" or args.train_text_encoder:
+            raise SystemExit("--stage slow-fast trains the UNet on ToyWorld episodes: drop --data manifest and "
+                             "--train-text-encoder.")
+        temp_lora = slow_fast.parse_temp_lora(args.temp_lora)
+        with memory_applied(pipe.unet, pipe.new_memory(temp_lora)):
+            pass  # the LoRA layers are put in once, before accelerate wraps the UNet; Θ is never trained here
     if args.stage == "vae":
         trained = [pipe.vae]
     else:
@@ -206,7 +224,10 @@ def run(args: argparse.Namespace) -> int:
     for module in trained:
         module.requires_grad_(True)
         module.train()
-    parameters = [p for module in trained for p in module.parameters()]
+    for name, parameter in pipe.unet.named_parameters():
+        if ".lora_" in name:
+            parameter.requires_grad_(False)
+    parameters = [p for module in trained for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=1e-4)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=args.max_steps)
@@ -223,7 +244,12 @@ def run(args: argparse.Namespace) -> int:
     device = accelerator.device
     pipe.to(device)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    stream = SampleStream(args, pipe.native_size, pipe.context_window, seed=args.seed * 1000 + accelerator.process_index)
+    stream_seed = args.seed * 1000 + accelerator.process_index
+    if args.stage == "slow-fast":
+        stream = slow_fast.EpisodeStream(args.world_seeds, *args.episode_chunks, pipe.context_window // 2,
+                                         pipe.native_size, seed=stream_seed)
+    else:
+        stream = SampleStream(args, pipe.native_size, pipe.context_window, seed=stream_seed)
     generator = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)
     step = 0
     if args.resume_from_checkpoint:
@@ -237,28 +263,49 @@ def run(args: argparse.Namespace) -> int:
     log = open(output_dir / "loss.jsonl", "a") if accelerator.is_main_process else None
     progress = tqdm(total=args.max_steps, initial=step, desc=f"train {args.stage}",
                     disable=not accelerator.is_main_process)
-    batches = iter(stream)
+    batches = iter(stream) if args.stage != "slow-fast" else None
     started = time.time()
+
+    def slow_loss(model, latents, num_context, action):
+        """Slow learning's masked loss on one clip, its action dropped to "" at the dropout rate (for guidance)."""
+        dropped = torch.rand(1, generator=generator).item() < args.action_dropout
+        text_embeds = encode_actions(pipe, pipe.text_encoder, ["" if dropped else action], device)
+        return masked_diffusion_loss(model, noise_scheduler, latents, num_context, text_embeds, generator)
+
     while step < args.max_steps:
         with accelerator.accumulate(*models):
-            video, num_context, actions = next(batches)
-            video = video.to(device)
-            if args.stage == "vae":
-                frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)
-                loss = vae_loss(models[0], frames, generator)
+            finite = True
+            if args.stage == "slow-fast":  # Algorithm 1 (b) over one episode; it takes its own gradients
+                frames, episode_actions, path_seed = stream.next_episode()
+                chunks = slow_fast.episode_chunks(pipe, frames, pipe.context_window // 2, device)
+                records = slow_fast.inner_loop(pipe, chunks, episode_actions, temp_lora,
+                                               slow_fast.episode_memory_generator(path_seed))
+                loss = torch.tensor(slow_fast.learn_episode(accelerator, models[0], pipe, records,
+                                                            len(episode_actions), slow_loss))
+                finite = slow_fast.gradients_finite(accelerator, parameters)
             else:
-                with torch.no_grad():
-                    latents = encode_video(pipe, video)
-                dropped = torch.rand(len(actions), generator=generator) < args.action_dropout
-                actions = ["" if drop else action for drop, action in zip(dropped.tolist(), actions)]
-                with torch.set_grad_enabled(args.train_text_encoder):
-                    text_embeds = encode_actions(pipe, models[1] if args.train_text_encoder else pipe.text_encoder,
-                                                 actions, device)
-                loss = masked_diffusion_loss(models[0], noise_scheduler, latents, num_context, text_embeds, generator)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
-            optimizer.step()
+                video, num_context, actions = next(batches)
+                video = video.to(device)
+                if args.stage == "vae":
+                    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)
+                    loss = vae_loss(models[0], frames, generator)
+                else:
+                    with torch.no_grad():
+                        latents = encode_video(pipe, video)
+                    dropped = torch.rand(len(actions), generator=generator) < args.action_dropout
+                    actions = ["" if drop else action for drop, action in zip(dropped.tolist(), actions)]
+                    with torch.set_grad_enabled(args.train_text_encoder):
+                        text_embeds = encode_actions(pipe, models[1] if args.train_text_encoder else pipe.text_encoder,
+                                                     actions, device)
+                    loss = masked_diffusion_loss(models[0], noise_scheduler, latents, num_context, text_embeds,
+                                                 generator)
+                accelerator.backward(loss)
+            if finite:
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+                optimizer.step()
+            else:  # never write NaN weights: this step is skipped on every process
+                slow_fast.warn_skipped(step + 1)
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
@@ -295,11 +342,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def encode_video(pipe: SlowFastVGenPipeline, video: torch.Tensor) -> torch.Tensor:
-    """Frames B,3,F,H,W in [-1,1] -> scaled latents B,C,F,h,w (the posterior mean, as inference encodes)."""
-    batch, _, num_frames = video.shape[:3]
-    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(pipe.vae.dtype)
-    latents = pipe.vae.encode(frames).latent_dist.mode() * pipe.vae.config.scaling_factor
-    return latents.reshape(batch, num_frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
+    """Frames B,3,F,H,W in [-1,1] -> scaled latents B,C,F,h,w, as inference encodes (`encode_pixels`)."""
+    return pipe.encode_pixels(video)
 
 
 def encode_actions(pipe: SlowFastVGenPipeline, text_encoder, actions: list[str], device) -> torch.Tensor:
@@ -364,6 +408,8 @@ def write_rank_report(output_dir: Path, accelerator, models, step: int) -> None:
     digest = hashlib.sha256()
     for model in models:
         for name, tensor in sorted(accelerator.unwrap_model(model).state_dict().items()):
+            if ".lora_" in name:  # a process's own episode memory, not the shared weights
+                continue
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     folder = output_dir / "ranks"

@@ -1,0 +1,171 @@
+"""The slow-fast learning loop (paper Algorithm 1 (b)) on the tiny model: records, frozen Θ, Φ learning,
+exact resume, two processes, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from slowfast_vgen.pipelines import SlowFastVGenPipeline, TempLoRAConfig, WorldModelSpec, build_pipeline
+from slowfast_vgen.pipelines.temp_lora import memory_applied
+from slowfast_vgen.training import slow_fast
+from slowfast_vgen.training import train as train_module
+from slowfast_vgen.training.train import main as train_main
+from slowfast_vgen.training.train import masked_diffusion_loss
+
+ENV_RUN = ["--model", "new:tiny", "--world-seeds", "2", "--lr-warmup-steps", "1", "--stage", "slow-fast",
+           "--temp-lora", '{"rank": 4, "learning_rate": 1e-3}', "--episode-chunks", "2", "3"]
+FAST = TempLoRAConfig(rank=4, learning_rate=1e-2)
+
+
+def rank_report(folder, rank: int = 0) -> dict:
+    return json.loads((folder / "ranks" / f"rank-{rank}.json").read_text())
+
+
+@pytest.fixture
+def pipe():
+    """A fresh tiny pipeline (these tests train its UNet)."""
+    built = build_pipeline(WorldModelSpec.tiny(), seed=0)
+    built.set_progress_bar_config(disable=True)
+    return built
+
+
+def episode(pipe, seed: int = 1, chunks: int = 4):
+    stream = slow_fast.EpisodeStream(2, chunks, chunks, pipe.context_window // 2, pipe.native_size, seed=seed)
+    frames, actions, path_seed = stream.next_episode()
+    return slow_fast.episode_chunks(pipe, frames, pipe.context_window // 2, "cpu"), actions, path_seed
+
+
+def loss_function(pipe, seed: int):
+    noise_scheduler = train_module.DDPMScheduler.from_config(pipe.scheduler.config)
+    generator = torch.Generator().manual_seed(seed)
+
+    def loss_of(model, latents, num_context, action):
+        embeds = train_module.encode_actions(pipe, pipe.text_encoder, [action], "cpu")
+        return masked_diffusion_loss(model, noise_scheduler, latents, num_context, embeds, generator)
+
+    return loss_of
+
+
+def test_the_inner_loop_records_each_memory_before_its_update(pipe):
+    chunks, actions, path_seed = episode(pipe)
+    records = list(slow_fast.inner_loop(pipe, chunks, actions, FAST, slow_fast.episode_memory_generator(path_seed)))
+    assert len(records) == len(actions) >= 2
+    assert [r.memory.num_updates for r in records] == list(range(len(actions))), "Θ_0 is empty; Θ_i saw i updates"
+    assert all(torch.all(t == 0) for k, t in records[0].memory.lora.items() if "lora_B" in k), "Θ_0 changes nothing"
+    for index, record in enumerate(records):
+        assert record.previous is chunks[index] and record.target is chunks[index + 1]
+        assert record.action == actions[index]
+    assert chunks[0].shape[2] == 1, "X_0 is the start frame, as an episode starts"
+    # The memories are those of the product's loop over the true chunks, update for update.
+    memory, generator = None, slow_fast.episode_memory_generator(path_seed)
+    for index, record in enumerate(records[:-1]):
+        memory = pipe.update_memory(memory or pipe.new_memory(FAST), chunks[index], chunks[index + 1],
+                                    action=actions[index], generator=generator)
+        assert all(torch.equal(memory.lora[k], records[index + 1].memory.lora[k]) for k in memory.lora)
+
+
+def test_the_outer_step_moves_phi_and_leaves_theta_untouched(pipe):
+    chunks, actions, path_seed = episode(pipe)
+    records = list(slow_fast.inner_loop(pipe, chunks, actions, FAST, slow_fast.episode_memory_generator(path_seed)))
+    thetas = [{k: t.clone() for k, t in r.memory.lora.items()} for r in records]
+    with memory_applied(pipe.unet, records[0].memory):
+        pass
+    phi = {n: p for n, p in pipe.unet.named_parameters() if ".lora_" not in n}
+    lora = [p for n, p in pipe.unet.named_parameters() if ".lora_" in n]
+    before = {n: p.detach().clone() for n, p in phi.items()}
+    for parameter in phi.values():
+        parameter.requires_grad_(True)
+    accelerator = Accelerator(cpu=True)
+    loss = slow_fast.learn_episode(accelerator, pipe.unet, pipe, iter(records), len(records), loss_function(pipe, 0))
+    assert loss > 0 and all(p.grad is None for p in lora), "no gradient reaches Θ"
+    assert sum(float(p.grad.abs().sum()) for p in phi.values() if p.grad is not None) > 0, "the gradient reaches Φ"
+    torch.optim.SGD(list(phi.values()), lr=1e-2).step()
+    assert any(not torch.equal(before[n], p) for n, p in phi.items()), "Φ moved"
+    for theta, record in zip(thetas, records):
+        assert all(torch.equal(theta[k], record.memory.lora[k]) for k in theta), "Θ_i bit-identical"
+
+
+def test_a_few_loop_rounds_lower_the_loss_on_a_fixed_episode_set(pipe):
+    episodes = [episode(pipe, seed) for seed in (1, 2)]
+    with memory_applied(pipe.unet, pipe.new_memory(FAST)):
+        pass
+    phi = [p for n, p in pipe.unet.named_parameters() if ".lora_" not in n]
+    for parameter in phi:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.Adam(phi, lr=3e-3)
+    accelerator = Accelerator(cpu=True)
+
+    def round_loss(train: bool) -> float:
+        total = 0.0
+        for chunks, actions, path_seed in episodes:  # the inner loops rerun with the current Φ, as in (b)
+            records = slow_fast.inner_loop(pipe, chunks, actions, FAST, slow_fast.episode_memory_generator(path_seed))
+            total += slow_fast.learn_episode(accelerator, pipe.unet, pipe, records, len(actions),
+                                             loss_function(pipe, path_seed))
+            if train:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return total / len(episodes)
+
+    first = round_loss(train=False)
+    for _ in range(8):
+        round_loss(train=True)
+    assert round_loss(train=False) < 0.8 * first
+
+
+def test_resume_gives_the_uninterrupted_weights(tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert train_main([*ENV_RUN, "--output-dir", str(whole), "--max-steps", "2", "--checkpointing-steps", "1",
+                       "--checkpoints-total-limit", "0"]) == 0
+    train_main([*ENV_RUN, "--output-dir", str(resumed), "--max-steps", "2", "--checkpointing-steps", "1",
+                "--resume-from-checkpoint", str(whole / "checkpoint-1")])
+    assert rank_report(resumed)["steps"] == 2
+    assert rank_report(resumed)["weights_sha256"] == rank_report(whole)["weights_sha256"]
+    losses = [json.loads(line)["loss"] for line in (whole / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    assert (whole / "model" / "model_index.json").is_file()
+    saved = json.loads((whole / "model" / "unet" / "config.json").read_text())
+    assert "lora" not in json.dumps(saved).lower(), "Temp-LoRA never leaks into the saved world model"
+
+
+def test_two_processes_end_with_the_same_phi(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "slowfast_vgen.training.train", *ENV_RUN, "--output-dir", str(tmp_path), "--max-steps", "2",
+               "--checkpointing-steps", "100", "--cpu"]
+    result = subprocess.run(command, env={**train_module.os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [rank_report(tmp_path, rank) for rank in (0, 1)]
+    assert {r["world_size"] for r in reports} == {2} and [r["steps"] for r in reports] == [2, 2]
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+
+
+def test_a_nan_step_is_skipped_and_never_written(tmp_path, monkeypatch):
+    real = train_module.masked_diffusion_loss
+    monkeypatch.setattr(train_module, "masked_diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    poisoned = tmp_path / "poisoned"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_main([*ENV_RUN, "--output-dir", str(poisoned), "--max-steps", "1"]) == 0
+    assert any("was not updated" in str(w.message) for w in caught)
+    saved = SlowFastVGenPipeline.from_pretrained(poisoned / "model").unet.state_dict()
+    fresh = build_pipeline(WorldModelSpec.tiny()).unet.state_dict()  # what new:tiny starts from
+    assert saved.keys() == fresh.keys() and all(torch.equal(saved[k], fresh[k]) for k in fresh)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--episode-chunks", "1", "1"], "at least 2 chunks"),
+    (["--temp-lora", '{"rank": 0}'], "TempLoRAConfig.rank"),
+    (["--temp-lora", "[1, 2]"], "expected a JSON object"),
+    (["--data", "manifest", "--manifest", "x.jsonl"], "ToyWorld episodes"),
+])
+def test_bad_slow_fast_settings_are_refused_before_training(tmp_path, extra, match):
+    with pytest.raises(SystemExit, match=match):
+        train_main([*ENV_RUN, "--output-dir", str(tmp_path / "out"), "--max-steps", "1", *extra])
+    assert not (tmp_path / "out" / "checkpoint-1").exists()
