@@ -66,6 +66,9 @@ def run_worker(setting: dict) -> dict:
     latent_size = spec.image_size // pipe.vae_scale_factor
     channels = pipe.unet.config.in_channels
     fp, fg, steps, guidance = setting["context_frames"], setting["new_frames"], setting["steps"], setting["guidance"]
+    if fp > fg:
+        raise SystemExit(f"F_P={fp} > F_G={fg}: the episode loop conditions each chunk on the one before, so it "
+                         "has at most F_G frames of context; give F_P <= F_G.")
     generator = torch.Generator().manual_seed(0)
     context = torch.randn(1, channels, fp, latent_size, latent_size, generator=generator)
     base_rss = current_rss()
@@ -90,28 +93,34 @@ def run_worker(setting: dict) -> dict:
 
     temp_lora = kind in ("temp_lora", "long")
     config = TempLoRAConfig()
-    memory = None
     times, generation_times, update_times, peaks = [], [], [], {}
-    kept = []
+    memory, kept = None, []
     total = setting["warmup"] + setting["chunks"]
-    for index in range(total):
-        action = ACTIONS[index % 4]
-        start = time.perf_counter()
-        chunk = pipe(action, context_latents=context, num_frames=fg, num_context_frames=fp, memory=memory,
-                     num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                     output_type="latent").latents
-        generated = time.perf_counter()
-        if temp_lora:
-            memory = pipe.update_memory(memory, context, chunk, action=action, config=config, generator=generator)
+    if temp_lora:  # time each update the product's loop makes, around the pipeline's own method
+        update_memory = pipe.update_memory
+
+        def timed_update(*args, **kwargs):
+            started = time.perf_counter()
+            updated = update_memory(*args, **kwargs)
+            update_times.append(time.perf_counter() - started)
+            return updated
+
+        pipe.update_memory = timed_update
+    # The product's episode loop: each chunk conditions on the last f_p frames of the one before.
+    chunks = pipe.stream_episode([ACTIONS[index % 4] for index in range(total)], start_latents=context,
+                                 temp_lora=config if temp_lora else False, num_frames=fg, num_context_frames=fp,
+                                 generator=generator, num_inference_steps=steps, guidance_scale=guidance)
+    start = time.perf_counter()
+    for index, chunk in enumerate(chunks):
         done = time.perf_counter()
-        # Chain: the new chunk's last f_p frames condition the next one; the chunks are kept, on the CPU.
-        context = chunk[:, :, -fp:] if chunk.shape[2] >= fp else torch.cat([context, chunk], dim=2)[:, :, -fp:]
-        kept.append(chunk.cpu())
+        kept.append(chunk.latents)  # the chunks are kept, on the CPU
+        memory = chunk.memory
         if index >= setting["warmup"]:
             times.append(done - start)
-            generation_times.append(generated - start)
-            update_times.append(done - generated)
+            generation_times.append(done - start - (update_times[-1] if temp_lora else 0.0))
         peaks[index + 1] = peak_rss()
+        start = time.perf_counter()
+    update_times = update_times[setting["warmup"]:]
     result.update(times=times, generation_times=generation_times, update_times=update_times, peak_rss=peak_rss(),
                   peaks=peaks, memory_parameters=memory.num_parameters if memory else 0)
     return result
