@@ -632,7 +632,8 @@ def evaluate_video(video_path: str, resnet18: str | None = None,
               "scuts": metrics.scene_cuts(video, threshold=scuts_threshold)}
     seed, chunk_frames = info.get("world_seed"), info.get("frames_per_chunk")
     if seed is None or chunk_frames is None:
-        result["note"] = "no ToyWorld seed in the JSON (a video from --image): world-free metrics only"
+        result["note"] = ("no ToyWorld seed in the JSON (a video from --image, or written before 2026-12-02): "
+                          "world-free metrics only")
         return result
     world = ToyWorld(seed, view_size=video.shape[1])
     if video.shape[1:3] != (world.view_size, world.view_size):
