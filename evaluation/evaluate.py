@@ -280,9 +280,8 @@ def evaluate_episode(pipe: SlowFastVGenPipeline, episode: EpisodePath, options: 
 def write_revisit_strip(path: Path, episode: EpisodePath, revisits: RevisitMap, truth: np.ndarray,
                         videos: dict[str, np.ndarray]) -> None:
     """PNG: for the frame that revisits most, the truth, then per setting its first sighting and its revisit."""
-    pixels = [(revisits.masks(c).sum(axis=(1, 2)), c) for c in range(episode.num_chunks)]
-    chunk = max(pixels, key=lambda item: item[0].max())[1]
-    index = episode.chunk_slice(chunk).start + int(np.argmax(revisits.masks(chunk).sum(axis=(1, 2))))
+    per_frame = np.concatenate([revisits.masks(c).sum(axis=(1, 2)) for c in range(episode.num_chunks)])
+    index = 1 + int(np.argmax(per_frame))  # frame 0 is the start frame, which revisits nothing
     tiles = [truth[index]]
     for video in videos.values():
         tiles += [revisits.first_sightings(video)[index], video[index]]
