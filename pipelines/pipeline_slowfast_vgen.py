@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -119,6 +120,26 @@ def check_model_folder(pretrained_model_name_or_path, provided: dict | None = No
             f"pretrained_model_name_or_path: the model folder {path!r} lacks {len(problems)} component(s): "
             f"{'; '.join(problems)}. A world model needs {expected}."
         )
+
+
+def drop_source_paths(folder: str | os.PathLike) -> None:
+    """Remove `_name_or_path` from every config JSON under a saved model folder.
+
+    diffusers records there where a component was loaded from, a path on the machine that saved it, which
+    a shared model must not carry. Each file is replaced whole (a hard link to another folder's file is
+    broken, not written through).
+    """
+    for path in sorted(Path(folder).rglob("*.json")):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not a config this function should touch
+        if not isinstance(config, dict) or "_name_or_path" not in config:
+            continue
+        config.pop("_name_or_path")
+        temporary = path.with_name(f".{path.name}.partial")
+        temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
 
 
 def memory_generator_for(generator: torch.Generator | list[torch.Generator] | None) -> torch.Generator:
@@ -647,3 +668,4 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         """`DiffusionPipeline.save_pretrained` of the base model: Temp-LoRA layers never leak into it."""
         with temp_lora_detached(self.unet):
             super().save_pretrained(save_directory, *args, **kwargs)
+        drop_source_paths(save_directory)

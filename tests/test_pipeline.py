@@ -323,6 +323,17 @@ def test_save_pretrained_from_pretrained_bit_exact_without_lora_keys(tmp_path, t
     assert torch.equal(chunk(loaded, tiny_context, memory=memory).latents, with_memory)
 
 
+def test_saved_folders_carry_no_path_of_the_saving_machine(tiny_pipe_dir, tmp_path):
+    from slowfast_vgen.paths import DEFAULT_MODEL_DIR
+
+    resaved = tmp_path / "resaved"
+    SlowFastVGenPipeline.from_pretrained(tiny_pipe_dir).save_pretrained(resaved)  # diffusers records the source
+    for folder in (resaved, DEFAULT_MODEL_DIR):
+        for config in folder.rglob("*.json"):
+            text = config.read_text()
+            assert "_name_or_path" not in text and str(tiny_pipe_dir) not in text, config
+
+
 def test_saved_fixture_folder_matches_session_pipeline(tiny_pipe, tiny_pipe_dir, tiny_context):
     loaded = SlowFastVGenPipeline.from_pretrained(tiny_pipe_dir)
     loaded.set_progress_bar_config(disable=True)

@@ -24,6 +24,8 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..pipelines.pipeline_slowfast_vgen import drop_source_paths
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth", ".pkl")
 
 
@@ -176,4 +178,5 @@ def copy_component(source: str | os.PathLike, destination: str | os.PathLike, li
     for file in sorted(source.rglob("*")):
         if file.is_file() and not is_pickle_file(file):
             copy_or_link(file, child_path(destination, str(file.relative_to(source))), link)
+    drop_source_paths(destination)
 
