@@ -15,6 +15,7 @@ Every episode starts where its whole path fits inside the world; a path that can
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -108,14 +109,16 @@ def load_path_file(path: str | Path, seed: int, chunk_frames: int = 4, view_size
         raise ValueError(f"path file {str(path)!r} cannot be read as JSON ({error}).") from None
     actions = data.get("actions") if isinstance(data, dict) else None
     if not isinstance(actions, list) or len(actions) < 2 or not all(isinstance(a, str) for a in actions):
-        raise ValueError(f"path file {str(path)!r}: 'actions' must be a list of at least 2 action texts, one per chunk.")
+        raise ValueError(f"path file {str(path)!r}: 'actions' must be a list of at least 2 action texts, "
+                         "one per chunk.")
     for index, action in enumerate(actions):
         try:
             parse_action(action)
         except ValueError as error:
             raise ValueError(f"path file {str(path)!r}, actions[{index}]: {error}") from None
     start = data.get("start")
-    if start is not None and not (isinstance(start, list) and len(start) == 2 and all(isinstance(v, int) for v in start)):
+    well_formed = isinstance(start, list) and len(start) == 2 and all(isinstance(v, int) for v in start)
+    if start is not None and not well_formed:
         raise ValueError(f"path file {str(path)!r}: 'start' must be [x, y], whole pixels, got {start!r}.")
     return place_path(ToyWorld(seed, view_size=view_size), Path(path).stem, actions, chunk_frames,
                       tuple(start) if start else None)
@@ -168,8 +171,9 @@ class RevisitMap:
         frames = self.episode.chunk_slice(chunk - 1)
         return range(frames.start, frames.stop)
 
+    @functools.cache  # every memory setting of an episode is scored on the same masks
     def masks(self, chunk: int) -> np.ndarray:
-        """Boolean (frames, H, W): the revisited pixels of every frame of chunk `chunk`."""
+        """Boolean (frames, H, W): the revisited pixels of every frame of chunk `chunk` (do not modify)."""
         episode, size = self.episode, self.episode.world.view_size
         context = self.context_range(chunk)
         out = []
@@ -178,7 +182,8 @@ class RevisitMap:
             seen_long_ago = self.first_seen[y:y + size, x:x + size] < context.start
             in_context = np.zeros((size, size), bool)
             for cx, cy in (episode.positions[c] for c in context):
-                left, top, right, bottom = max(cx - x, 0), max(cy - y, 0), min(cx + size - x, size), min(cy + size - y, size)
+                left, top = max(cx - x, 0), max(cy - y, 0)
+                right, bottom = min(cx + size - x, size), min(cy + size - y, size)
                 if left < right and top < bottom:
                     in_context[top:bottom, left:right] = True
             out.append(seen_long_ago & ~in_context)

@@ -182,6 +182,7 @@ def image_to_frames(image: torch.Tensor, pipe: SlowFastVGenPipeline) -> torch.Te
         )
     return image[..., :3].permute(0, 3, 1, 2).float().clamp(0, 1)
 
+
 def start_chunk(pipe: SlowFastVGenPipeline, image: torch.Tensor | None, chunk: Chunk | None) -> Chunk:
     """What an episode continues from: a given chunk, or the start image(s) encoded as the first segment."""
     if (image is None) == (chunk is None):

@@ -332,7 +332,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     def encode_pixels(self, video: torch.Tensor) -> torch.Tensor:
         """Video B,3,F,H,W in [-1, 1] on the VAE's device -> scaled latents B,C,F,h,w (the posterior's mode).
 
-        The one encoder path: `encode_frames`, the trainer and Temp-LoRA's training data all go through it.
+        The one encoder path: `encode_frames`, the trainer and the slow-fast loop all go through it.
         """
         batch, _, num_frames = video.shape[:3]
         frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(self.vae.dtype)

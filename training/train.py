@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
                     loss = vae_loss(models[0], frames, generator)
                 else:
                     with torch.no_grad():
-                        latents = encode_video(pipe, video)
+                        latents = pipe.encode_pixels(video)
                     dropped = torch.rand(len(actions), generator=generator) < args.action_dropout
                     actions = ["" if drop else action for drop, action in zip(dropped.tolist(), actions)]
                     with torch.set_grad_enabled(args.train_text_encoder):
@@ -341,11 +341,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def encode_video(pipe: SlowFastVGenPipeline, video: torch.Tensor) -> torch.Tensor:
-    """Frames B,3,F,H,W in [-1,1] -> scaled latents B,C,F,h,w, as inference encodes (`encode_pixels`)."""
-    return pipe.encode_pixels(video)
-
-
 def encode_actions(pipe: SlowFastVGenPipeline, text_encoder, actions: list[str], device) -> torch.Tensor:
     tokens = pipe.tokenizer(actions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt")
@@ -357,7 +352,7 @@ def set_latent_scaling(pipe: SlowFastVGenPipeline, stream: SampleStream, device,
     """Scale latents to unit variance (what `scaling_factor` is for), measured on training frames."""
     pipe.vae.register_to_config(scaling_factor=1.0)
     samples = iter(stream)
-    latents = torch.cat([encode_video(pipe, next(samples)[0].to(device)).flatten() for _ in range(batches)])
+    latents = torch.cat([pipe.encode_pixels(next(samples)[0].to(device)).flatten() for _ in range(batches)])
     pipe.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
 
