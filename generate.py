@@ -21,7 +21,16 @@ from tqdm.auto import tqdm
 
 from .data.toyworld import ToyWorld, loop, out_and_back
 from .paths import DEFAULT_MODEL_DIR
-from .pipelines import TEMP_LORA_DIRECTIONS, TEMP_LORA_OBJECTIVES, EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig
+from .pipelines import (
+    SCHEDULERS,
+    TEMP_LORA_DIRECTIONS,
+    TEMP_LORA_OBJECTIVES,
+    EpisodicMemory,
+    SlowFastVGenPipeline,
+    TempLoRAConfig,
+    scheduler_from_name,
+    scheduler_name,
+)
 
 DEMO_ACTIONS = out_and_back("right", 6) + out_and_back("down", 4) + loop(1) + ["stay", "stay"]
 
@@ -41,6 +50,10 @@ def add_generate_command(commands) -> None:
     parser.add_argument("--no-temp-lora", action="store_true", help="no fast learning: the base model only")
     parser.add_argument("--frames-per-chunk", type=int, default=None, help="default: half the context window")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per chunk")
+    parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None,
+                        help="sampler (default: the model's own, from its scheduler folder)")
+    parser.add_argument("--compile", action="store_true",
+                        help="sample with torch.compile(unet): pays on long episodes only (docs/benchmarks.md)")
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-rank", type=int, default=TempLoRAConfig.rank)
@@ -113,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     pipe = SlowFastVGenPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.scheduler:
+        pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
+    if args.compile:
+        pipe.compile_unet()
     load_seconds = time.time() - started
     image = first_frame(args, pipe.native_size)
     config = TempLoRAConfig(rank=args.lora_rank, learning_rate=args.lora_lr, steps_per_update=args.lora_steps,
@@ -129,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
     start_frames = pipe.postprocess(start_latents, "np")[0]
     sink.write(start_frames)
     sheet_frames = list(start_frames) if args.contact_sheet else None
-    completed, interrupted = [], False
-    generation_started = time.time()
+    completed, chunk_seconds, interrupted = [], [], False
+    generation_started = last = time.time()
     chunks = pipe.stream_episode(
         actions, start_latents=start_latents, memory=memory,
         temp_lora=False if args.no_temp_lora else (memory.config if memory else config),
@@ -145,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                 sheet_frames.extend(frames)
             memory = chunk.memory
             completed.append(chunk.action)
+            chunk_seconds.append(round(time.time() - last, 3))
+            last = time.time()
     except KeyboardInterrupt:
         interrupted = True
         print(f"\nInterrupted after {len(completed)} chunks; keeping what was generated.")
@@ -161,8 +180,11 @@ def run(args: argparse.Namespace) -> int:
         "continued_from": args.memory, "actions": completed, "interrupted": interrupted, "seed": args.seed,
         "world_seed": None if args.image else args.world_seed, "image": args.image,
         "frames_per_chunk": args.frames_per_chunk or pipe.context_window // 2,
-        "steps": args.steps, "guidance": args.guidance, "temp_lora": None if args.no_temp_lora else vars(config),
-        "seconds": {"load": round(load_seconds, 2), "generate_and_write": round(generation_seconds, 2)},
+        "steps": args.steps, "scheduler": scheduler_name(pipe.scheduler) or type(pipe.scheduler).__name__,
+        "guidance": args.guidance, "compiled": pipe.__dict__.get("_compiled_unet") is not None,
+        "temp_lora": None if args.no_temp_lora else vars(memory.config if memory is not None else config),
+        "seconds": {"load": round(load_seconds, 2), "generate_and_write": round(generation_seconds, 2),
+                    "chunks": chunk_seconds},
     }
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     print(f"Wrote {sink.frames} frames to {output} in {generation_seconds:.1f} s; summary in {summary_path}.")

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from ..data.episodes import PATH_FAMILIES, EpisodePath, RevisitMap, load_path_file, make_episode, place_path
 from ..data.toyworld import DIRECTIONS, HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld
 from ..paths import DEFAULT_MODEL_DIR
-from ..pipelines import SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for
+from ..pipelines import SCHEDULERS, SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for, scheduler_from_name
 from . import metrics
 
 # Named memory settings: a Temp-LoRA config (None: no memory) and chunk arguments. The paper's ablations
@@ -75,6 +75,7 @@ class EvaluationOptions:
     chunks: int = 8
     steps: int = 10
     guidance: float = 2.0
+    scheduler: str | None = None  # a `SCHEDULERS` name; None: the model's own
     settings: tuple[str, ...] = ("none", "paper")
     custom_settings: dict[str, dict] = field(default_factory=dict)
     oracle: bool = False
@@ -92,6 +93,8 @@ class EvaluationOptions:
             raise ValueError(f"--steps must be at least 1, got {self.steps}.")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"--guidance must be a finite number >= 0, got {self.guidance}.")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler: unknown sampler {self.scheduler!r}; known: {', '.join(SCHEDULERS)}.")
         unknown = [f for f in self.families if f not in PATH_FAMILIES]
         if unknown:
             raise ValueError(f"--families: unknown path family {unknown[0]!r}; known: {', '.join(PATH_FAMILIES)} "
@@ -142,6 +145,8 @@ class EvaluationOptions:
         described = dataclasses.asdict(self)
         for key in ("episodes", "output_dir", "strips"):
             described.pop(key)
+        if described["scheduler"] is None:  # as runs from before the option recorded it
+            described.pop("scheduler")
         described["families"] = list(self.families)
         described["settings"] = list(self.settings)
         return described
@@ -360,8 +365,7 @@ def evaluate(options: EvaluationOptions) -> dict | None:
         os.replace(temporary, output_dir / "run.json")
     state.wait_for_everyone()
 
-    pipe = SlowFastVGenPipeline.from_pretrained(options.model).to(state.device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(options.model, options.scheduler).to(state.device)
     resnet = metrics.load_resnet18(options.resnet18) if options.resnet18 else None
     plan = options.plan(pipe.native_size, pipe.context_window // 2)
     done = {episode_key(row["episode"]) for row in read_rows(output_dir)} if state.is_main_process else set()
@@ -474,7 +478,8 @@ def fmt(entry: dict | None, digits: int = 2) -> str:
 def summary_markdown(summary: dict, options: EvaluationOptions, plots: list[str], strips: list[str]) -> str:
     lines = [f"# Evaluation of {options.model}", "",
              f"{summary['episodes']} held-out episodes (ToyWorld seeds from {options.first_seed}), {options.chunks} "
-             f"chunks each, {options.steps} steps, guidance {options.guidance}; every setting of an episode samples "
+             f"chunks each, {options.steps} steps{f' of {options.scheduler}' if options.scheduler else ''}, "
+             f"guidance {options.guidance}; every setting of an episode samples "
              "the same noise (`stream_episode`, one seed). Revisit PSNR/SSIM: pixels first seen before the chunk's "
              "context and not in it, against their first sighting in the same video (pixel SRC) or the truth. "
              f"SCuts: PySceneDetect ContentDetector, threshold {options.scuts_threshold:g}, min scene "
@@ -566,6 +571,15 @@ def camera_motion(frames: np.ndarray) -> np.ndarray:
     grey = [cv2.cvtColor(f.astype(np.float32), cv2.COLOR_RGB2GRAY).astype(np.float64) for f in frames]
     # The picture moves against the camera, hence the minus.
     return -np.mean([cv2.phaseCorrelate(a, b)[0] for a, b in zip(grey, grey[1:])], axis=0)
+
+
+def load_pipeline(model: str, scheduler: str | None = None) -> SlowFastVGenPipeline:
+    """The world model to evaluate, with the sampler asked for (default: its own)."""
+    pipe = SlowFastVGenPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    if scheduler is not None:
+        pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler.config)
+    return pipe
 
 
 def next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int = 10, guidance: float = 2.0) -> dict:
@@ -664,6 +678,8 @@ def add_evaluate_command(commands) -> None:
     parser.add_argument("--chunks", type=int, default=defaults.chunks, help="chunks per episode")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--guidance", type=float, default=defaults.guidance)
+    parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None,
+                        help="sampler (default: the model's own)")
     parser.add_argument("--settings", default=",".join(defaults.settings),
                         help=f"memory settings side by side, comma-separated; known: {', '.join(SETTINGS)}")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=JSON",
@@ -701,16 +717,17 @@ def run(args: argparse.Namespace) -> int:
         if args.next_chunk is not None:
             if args.next_chunk < 1:
                 raise ValueError(f"--next-chunk must be at least 1 world, got {args.next_chunk}.")
-            pipe = SlowFastVGenPipeline.from_pretrained(args.model)
-            pipe.set_progress_bar_config(disable=True)
+            pipe = load_pipeline(args.model, args.scheduler)
             results = next_chunk_quality(pipe, range(1000, 1000 + args.next_chunk), args.steps, args.guidance)
             print(json.dumps({"model": args.model, "seeds": args.next_chunk, "steps": args.steps,
+                              "scheduler": args.scheduler or type(pipe.scheduler).__name__,
                               "guidance": args.guidance, "results": results}, indent=2))
             return 0
         options = EvaluationOptions(
             output_dir=args.output_dir, model=args.model, episodes=args.episodes,
             families=tuple(f for f in args.families.split(",") if f.strip()), path_file=args.path_file,
             first_seed=args.first_seed, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
+            scheduler=args.scheduler,
             settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
             custom_settings=parse_custom_settings(args.setting), oracle=args.oracle, resnet18=args.resnet18,
             scuts_threshold=args.scuts_threshold, strips=not args.no_strips,

@@ -3,12 +3,15 @@
 from .factory import WorldModelSpec, build_pipeline, build_tokenizer
 from .fingerprint import model_fingerprint
 from .pipeline_slowfast_vgen import (
+    SCHEDULERS,
     EpisodeChunk,
     EpisodeOutput,
     SlowFastVGenPipeline,
     SlowFastVGenPipelineOutput,
     dtype_argument,
     memory_generator_for,
+    scheduler_from_name,
+    scheduler_name,
 )
 from .temp_lora import (
     TARGET_PRESETS,
@@ -20,6 +23,7 @@ from .temp_lora import (
 )
 
 __all__ = [
+    "SCHEDULERS",
     "EpisodeChunk",
     "EpisodeOutput",
     "EpisodicMemory",
@@ -36,4 +40,6 @@ __all__ = [
     "dtype_argument",
     "memory_generator_for",
     "model_fingerprint",
+    "scheduler_from_name",
+    "scheduler_name",
 ]

@@ -15,6 +15,8 @@ import inspect
 import json
 import os
 import re
+import sys
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -22,7 +24,15 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet3DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    UNet3DConditionModel,
+    UniPCMultistepScheduler,
+)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers import KarrasDiffusionSchedulers
@@ -38,13 +48,37 @@ from .temp_lora import (
     MemoryClip,
     TempLoRAConfig,
     check_memory,
-    memory_applied,
+    memory_for_sampling,
     new_memory,
     temp_lora_detached,
     update_memory,
 )
 
 CONDITIONING_MODES = ("mask", "replace")
+
+# Samplers by the names the CLI, the nodes and `evaluate` take. Each is built from the model's own
+# scheduler config (betas, prediction type), as diffusers users swap schedulers.
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+
+
+def scheduler_from_name(name: str, config) -> "KarrasDiffusionSchedulers":
+    """A sampler of `SCHEDULERS` made from a scheduler config (`pipe.scheduler.config`)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}.")
+    scheduler_class, settings = SCHEDULERS[name]
+    return scheduler_class.from_config(config, **settings)
+
+
+def scheduler_name(scheduler) -> str | None:
+    """The `SCHEDULERS` name of a scheduler instance, or None for another sampler."""
+    for name, (scheduler_class, settings) in SCHEDULERS.items():
+        if type(scheduler) is scheduler_class and all(scheduler.config.get(k) == v for k, v in settings.items()):
+            return name
+    return None
 
 
 # What a world-model folder must hold: component -> a file its subfolder must contain (None: any file).
@@ -140,6 +174,19 @@ def drop_source_paths(folder: str | os.PathLike) -> None:
         temporary = path.with_name(f".{path.name}.partial")
         temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(temporary, path)
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why `torch.compile` cannot run on `device` here, or None. Its CPU backend builds C++ and needs a compiler."""
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    if device.type == "cpu" and sys.platform != "win32":  # other failures surface at the first call (`predict`)
+        import shutil
+
+        compiler = os.environ.get("CXX", "g++")
+        if shutil.which(compiler) is None:
+            return f"no C++ compiler ({compiler!r}) on PATH for the CPU backend; install g++ or set CXX"
+    return None
 
 
 def memory_generator_for(generator: torch.Generator | list[torch.Generator] | None) -> torch.Generator:
@@ -496,7 +543,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         # 4. Denoising loop: the UNet sees context + new frames, the scheduler steps the new frames only.
-        with memory_applied(self.unet, memory), self.progress_bar(total=len(timesteps)) as progress_bar:
+        with memory_for_sampling(self.unet, memory), self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -510,7 +557,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                     model_input = self.scheduler.scale_model_input(model_input, t)
                 if self.do_classifier_free_guidance:
                     model_input = torch.cat([model_input] * 2)
-                prediction = self.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
+                prediction = self.predict(model_input, t, prompt_embeds)
                 prediction = prediction[:, :, num_context_frames:]
                 if self.do_classifier_free_guidance:
                     unconditional, conditional = prediction.chunk(2)
@@ -531,6 +578,31 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames, latents)
         return SlowFastVGenPipelineOutput(frames=frames, latents=latents)
+
+    def predict(self, model_input: torch.Tensor, t, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """One UNet call of the sampler: the compiled UNet after `compile_unet`, else the UNet itself."""
+        compiled = self.__dict__.get("_compiled_unet")
+        if compiled is not None:
+            try:
+                return compiled(model_input, t, encoder_hidden_states=prompt_embeds).sample
+            except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+                self._compiled_unet = None
+                warnings.warn(f"torch.compile of the UNet failed ({type(error).__name__}: {str(error)[:300]}); "
+                              "generating uncompiled.", RuntimeWarning, stacklevel=2)
+        return self.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
+
+    def compile_unet(self, **compile_kwargs) -> bool:
+        """Sample with `torch.compile(unet)` from now on (the Temp-LoRA update stays eager: compiling its
+        backward costs more than it saves). Returns False, with a warning saying why, where compiling
+        cannot work; generation then runs uncompiled. Compiling takes a while on the first chunk (and
+        again when the number of context frames changes), and pays on long episodes only (docs/benchmarks.md)."""
+        reason = compile_unavailable(self._execution_device)
+        if reason:
+            warnings.warn(f"torch.compile is not available here: {reason}; generating uncompiled.",
+                          RuntimeWarning, stacklevel=2)
+            return False
+        self._compiled_unet = torch.compile(self.unet, **compile_kwargs)
+        return True
 
     def condition_frames(self, context: torch.Tensor, context_noise: torch.Tensor | None, t) -> torch.Tensor:
         """The context as the UNet sees it at step t: clean ("mask") or re-noised to t ("replace")."""

@@ -94,10 +94,13 @@ class TempLoRAConfig:
     - `local=True`: the paper's local learning rule, each update learns the clip just made. `local=False`
       is the paper's ablation "without local learning rule": the memory keeps its clips (as with replay)
       and each step learns one clip drawn at random from the whole sequence so far, the new one included.
-    - `gradient_checkpointing=True`: the update recomputes each UNet layer's activations in the
-      backward pass instead of keeping them all (the UNet3D of diffusers has no checkpointing of its
-      own). Same result; it halves the update's peak memory (measured: 2.1 GB -> 1.0 GB above the model
-      on the mid-size benchmark model, 4+4 frames of 32x32 latents) for about one extra forward pass.
+    - `gradient_checkpointing=None` (automatic): with True the update recomputes each UNet layer's
+      activations in the backward pass instead of keeping them all (the UNet3D of diffusers has no
+      checkpointing of its own). Same result; it halves the update's peak memory (measured: 2.1 GB ->
+      1.0 GB above the model on the mid-size benchmark model, 4+4 frames of 32x32 latents) for about one
+      extra forward pass (+30% update time on the shipped model). None turns it on only when the
+      activations the update would keep (`update_activation_bytes`) exceed half the free memory of the
+      device; True and False force it.
     """
 
     rank: int = 32
@@ -112,7 +115,7 @@ class TempLoRAConfig:
     action_text: bool = False
     replay: int = 0
     local: bool = True
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -190,6 +193,15 @@ class EpisodicMemory:
     @property
     def num_parameters(self) -> int:
         return sum(t.numel() for t in self.lora.values())
+
+    def to(self, device: torch.device | str) -> "EpisodicMemory":
+        """The same memory with its tensors on `device` (an update leaves them on the model's device)."""
+        return replace(
+            self,
+            lora={key: t.to(device) for key, t in self.lora.items()},
+            optimizer_state={key: t.to(device) for key, t in self.optimizer_state.items()},
+            clips=tuple(clip._replace(latents=clip.latents.to(device)) for clip in self.clips),
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the memory as a `.safetensors` adapter, atomically (temporary file, then rename)."""
@@ -283,6 +295,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def lora_target_modules(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, torch.nn.Linear]:
     """The base modules a config's target pattern selects, by name."""
+    # Kept per pattern: the base modules stay the same objects when LoRA layers are injected around them.
+    cache = unet.__dict__.setdefault("_temp_lora_targets", {})
+    if config.target_pattern not in cache:
+        cache[config.target_pattern] = _find_lora_targets(unet, config)
+    return cache[config.target_pattern]
+
+
+def _find_lora_targets(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, torch.nn.Linear]:
     pattern = re.compile(config.target_pattern)
     targets = {}
     for name, module in unet.named_modules():
@@ -348,7 +368,17 @@ def check_memory(unet: torch.nn.Module, memory: EpisodicMemory, base_fingerprint
 
 
 def _lora_layers(unet: torch.nn.Module) -> dict[str, LoraLayer]:
-    return {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+    # Walking a UNet's modules costs milliseconds, and this runs several times per chunk: the walk is kept
+    # until the adapter is injected or removed (the only places the layers change).
+    cached = unet.__dict__.get("_temp_lora_layers")
+    if cached is None:
+        cached = {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+        unet.__dict__["_temp_lora_layers"] = cached
+    return cached
+
+
+def _forget_lora_layers(unet: torch.nn.Module) -> None:
+    unet.__dict__.pop("_temp_lora_layers", None)
 
 
 def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, torch.nn.Parameter]:
@@ -360,6 +390,7 @@ def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, 
             target_modules=config.target_pattern, init_lora_weights=True,
         )
         inject_adapter_in_model(lora_config, unet, adapter_name=ADAPTER_NAME)
+        _forget_lora_layers(unet)
         unet._temp_lora_structure = config.structure()
     parameters = {}
     for name, layer in _lora_layers(unet).items():
@@ -372,6 +403,7 @@ def _remove_adapter(unet: torch.nn.Module) -> None:
     for name, layer in _lora_layers(unet).items():
         parent_name, _, child = name.rpartition(".")
         setattr(unet.get_submodule(parent_name) if parent_name else unet, child, layer.get_base_layer())
+    _forget_lora_layers(unet)
     unet._temp_lora_structure = None
     if hasattr(unet, "peft_config"):
         del unet.peft_config
@@ -402,6 +434,50 @@ def memory_applied(unet: torch.nn.Module, memory: EpisodicMemory | None) -> Iter
         _set_adapters_enabled(unet, False)
 
 
+def foldable(unet: torch.nn.Module, memory: EpisodicMemory) -> bool:
+    """Whether `memory_folded` can run `memory`: every target a plain float `nn.Linear` with its weight in
+    place. Quantised layers (bitsandbytes and the like subclass `nn.Linear` with integer weights), weights
+    on the meta device and weights an accelerate hook swaps in at each forward (offloading) cannot take a
+    folded weight; those run the LoRA layers instead (`memory_applied`)."""
+    for name, module in lora_target_modules(unet, memory.config).items():
+        weight = module.weight
+        if (type(module) is not torch.nn.Linear or not weight.is_floating_point() or weight.is_meta
+                or hasattr(module, "_hf_hook") or weight.requires_grad and torch.is_grad_enabled()):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def memory_folded(unet: torch.nn.Module, memory: EpisodicMemory) -> Iterator[None]:
+    """Run the UNet as base + `memory` inside the block at the base model's cost: each target's weight is
+    replaced by W + (alpha / rank) B A, computed once, and the base weight is put back afterwards exactly
+    (the very tensor, never written to). For generation only: gradients through a folded weight would not
+    reach the base weights' storage. Check `foldable` first."""
+    scale = memory.config.lora_alpha / memory.config.rank
+    swapped = []
+    _set_adapters_enabled(unet, False)  # LoRA layers left from an update run their base layer only
+    try:
+        with torch.no_grad():
+            for name, module in lora_target_modules(unet, memory.config).items():
+                base = module.weight.data
+                a = memory.lora[f"{name}.lora_A.weight"].to(base.device, torch.float32)
+                b = memory.lora[f"{name}.lora_B.weight"].to(base.device, torch.float32)
+                folded = torch.addmm(base.float(), b, a, alpha=scale).to(base.dtype)
+                module.weight.data = folded
+                swapped.append((module, base))
+        yield
+    finally:
+        for module, base in swapped:
+            module.weight.data = base
+
+
+def memory_for_sampling(unet: torch.nn.Module, memory: EpisodicMemory | None):
+    """The context a chunk is sampled in: folded at base cost where `foldable`, else the LoRA layers."""
+    if memory is not None and foldable(unet, memory):
+        return memory_folded(unet, memory)
+    return memory_applied(unet, memory)
+
+
 @contextlib.contextmanager
 def temp_lora_detached(unet: torch.nn.Module) -> Iterator[None]:
     """Take the LoRA layers out of the UNet for the block (so `save_pretrained` writes the base model only)."""
@@ -415,6 +491,7 @@ def temp_lora_detached(unet: torch.nn.Module) -> Iterator[None]:
         for name, layer in layers.items():
             parent_name, _, child = name.rpartition(".")
             setattr(unet.get_submodule(parent_name) if parent_name else unet, child, layer)
+        _forget_lora_layers(unet)
         unet._temp_lora_structure = structure
         if peft_config is not None:
             unet.peft_config = peft_config
@@ -495,7 +572,10 @@ def update_memory(
     num_train_timesteps = noise_scheduler.config.num_train_timesteps
     low = int(config.timestep_range[0] * (num_train_timesteps - 1))
     high = max(low + 1, int(config.timestep_range[1] * (num_train_timesteps - 1)) + 1)
-    checkpointed = _checkpointed(unet) if config.gradient_checkpointing else contextlib.nullcontext()
+    checkpointing = config.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = needs_checkpointing(unet, clip, config, clip.latents.device)
+    checkpointed = _checkpointed(unet) if checkpointing else contextlib.nullcontext()
     with torch.inference_mode(False), torch.enable_grad(), memory_applied(unet, memory) as parameters, checkpointed:
         # Copies made here, outside inference mode, so that autograd may save them (ComfyUI's inputs are
         # inference tensors), and so that neither the inputs nor the memory can be touched.
@@ -524,7 +604,7 @@ def update_memory(
         return memory
     lora, optimizer_state = result
     keeps_clips = config.replay or not config.local
-    kept = clip._replace(latents=clip.latents.detach().to("cpu", copy=True)) if keeps_clips else None
+    kept = clip._replace(latents=clip.latents.detach().clone()) if keeps_clips else None
     return replace(
         memory,
         lora=lora,
@@ -552,6 +632,35 @@ def _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator
         loss = temp_lora_loss(unet, noise_scheduler, context, target, text_embeds, timesteps, noise)
         total = total + loss * len(batch)
     return total / len(examples)
+
+
+# Floats a UNet3D keeps for its backward pass per latent element (frame x height x width) per channel of
+# its blocks (sum of `block_out_channels`), with the LoRA trainable and the base frozen. Measured with
+# `torch.autograd.graph.saved_tensors_hooks` on diffusers' UNet3DConditionModel: 133-197 over the tiny,
+# shipped and mid-size models at 8-16 frames of 8x8-32x32 latents; the estimate takes the top of that range.
+_SAVED_FLOATS_PER_ELEMENT_CHANNEL = 200
+
+
+def update_activation_bytes(unet: torch.nn.Module, clip: MemoryClip, config: TempLoRAConfig) -> int:
+    """Estimated bytes of activations an update without gradient checkpointing keeps, per optimizer step."""
+    frames = sum(e.context.shape[2] + e.target.shape[2] for e in memory_examples(clip, config))
+    frames *= 1 + config.replay
+    batch, _, _, height, width = clip.latents.shape
+    channels = sum(unet.config.block_out_channels)
+    element_size = torch.finfo(clip.latents.dtype).bits // 8 if clip.latents.is_floating_point() else 4
+    return _SAVED_FLOATS_PER_ELEMENT_CHANNEL * batch * frames * height * width * channels * element_size
+
+
+def needs_checkpointing(unet: torch.nn.Module, clip: MemoryClip, config: TempLoRAConfig,
+                        device: torch.device) -> bool:
+    """The automatic choice: checkpoint when the update's activations would take over half the free memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return update_activation_bytes(unet, clip, config) > free // 2
 
 
 # The UNet3D layers whose activations the update recomputes in the backward pass instead of storing them.
@@ -619,8 +728,9 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
             parameter.grad = gradient
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    lora = {key: p.detach().to("cpu", copy=True) for key, p in parameters.items()}
-    if not all(torch.isfinite(t).all() for t in lora.values()):
+    # The new memory stays on the model's device: no host round trip per chunk (`EpisodicMemory.to` moves it).
+    lora = {key: p.detach().clone() for key, p in parameters.items()}
+    if not torch.stack([torch.isfinite(t).all() for t in lora.values()]).all():
         warnings.warn("Temp-LoRA update produced non-finite weights; the memory was rolled back.",
                       RuntimeWarning, stacklevel=2)
         return None
@@ -628,6 +738,6 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
     if config.keep_optimizer_state:
         for key, parameter in parameters.items():
             state = optimizer.state[parameter]
-            optimizer_state[f"{key}.exp_avg"] = state["exp_avg"].detach().to("cpu", copy=True)
-            optimizer_state[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().to("cpu", copy=True)
+            optimizer_state[f"{key}.exp_avg"] = state["exp_avg"].detach().clone()
+            optimizer_state[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().clone()
     return lora, optimizer_state

@@ -269,10 +269,15 @@ def test_generate_cli_end_to_end(tiny_model_dir, tmp_path):
     memory_path = video.with_suffix(".memory.safetensors")
     assert [clip.new_frames for clip in EpisodicMemory.load(memory_path).clips] == [4, 4], "replay keeps the clips"
     continued = tmp_path / "more.mp4"
-    result = subprocess.run([*command[:4], str(continued), *command[5:], "--memory", str(memory_path)],
+    assert summary["scheduler"] == "ddim" and len(summary["seconds"]["chunks"]) == 2
+    result = subprocess.run([*command[:4], str(continued), *command[5:], "--memory", str(memory_path),
+                             "--scheduler", "dpm++"],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(continued.with_suffix(".json").read_text())["continued_from"] == str(memory_path)
+    continued_summary = json.loads(continued.with_suffix(".json").read_text())
+    assert continued_summary["continued_from"] == str(memory_path) and continued_summary["scheduler"] == "dpm++"
+    assert continued_summary["temp_lora"]["rank"] == 4, "the memory's own settings, not the flags' defaults"
+    assert continued_summary["temp_lora"]["replay"] == 1
 
 
 def test_generate_cli_with_and_without_memory_share_the_first_chunk(tiny_model_dir, tmp_path):
