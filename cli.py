@@ -1,13 +1,23 @@
-"""`slowfast-vgen` command line: generate (the main job), train (slow learning), evaluate, memory and model tools."""
+"""`slowfast-vgen` command line: generate (the main job), train (slow learning), evaluate, memory and model tools.
+
+Exit status: 0 done; 1 a "no" answer (`memory check`: does not fit); 2 an error, reported in one line
+naming what was wrong and how to fix it (argparse's own errors included); 128 + N stopped by signal N,
+with what was made so far kept (`generate`). `--debug` shows the traceback of an unexpected error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+
+EXIT_ERROR = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="slowfast-vgen", description=__doc__)
+    parser = argparse.ArgumentParser(prog="slowfast-vgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True)
     from .evaluation.evaluate import add_evaluate_command
     from .generate import add_generate_command
@@ -19,7 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     add_evaluate_command(commands)
     add_weights_commands(commands)
     args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # a user's mistake, already explained in one line
+            print(f"slowfast-vgen {args.command}: {stop.code}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+    except KeyboardInterrupt:
+        print(f"\nslowfast-vgen {args.command}: interrupted.", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as error:  # noqa: BLE001 - a bug: one line by default, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"slowfast-vgen {args.command}: unexpected error {type(error).__name__}: {error}\n"
+              "This is a bug, not something you did wrong: rerun with `slowfast-vgen --debug ...` for the "
+              "traceback, and report it.", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -2,15 +2,22 @@
 
 Writes an MP4 (OpenCV), the episode's final Temp-LoRA memory as a `.safetensors` adapter, and a JSON
 summary. With no argument but an output path it plays a demo episode on ToyWorld with the shipped model.
-Frames are decoded and written chunk by chunk, so Ctrl-C stops cleanly with a valid video of what was
-generated so far.
+Every setting is checked before anything is loaded or written, and existing outputs are refused unless
+`--force`. Frames are decoded and written chunk by chunk to a temporary MP4 beside the output, renamed into
+place at the end, so Ctrl-C, SIGTERM and SIGHUP stop cleanly with a valid video of what was generated so
+far (exit status 128 + the signal's number). A SIGKILL leaves the earlier output, if any, untouched and a
+temporary `.NAME.slowfast-partial-PID-ID.mp4` without its index, removed by the next run to the same output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -21,6 +28,8 @@ from tqdm.auto import tqdm
 
 from .data.toyworld import ToyWorld, loop, out_and_back
 from .paths import DEFAULT_MODEL_DIR
+from .pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
+from .pipelines.temp_lora import check_memory
 from .pipelines import (
     SCHEDULERS,
     TEMP_LORA_DIRECTIONS,
@@ -70,6 +79,10 @@ def add_generate_command(commands) -> None:
                         help="earlier clips of the episode rehearsed at every update step (0: the paper's update)")
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--contact-sheet", help="also write a PNG grid of every 4th frame here")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing outputs (only once the run has succeeded or was interrupted)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also load model weights stored as pickle (.bin); only for files you trust")
     parser.set_defaults(run=run)
 
 
@@ -118,67 +131,168 @@ class VideoSink:
         self.writer.release()
 
 
-def run(args: argparse.Namespace) -> int:
+LORA_FLAGS = {"rank": "--lora-rank", "learning_rate": "--lora-lr", "steps_per_update": "--lora-steps",
+              "target": "--lora-target", "replay": "--lora-replay"}
+
+
+def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
+    """Every setting checked before anything is loaded or written; returns the Temp-LoRA settings."""
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be at least 1, got {args.steps}.")
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        raise SystemExit(f"--guidance must be a finite number >= 0 (1 or less: no guidance), got {args.guidance}.")
+    if not 0 <= args.seed < 2**64:
+        raise SystemExit(f"--seed must be between 0 and 2**64 - 1, got {args.seed}.")
+    if not math.isfinite(args.fps) or args.fps <= 0:
+        raise SystemExit(f"--fps must be a positive number, got {args.fps}.")
+    if args.frames_per_chunk is not None and args.frames_per_chunk < 1:
+        raise SystemExit(f"--frames-per-chunk must be at least 1, got {args.frames_per_chunk}.")
     if not os.path.isfile(os.path.join(args.model, "model_index.json")):
         raise SystemExit(f"--model {args.model!r} is not a world model folder (no model_index.json).")
+    try:
+        return TempLoRAConfig(rank=args.lora_rank, learning_rate=args.lora_lr, steps_per_update=args.lora_steps,
+                              target=args.lora_target, objective=args.lora_objective,
+                              direction=args.lora_direction, action_text=args.lora_action_text,
+                              replay=args.lora_replay)
+    except ValueError as error:
+        field_name = re.search(r"TempLoRAConfig\.(\w+)", str(error))
+        flag = LORA_FLAGS.get(field_name.group(1), "--lora-*") if field_name else "--lora-*"
+        raise SystemExit(f"{flag}: {error}") from None
+
+
+class Outputs:
+    """The files a run writes: refused if they exist (unless `force`), written under temporary names beside
+    them and renamed into place only when complete, so a failed run leaves every earlier file as it was."""
+
+    def __init__(self, video: str, contact_sheet: str | None, force: bool):
+        self.video = Path(video)
+        self.memory = self.video.with_suffix(".memory.safetensors")
+        self.summary = self.video.with_suffix(".json")
+        self.contact_sheet = Path(contact_sheet) if contact_sheet else None
+        targets = [self.video, self.memory, self.summary] + ([self.contact_sheet] if self.contact_sheet else [])
+        for target in targets:
+            if target.is_dir():
+                raise SystemExit(f"{target} is a folder; give a file path for the output.")
+            if target.exists() and not force:
+                raise SystemExit(f"{target} already exists; pass --force to replace it (or choose another output).")
+        if self.video.suffix.lower() != ".mp4":
+            raise SystemExit(f"The output {str(self.video)!r} must end in .mp4.")
+        self.video.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.video.parent, os.W_OK):
+            raise SystemExit(f"Cannot write to {self.video.parent}: permission denied.")
+        for target in targets:
+            remove_stale_partials(target)
+        self.partial_video = partial_path(self.video)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def termination_as_interrupt():
+    """SIGTERM and SIGHUP end the run like Ctrl-C: what was generated is kept."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    handled = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, interrupt) for s in handled}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def load_memory(path: str | None, pipe: SlowFastVGenPipeline) -> EpisodicMemory | None:
+    if path is None:
+        return None
+    try:
+        memory = EpisodicMemory.load(path)
+        check_memory(pipe.unet, memory, pipe.base_fingerprint)
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        raise SystemExit(f"--memory {path!r}: {error}") from None
+    return memory
+
+
+def run(args: argparse.Namespace) -> int:
+    # 1. Everything the user gave is checked before any work or write.
+    config = check_arguments(args)
+    outputs = Outputs(args.output, args.contact_sheet, args.force)
     actions = read_actions(args)
-    memory = EpisodicMemory.load(args.memory) if args.memory else None
     started = time.time()
-    pipe = SlowFastVGenPipeline.from_pretrained(args.model)
+    try:
+        pipe = SlowFastVGenPipeline.from_pretrained(args.model, use_safetensors=not args.allow_pickle)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise SystemExit(f"--model {args.model!r} cannot be loaded: {error}") from None
     pipe.set_progress_bar_config(disable=True)
+    if args.frames_per_chunk is not None and args.frames_per_chunk >= pipe.context_window:
+        raise SystemExit(f"--frames-per-chunk must be below the model's context window of {pipe.context_window} "
+                         f"frames (it leaves room for the context), got {args.frames_per_chunk}.")
+    memory = load_memory(args.memory, pipe)
     if args.scheduler:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
     if args.compile:
         pipe.compile_unet()
     load_seconds = time.time() - started
     image = first_frame(args, pipe.native_size)
-    config = TempLoRAConfig(rank=args.lora_rank, learning_rate=args.lora_lr, steps_per_update=args.lora_steps,
-                            target=args.lora_target, objective=args.lora_objective, direction=args.lora_direction,
-                            action_text=args.lora_action_text, replay=args.lora_replay)
-    output = Path(args.output)
-    memory_path, summary_path = output.with_suffix(".memory.safetensors"), output.with_suffix(".json")
-    try:  # the start frame is checked before any file is opened
+    try:
         start_latents = pipe.start_latents(image, resize=True)
     except ValueError as error:
         raise SystemExit(f"--image {args.image!r}: {error}" if args.image else str(error)) from None
-    sink = VideoSink(str(output), args.fps, pipe.native_size)
+
+    # 2. The episode, written chunk by chunk to a temporary MP4; Ctrl-C, SIGTERM and SIGHUP keep what was made.
+    sink = VideoSink(str(outputs.partial_video), args.fps, pipe.native_size)
     generator = torch.Generator().manual_seed(args.seed)
     start_frames = pipe.postprocess(start_latents, "np")[0]
-    sink.write(start_frames)
-    sheet_frames = list(start_frames) if args.contact_sheet else None
-    completed, chunk_seconds, interrupted = [], [], False
+    sheet_frames = list(start_frames) if outputs.contact_sheet else None
+    completed, chunk_seconds, interrupted = [], [], None
     generation_started = last = time.time()
-    chunks = pipe.stream_episode(
-        actions, start_latents=start_latents, memory=memory,
-        temp_lora=False if args.no_temp_lora else (memory.config if memory else config),
-        num_frames=args.frames_per_chunk, generator=generator, num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-    )
     try:
-        for chunk in tqdm(chunks, total=len(actions), desc="chunks", unit="chunk"):
-            frames = pipe.postprocess(chunk.latents, "np")[0]
-            sink.write(frames)
-            if sheet_frames is not None:
-                sheet_frames.extend(frames)
-            memory = chunk.memory
-            completed.append(chunk.action)
-            chunk_seconds.append(round(time.time() - last, 3))
-            last = time.time()
-    except KeyboardInterrupt:
-        interrupted = True
-        print(f"\nInterrupted after {len(completed)} chunks; keeping what was generated.")
-    finally:
-        sink.close()
+        with termination_as_interrupt():
+            sink.write(start_frames)
+            chunks = pipe.stream_episode(
+                actions, start_latents=start_latents, memory=memory,
+                temp_lora=False if args.no_temp_lora else (memory.config if memory else config),
+                num_frames=args.frames_per_chunk, generator=generator, num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+            )
+            try:
+                for chunk in tqdm(chunks, total=len(actions), desc="chunks", unit="chunk"):
+                    frames = pipe.postprocess(chunk.latents, "np")[0]
+                    sink.write(frames)
+                    if sheet_frames is not None:
+                        sheet_frames.extend(frames)
+                    memory = chunk.memory
+                    completed.append(chunk.action)
+                    chunk_seconds.append(round(time.time() - last, 3))
+                    last = time.time()
+            except KeyboardInterrupt as error:
+                interrupted = getattr(error, "signum", signal.SIGINT)
+                print(f"\nInterrupted ({signal.Signals(interrupted).name}) after {len(completed)} chunks; "
+                      "keeping what was generated.")
+            finally:
+                sink.close()
+    except BaseException:
+        outputs.partial_video.unlink(missing_ok=True)
+        raise
     generation_seconds = time.time() - generation_started
+
+    # 3. Into place: the video, the memory, the contact sheet, then the summary that names them.
+    os.replace(outputs.partial_video, outputs.video)
     if memory is not None:
-        memory.save(memory_path)
+        memory.save(outputs.memory)
     if sheet_frames:
-        write_contact_sheet(sheet_frames, args.contact_sheet)
+        write_contact_sheet(sheet_frames, outputs.contact_sheet)
     summary = {
-        "video": str(output), "frames": sink.frames, "fps": args.fps, "model": args.model,
-        "model_fingerprint": pipe.base_fingerprint, "memory": str(memory_path) if memory is not None else None,
-        "continued_from": args.memory, "actions": completed, "interrupted": interrupted, "seed": args.seed,
-        "world_seed": None if args.image else args.world_seed, "image": args.image,
+        "video": str(outputs.video), "frames": sink.frames, "fps": args.fps, "model": args.model,
+        "model_fingerprint": pipe.base_fingerprint, "memory": str(outputs.memory) if memory is not None else None,
+        "continued_from": args.memory, "actions": completed, "interrupted": interrupted is not None,
+        "seed": args.seed, "world_seed": None if args.image else args.world_seed, "image": args.image,
         "frames_per_chunk": args.frames_per_chunk or pipe.context_window // 2,
         "steps": args.steps, "scheduler": scheduler_name(pipe.scheduler) or type(pipe.scheduler).__name__,
         "guidance": args.guidance, "compiled": pipe.__dict__.get("_compiled_unet") is not None,
@@ -186,9 +300,10 @@ def run(args: argparse.Namespace) -> int:
         "seconds": {"load": round(load_seconds, 2), "generate_and_write": round(generation_seconds, 2),
                     "chunks": chunk_seconds},
     }
-    summary_path.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"Wrote {sink.frames} frames to {output} in {generation_seconds:.1f} s; summary in {summary_path}.")
-    return 130 if interrupted else 0
+    write_text_atomically(outputs.summary, json.dumps(summary, indent=2, default=str))
+    print(f"Wrote {sink.frames} frames to {outputs.video} in {generation_seconds:.1f} s; "
+          f"summary in {outputs.summary}.")
+    return 128 + interrupted if interrupted is not None else 0
 
 
 def write_contact_sheet(frames: list[np.ndarray], path: str, every: int = 4, columns: int = 8) -> None:
@@ -198,4 +313,10 @@ def write_contact_sheet(frames: list[np.ndarray], path: str, every: int = 4, col
     blank = np.ones_like(picked[0])
     grid = np.concatenate([np.concatenate(row + [blank] * (columns - len(row)), 1) for row in rows], 0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(path, cv2.cvtColor((grid * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+    temporary = partial_path(path)
+    try:
+        if not cv2.imwrite(str(temporary), cv2.cvtColor((grid * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"OpenCV could not write the contact sheet {path} (is its extension an image format?).")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

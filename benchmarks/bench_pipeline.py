@@ -58,20 +58,34 @@ def run_worker(setting: dict) -> dict:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(setting["threads"])
-    from slowfast_vgen.pipelines import TempLoRAConfig, WorldModelSpec, build_pipeline
+    from slowfast_vgen.paths import DEFAULT_MODEL_DIR
+    from slowfast_vgen.pipelines import SlowFastVGenPipeline, TempLoRAConfig, WorldModelSpec, build_pipeline
 
-    spec = getattr(WorldModelSpec, setting["model"])()
-    pipe = build_pipeline(spec, seed=0)
+    device, dtype = torch.device(setting["device"]), getattr(torch, setting["dtype"])
+    if setting["model"] == "shipped":
+        pipe = SlowFastVGenPipeline.from_pretrained(str(DEFAULT_MODEL_DIR))
+    else:
+        pipe = build_pipeline(getattr(WorldModelSpec, setting["model"])(), seed=0)
+    pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    latent_size = spec.image_size // pipe.vae_scale_factor
+    image_size = pipe.native_size
+    latent_size = image_size // pipe.vae_scale_factor
     channels = pipe.unet.config.in_channels
+    cuda = device.type == "cuda"
+
+    def peak_memory() -> int:  # the device's peak on a GPU, the process's peak RSS on the CPU
+        return torch.cuda.max_memory_allocated(device) if cuda else peak_rss()
+
     fp, fg, steps, guidance = setting["context_frames"], setting["new_frames"], setting["steps"], setting["guidance"]
     if fp > fg:
         raise SystemExit(f"F_P={fp} > F_G={fg}: the episode loop conditions each chunk on the one before, so it "
                          "has at most F_G frames of context; give F_P <= F_G.")
     generator = torch.Generator().manual_seed(0)
-    context = torch.randn(1, channels, fp, latent_size, latent_size, generator=generator)
-    base_rss = current_rss()
+    context = torch.randn(1, channels, fp, latent_size, latent_size, generator=generator).to(device, dtype)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    base_rss = torch.cuda.memory_allocated(device) if cuda else current_rss()
     result = {"base_rss": base_rss}
     kind = setting["kind"]
 
@@ -84,11 +98,13 @@ def run_worker(setting: dict) -> dict:
         times = []
         for index in range(setting["warmup"] + setting["chunks"]):
             start = time.perf_counter()
-            theirs(prompt=ACTIONS[index % 4], num_frames=fp + fg, height=spec.image_size, width=spec.image_size,
+            theirs(prompt=ACTIONS[index % 4], num_frames=fp + fg, height=image_size, width=image_size,
                    num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="latent")
+            if cuda:
+                torch.cuda.synchronize(device)
             if index >= setting["warmup"]:
                 times.append(time.perf_counter() - start)
-        result.update(times=times, peak_rss=peak_rss())
+        result.update(times=times, peak_rss=peak_memory())
         return result
 
     temp_lora = kind in ("temp_lora", "long")
@@ -100,8 +116,12 @@ def run_worker(setting: dict) -> dict:
         update_memory = pipe.update_memory
 
         def timed_update(*args, **kwargs):
+            if cuda:
+                torch.cuda.synchronize(device)
             started = time.perf_counter()
             updated = update_memory(*args, **kwargs)
+            if cuda:
+                torch.cuda.synchronize(device)
             update_times.append(time.perf_counter() - started)
             return updated
 
@@ -112,16 +132,18 @@ def run_worker(setting: dict) -> dict:
                                  generator=generator, num_inference_steps=steps, guidance_scale=guidance)
     start = time.perf_counter()
     for index, chunk in enumerate(chunks):
+        if cuda:
+            torch.cuda.synchronize(device)
         done = time.perf_counter()
         kept.append(chunk.latents)  # the chunks are kept, on the CPU
         memory = chunk.memory
         if index >= setting["warmup"]:
             times.append(done - start)
             generation_times.append(done - start - (update_times[-1] if temp_lora else 0.0))
-        peaks[index + 1] = peak_rss()
+        peaks[index + 1] = peak_memory()
         start = time.perf_counter()
     update_times = update_times[setting["warmup"]:]
-    result.update(times=times, generation_times=generation_times, update_times=update_times, peak_rss=peak_rss(),
+    result.update(times=times, generation_times=generation_times, update_times=update_times, peak_rss=peak_memory(),
                   peaks=peaks, memory_parameters=memory.num_parameters if memory else 0)
     return result
 
@@ -131,9 +153,11 @@ def run_worker(setting: dict) -> dict:
 
 
 def model_settings(model: str, args) -> dict:
-    if model == "tiny":
-        return {"model": "tiny", "context_frames": args.tiny_frames[0], "new_frames": args.tiny_frames[1],
+    if model in ("tiny", "shipped"):
+        return {"model": model, "context_frames": args.tiny_frames[0], "new_frames": args.tiny_frames[1],
                 "steps": args.steps}
+    if model == "modelscope":
+        return {"model": model, "context_frames": 8, "new_frames": 8, "steps": args.mid_steps}
     return {"model": "mid", "context_frames": args.mid_frames[0], "new_frames": args.mid_frames[1],
             "steps": args.mid_steps}
 
@@ -158,8 +182,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model only (about 2 minutes on one CPU core)")
-    parser.add_argument("--models", nargs="+", choices=("tiny", "mid"), default=("tiny", "mid"),
-                        help="models to measure (default: tiny mid; --quick means tiny)")
+    parser.add_argument("--models", nargs="+", choices=("tiny", "shipped", "mid", "modelscope"),
+                        default=("tiny", "shipped", "mid"),
+                        help="models to measure (default: tiny shipped mid; --quick means tiny shipped); "
+                             "modelscope: a random-weight UNet of ModelScope T2V's shape, 8+8 frames of 256x256, "
+                             "for a GPU")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then the GPU's)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--steps", type=int, default=20, help="inference steps per chunk, tiny model (default 20)")
     parser.add_argument("--mid-steps", type=int, default=20, help="inference steps per chunk, mid model (default 20)")
     parser.add_argument("--tiny-frames", type=int, nargs=2, default=(4, 4), metavar=("F_P", "F_G"),
@@ -181,18 +210,24 @@ def main(argv=None) -> int:
         return 0
 
     command = shlex.join(["python", "benchmarks/bench_pipeline.py", *(sys.argv[1:] if argv is None else argv)])
-    models = ["tiny"] if args.quick else list(dict.fromkeys(args.models))
+    models = ["tiny", "shipped"] if args.quick else list(dict.fromkeys(args.models))
     import torch
 
     print(f"# SlowFast-VGen pipeline benchmark\ncommand: {command}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()} CPU, "
-          f"{args.threads} thread(s) per worker, cuda available: {torch.cuda.is_available()}")
-    print("peak memory: subprocess peak RSS (getrusage ru_maxrss); 'over base' = peak minus RSS after model build\n")
+          f"{args.threads} thread(s) per worker, device {args.device} "
+          f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), {args.dtype}")
+    if args.device.startswith("cuda"):
+        print("peak memory: torch.cuda.max_memory_allocated; 'over base' = peak minus allocated after model build\n")
+    else:
+        print("peak memory: subprocess peak RSS (getrusage ru_maxrss); 'over base' = peak minus RSS after model "
+              "build\n")
 
     results: dict = {}
     for model in models:
         base = model_settings(model, args)
-        common = {**base, "guidance": args.guidance, "threads": args.threads, "warmup": 1, "chunks": args.chunks}
+        common = {**base, "guidance": args.guidance, "threads": args.threads, "warmup": 1, "chunks": args.chunks,
+                  "device": args.device, "dtype": args.dtype}
         for round_index in range(args.rounds):
             for kind in ("base", "temp_lora", "t2v"):
                 started = time.perf_counter()
@@ -260,6 +295,7 @@ def main(argv=None) -> int:
             print(f"{model}: episode with Temp-LoRA ({args.long_steps} steps/chunk): peak RSS after 5 chunks "
                   f"{mib(values['long_peak_5'])} MiB, after {values['long_chunks']} chunks "
                   f"{mib(values['long_peak_last'])} MiB (x{values['long_ratio']:.4f})")
+    print("paper (Table 3, V100, ModelScope T2V with Temp-LoRA): time x1.068, memory x1.037")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"command": command, "summary": summary,

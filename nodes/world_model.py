@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Iterator
 import torch
 
 from ..paths import DEFAULT_MODEL_DIR
-from ..pipelines import EpisodicMemory, MemoryMismatchError, SlowFastVGenPipeline, TempLoRAConfig, dtype_argument
+from ..pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig, dtype_argument
 from . import comfy_services
 
 BUILTIN_MODEL_NAME = "toyworld (built-in)"
@@ -213,21 +212,8 @@ def parse_actions(script: str) -> list[str]:
 
 
 def memory_with_settings(memory: EpisodicMemory | None, settings: TempLoRAConfig | None) -> EpisodicMemory | None:
-    """The memory trained on with `settings` from now on (a new object; tensors shared, never modified).
-
-    The training settings (learning rate, steps, timesteps, optimizer state) may change mid-episode; the
-    layout (rank, alpha, target modules) is the memory's shape and cannot.
-    """
-    if memory is None or settings is None:
-        return memory
-    if memory.config.structure() != settings.structure():
-        old, new = memory.config, settings
-        raise MemoryMismatchError(
-            f"The memory was made with rank {old.rank}, alpha {old.lora_alpha} and target {old.target!r}, but the "
-            f"Temp-LoRA settings ask for rank {new.rank}, alpha {new.lora_alpha} and target {new.target!r}. Set the "
-            "same rank, alpha and target, or disconnect the settings to keep the memory's own."
-        )
-    return dataclasses.replace(memory, config=settings)
+    """The memory trained on with `settings` from now on (see `EpisodicMemory.with_config`)."""
+    return memory if memory is None or settings is None else memory.with_config(settings)
 
 
 def step_callback(bar: comfy_services.ProgressBar):

@@ -57,6 +57,14 @@ class WorldModelSpec:
                    unet_layers_per_block=2, unet_head_dim=8, norm_num_groups=32, text_hidden_size=128,
                    context_window=32, prediction_type="epsilon")
 
+    @classmethod
+    def modelscope(cls) -> "WorldModelSpec":
+        """The UNet shape of ModelScope text-to-video (1.4 B parameters; 256x256 frames, 32x32 latents), for
+        GPU benchmarks with random weights; a small VAE and text encoder (their cost is not what is measured)."""
+        return cls(image_size=256, vae_channels=(32, 64, 64, 64), latent_channels=4,
+                   unet_channels=(320, 640, 1280, 1280), unet_layers_per_block=2, unet_head_dim=64,
+                   norm_num_groups=32, text_hidden_size=1024, context_window=16, prediction_type="epsilon")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

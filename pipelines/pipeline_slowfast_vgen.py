@@ -632,8 +632,10 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     ) -> EpisodicMemory:
         """Algorithm 1 (a), lines 11-14: train Temp-LoRA on previous ⊕ new chunk; returns a NEW memory.
 
-        `memory=None` starts a memory with `config` (default `TempLoRAConfig()`); the given memory, the
-        latents and the base weights are left untouched. `action` is recorded in the memory, and with
+        `memory=None` starts a memory with `config` (default `TempLoRAConfig()`); with a memory, a `config`
+        changes its training settings from now on and is recorded in the new memory (its rank, alpha and
+        targets cannot change: `MemoryMismatchError`). The given memory, the latents and the base weights
+        are left untouched. `action` is recorded in the memory, and with
         `action_text=True` it is the text the clip is learned with; played backward, the clip is learned
         with `reverse_action` (default: the world model's `reverse_action(action)`).
         """
@@ -641,6 +643,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             memory = self.new_memory(config)
         else:
             check_memory(self.unet, memory, self.base_fingerprint)
+            if config is not None:
+                memory = memory.with_config(config)
         if previous_latents.shape[0] != new_latents.shape[0] or previous_latents.shape[3:] != new_latents.shape[3:]:
             raise ValueError(
                 f"previous_latents {tuple(previous_latents.shape)} and new_latents {tuple(new_latents.shape)} must "

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Mapping, NamedTuple
@@ -118,12 +117,27 @@ class TempLoRAConfig:
     gradient_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
+        for name in ("rank", "steps_per_update", "replay"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"TempLoRAConfig.{name} must be a whole number, got {value!r}.")
         if self.rank < 1:
             raise ValueError(f"TempLoRAConfig.rank must be at least 1, got {self.rank}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TempLoRAConfig.learning_rate must be positive, got {self.learning_rate}.")
+        if not _finite_number(self.learning_rate) or not self.learning_rate > 0:
+            raise ValueError(f"TempLoRAConfig.learning_rate must be a positive finite number, got {self.learning_rate!r}.")
+        if self.alpha is not None and (not _finite_number(self.alpha) or not self.alpha > 0):
+            raise ValueError(f"TempLoRAConfig.alpha must be a positive finite number or None (= rank), got {self.alpha!r}.")
         if self.steps_per_update < 1:
             raise ValueError(f"TempLoRAConfig.steps_per_update must be at least 1, got {self.steps_per_update}.")
+        for name in ("keep_optimizer_state", "action_text", "local"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TempLoRAConfig.{name} must be true or false, got {getattr(self, name)!r}.")
+        if self.gradient_checkpointing not in (None, True, False):
+            raise ValueError("TempLoRAConfig.gradient_checkpointing must be None (automatic), true or false, "
+                             f"got {self.gradient_checkpointing!r}.")
+        if not (isinstance(self.timestep_range, tuple) and len(self.timestep_range) == 2
+                and all(_finite_number(v) for v in self.timestep_range)):
+            raise ValueError(f"TempLoRAConfig.timestep_range must be two fractions (low, high), got {self.timestep_range!r}.")
         low, high = self.timestep_range
         if not 0.0 <= low < high <= 1.0:
             raise ValueError(
@@ -163,6 +177,10 @@ class TempLoRAConfig:
         return cls(**values)
 
 
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class MemoryClip(NamedTuple):
     """What one update learns from: a previous + new chunk of latents and the texts of its two plays."""
 
@@ -193,6 +211,23 @@ class EpisodicMemory:
     @property
     def num_parameters(self) -> int:
         return sum(t.numel() for t in self.lora.values())
+
+    def with_config(self, config: TempLoRAConfig) -> "EpisodicMemory":
+        """This memory, trained with `config` from now on (a new object; tensors shared, never modified).
+
+        The training settings (learning rate, steps, timesteps, objective, ...) may change mid-episode and
+        are recorded; the layout (rank, alpha, target modules) is the memory's shape and cannot.
+        """
+        if config == self.config:
+            return self
+        if config.structure() != self.config.structure():
+            old, new = self.config, config
+            raise MemoryMismatchError(
+                f"The memory was made with rank {old.rank}, alpha {old.lora_alpha} and target {old.target!r}, but "
+                f"the Temp-LoRA settings ask for rank {new.rank}, alpha {new.lora_alpha} and target {new.target!r}. "
+                "Give the same rank, alpha and target, or no settings to keep the memory's own."
+            )
+        return replace(self, config=config)
 
     def to(self, device: torch.device | str) -> "EpisodicMemory":
         """The same memory with its tensors on `device` (an update leaves them on the model's device)."""
@@ -226,6 +261,10 @@ class EpisodicMemory:
     def load(cls, path: str | os.PathLike) -> "EpisodicMemory":
         """Read a memory written by `save`; a truncated or foreign file gets a clear error."""
         tensors, metadata = read_safetensors(path)
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"{path}: tensor {key} holds NaN or infinite values; the memory is damaged and "
+                                 "cannot be used.")
         if metadata.get("format") != MEMORY_FORMAT:
             raise ValueError(
                 f"{path} is not a SlowFast-VGen memory adapter (its metadata has no format={MEMORY_FORMAT!r}). "
@@ -261,10 +300,12 @@ def _package_version() -> str:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """`safetensors.torch.save_file` into a temporary file beside `path`, then an atomic rename."""
+    from .atomic_files import partial_path, remove_stale_partials
+
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    remove_stale_partials(path)
+    temporary = partial_path(path)
     try:
         save_file(tensors, temporary, metadata=metadata)
         os.replace(temporary, path)

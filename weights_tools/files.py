@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +23,7 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..pipelines.atomic_files import partial_path, remove_stale_partials
 from ..pipelines.pipeline_slowfast_vgen import drop_source_paths
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth", ".pkl")
@@ -143,7 +143,8 @@ def atomic_folder(destination: str | os.PathLike, force: bool = False) -> Iterat
     check_destination(destination, force)
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Not mkdtemp, whose 0700 mode would make the finished folder private to its writer.
-    temporary = destination.with_name(f".tmp-{destination.name}-{uuid.uuid4().hex}")
+    remove_stale_partials(destination)
+    temporary = partial_path(destination)
     temporary.mkdir()
     try:
         yield temporary

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""1000 frames at flat memory: `slowfast-vgen generate` over a long episode against a short one.
+
+Runs the product's own command (Temp-LoRA on, each chunk decoded and written to the MP4 as it comes) twice,
+each in a fresh process: a short episode (12 chunks, 49 frames) and a long one (250 chunks, 1001 frames),
+on the shipped model with its demo settings. Reports each process's peak resident set size (getrusage
+ru_maxrss), their ratio, and the wall time per chunk over the first and the last ten chunks of the long
+episode (from the JSON summary's per-chunk seconds).
+
+    python benchmarks/bench_long_episode.py --out outputs/long_episode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ACTIONS = ["move right", "move down", "move left", "move up"]
+
+
+def run_generate(folder: str, chunks: int, extra: list[str]) -> dict:
+    """One `generate` run in a fresh process; its summary and the process's peak RSS in bytes."""
+    video = os.path.join(folder, f"episode-{chunks}.mp4")
+    actions = os.path.join(folder, f"actions-{chunks}.txt")
+    with open(actions, "w", encoding="utf-8") as handle:  # square loops: the episode keeps coming back
+        handle.write("\n".join(ACTIONS[(index // 3) % 4] for index in range(chunks)))
+    code = ("import resource, sys; from slowfast_vgen.cli import main; code = main(sys.argv[1:]); "
+            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    completed = subprocess.run([sys.executable, "-c", code, "generate", video, "--actions-file", actions, *extra],
+                               capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"generate ({chunks} chunks) failed:\n{completed.stderr[-3000:]}")
+    peak = int(next(line.split()[1] for line in completed.stdout.splitlines() if line.startswith("PEAK_RSS_KIB")))
+    with open(os.path.splitext(video)[0] + ".json", encoding="utf-8") as handle:
+        summary = json.load(handle)
+    return {"chunks": chunks, "frames": summary["frames"], "peak_rss_bytes": peak * 1024,
+            "chunk_seconds": summary["seconds"]["chunks"], "generate_seconds": summary["seconds"]["generate_and_write"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--short", type=int, default=12, help="chunks of the short episode (default 12: 49 frames)")
+    parser.add_argument("--long", type=int, default=250, help="chunks of the long episode (default 250: 1001 frames)")
+    parser.add_argument("--out", help="also write the measurements as JSON")
+    parser.add_argument("generate_args", nargs="*", help="more `generate` flags, after --")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        short = run_generate(folder, args.short, args.generate_args)
+        long = run_generate(folder, args.long, args.generate_args)
+    first, last = long["chunk_seconds"][1:11], long["chunk_seconds"][-10:]  # chunk 0 pays the warm-up
+    result = {
+        "short": {k: v for k, v in short.items() if k != "chunk_seconds"},
+        "long": {k: v for k, v in long.items() if k != "chunk_seconds"},
+        "peak_rss_ratio_long_over_short": long["peak_rss_bytes"] / short["peak_rss_bytes"],
+        "seconds_per_chunk_first_10": statistics.median(first),
+        "seconds_per_chunk_last_10": statistics.median(last),
+        "generate_args": args.generate_args,
+        "resource_note": "peak RSS = getrusage(RUSAGE_SELF).ru_maxrss of each generate process",
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump({**result, "long_chunk_seconds": long["chunk_seconds"]}, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

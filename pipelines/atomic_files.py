@@ -1,0 +1,63 @@
+"""Outputs are written beside their target under a temporary name, then renamed into place.
+
+A temporary is named after its target and the process writing it, `.{stem}.slowfast-partial-{pid}-{id}{suffix}`
+(`.episode.slowfast-partial-4242-1a2b3c4d.mp4` for `episode.mp4`), so an orphan left by a killed process
+says what it was, keeps its file type for the writers that pick a format by extension (OpenCV), and is
+removed by the next run that writes the same target once its process is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+PARTIAL_TAG = ".slowfast-partial-"
+
+
+def partial_path(target: str | os.PathLike) -> Path:
+    """A fresh temporary path beside `target`, named after it and this process."""
+    target = Path(target)
+    return target.with_name(f".{target.stem}{PARTIAL_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}{target.suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of `target` whose writing process has ended; return what was removed."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(f".{target.stem}{PARTIAL_TAG}") + r"(\d+)-[0-9a-f]{8}" + re.escape(target.suffix) + "$")
+    removed = []
+    for candidate in target.parent.iterdir():
+        match = pattern.match(candidate.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a temporary beside it and an atomic rename."""
+    temporary = partial_path(path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

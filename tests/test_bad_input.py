@@ -1,0 +1,224 @@
+"""Bad input and interruptions, tried as a user would: a clear message, the documented exit status, and
+nothing on disk changed (hashes before and after) or the documented recovery.
+
+To add a case, add a row to `GENERATE_CASES` (flags, words the message must hold); every row runs against
+a folder that already holds a finished episode, which must come out of the failed run byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from slowfast_vgen.cli import main as cli_main
+from slowfast_vgen.pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig
+from slowfast_vgen.pipelines.atomic_files import PARTIAL_TAG, partial_path, remove_stale_partials
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+FAST = ["--steps", "1", "--lora-rank", "4"]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_cli(argv: list[str]) -> int:
+    try:
+        return cli_main(argv)
+    except SystemExit as stop:  # argparse's own errors
+        return stop.code
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_pipe_dir, tmp_path_factory):
+    """A folder holding a finished two-chunk episode of the tiny model (video, memory, summary, sheet)."""
+    folder = tmp_path_factory.mktemp("finished")
+    code = cli_main(["generate", str(folder / "episode.mp4"), "--model", str(tiny_pipe_dir), "--actions",
+                     "move left; stay", "--contact-sheet", str(folder / "sheet.png"), *FAST])
+    assert code == 0
+    return folder
+
+
+def nan_memory(tiny_pipe_dir, folder: Path) -> Path:
+    pipe = SlowFastVGenPipeline.from_pretrained(tiny_pipe_dir)
+    memory = pipe.new_memory(TempLoRAConfig(rank=4))
+    key = next(iter(memory.lora))
+    memory.lora[key][0, 0] = float("nan")
+    path = folder / "nan.memory.safetensors"
+    tensors = {k: t.contiguous() for k, t in memory.lora.items()}
+    EpisodicMemory(memory.config, memory.lora, memory.base_fingerprint).save(folder / "ok.memory.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(folder / "ok.memory.safetensors", "pt") as handle:
+        metadata = handle.metadata()
+    save_file(tensors, path, metadata=metadata)
+    (folder / "ok.memory.safetensors").unlink()
+    return path
+
+
+GENERATE_CASES = [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--steps", "-5"], "--steps must be at least 1"),
+    (["--seed", "18446744073709551617"], "--seed must be between 0 and 2**64 - 1"),
+    (["--seed", "-1"], "--seed must be between 0 and 2**64 - 1"),
+    (["--frames-per-chunk", "0"], "--frames-per-chunk must be at least 1"),
+    (["--frames-per-chunk", "8"], "--frames-per-chunk must be below the model's context window of 8"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--guidance", "inf"], "--guidance must be a finite number"),
+    (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
+    (["--fps", "0"], "--fps must be a positive number"),
+    (["--lora-lr", "inf"], "--lora-lr: TempLoRAConfig.learning_rate must be a positive finite number"),
+    (["--lora-lr", "nan"], "--lora-lr: TempLoRAConfig.learning_rate"),
+    (["--lora-lr", "0"], "--lora-lr: TempLoRAConfig.learning_rate"),
+    (["--lora-rank", "0"], "--lora-rank: TempLoRAConfig.rank must be at least 1"),
+    (["--lora-steps", "0"], "--lora-steps: TempLoRAConfig.steps_per_update must be at least 1"),
+    (["--lora-replay", "-1"], "--lora-replay: TempLoRAConfig.replay"),
+    (["--lora-target", "("], "--lora-target: TempLoRAConfig.target '(' is neither a preset"),
+    (["--actions", " ; "], "No action given"),
+    (["--actions-file", "{tmp}/missing.txt"], "--actions-file"),
+    (["--model", "{tmp}/no-model"], "is not a world model folder"),
+    (["--memory", "{tmp}/garbage.safetensors"], "--memory"),
+    (["--memory", "{tmp}/missing.safetensors"], "No memory adapter at"),
+    (["--memory", "{nan}"], "holds NaN or infinite values"),
+    (["--image", "{tmp}/tiny.png"], "--image"),
+    (["--image", "{tmp}/missing.png"], "cannot be read as an image"),
+    (["--output", "{finished}/episode.mp4"], "already exists; pass --force"),
+    (["--output", "{finished}/other.mp4", "--contact-sheet", "{finished}/sheet.png"], "sheet.png already exists"),
+    (["--output", "{finished}"], "is a folder"),
+    (["--output", "{tmp}/episode.avi"], "must end in .mp4"),
+]
+
+
+@pytest.mark.parametrize("extra, message", GENERATE_CASES, ids=[" ".join(str(a) for a in c[0]) for c in GENERATE_CASES])
+def test_generate_refuses_bad_input_and_changes_nothing(tiny_pipe_dir, finished, tmp_path, capsys, extra, message):
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    cv2.imwrite(str(tmp_path / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    values = {"tmp": str(tmp_path), "finished": str(finished)}
+    if "{nan}" in extra:
+        values["nan"] = str(nan_memory(tiny_pipe_dir, tmp_path))
+    extra = [a.format(**values) for a in extra]
+    output = str(tmp_path / "out.mp4")
+    if "--output" in extra:
+        index = extra.index("--output")
+        output = extra[index + 1]
+        extra = extra[:index] + extra[index + 2:]
+    actions = [] if {"--actions", "--actions-file"} & set(extra) else ["--actions", "move left"]
+    argv = ["generate", output, "--model", str(tiny_pipe_dir), *actions, *FAST, *extra]
+    before = {"tmp": snapshot(tmp_path), "finished": snapshot(finished)}
+    code = run_cli(argv)
+    error = capsys.readouterr().err
+    assert code == 2, error
+    reported = [line for line in error.splitlines() if line.startswith("slowfast-vgen generate: ")]
+    assert len(reported) == 1 and message in reported[0] and "Traceback" not in error, error
+    assert snapshot(tmp_path) == before["tmp"] and snapshot(finished) == before["finished"]
+
+
+def test_force_replaces_only_a_finished_run_and_a_failure_keeps_the_old_files(tiny_pipe_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    video = tmp_path / "episode.mp4"
+    argv = ["generate", str(video), "--model", str(tiny_pipe_dir), "--actions", "move left", *FAST]
+    assert cli_main(argv) == 0
+    before = snapshot(tmp_path)
+
+    def broken(self, *args, **kwargs):
+        yield from ()
+        raise RuntimeError("something broke mid-episode")
+
+    monkeypatch.setattr(SlowFastVGenPipeline, "stream_episode", broken)
+    assert cli_main([*argv, "--force", "--seed", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "unexpected error RuntimeError: something broke mid-episode" in error and "--debug" in error
+    assert snapshot(tmp_path) == before, "the failed run left the earlier outputs and no temporary"
+    with pytest.raises(RuntimeError, match="something broke"):
+        cli_main(["--debug", *argv, "--force"])
+    monkeypatch.undo()
+    assert cli_main([*argv, "--force", "--seed", "1"]) == 0
+    after = snapshot(tmp_path)
+    assert after.keys() == before.keys() and after["episode.mp4"] != before["episode.mp4"]
+
+
+def test_stale_temporaries_of_ended_processes_are_removed_and_live_ones_kept(tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    target = tmp_path / "episode.mp4"
+    stale = target.with_name(f".episode{PARTIAL_TAG}{ended.pid}-0123abcd.mp4")
+    live = partial_path(target)
+    other = tmp_path / f".other{PARTIAL_TAG}{ended.pid}-0123abcd.mp4"
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    assert remove_stale_partials(target) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_sigterm_keeps_a_playable_video_the_memory_and_an_interrupted_summary(tiny_pipe_dir, tmp_path):
+    video = tmp_path / "episode.mp4"
+    command = [sys.executable, "-m", "slowfast_vgen", "generate", str(video), "--model", str(tiny_pipe_dir),
+               "--actions", "; ".join(["move left"] * 500), *FAST]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "chunks:   0%" not in (process.stderr.readline() or ""):
+        pass
+    time.sleep(2.0)  # a few chunks
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, error[-2000:]
+    summary = json.loads(video.with_suffix(".json").read_text())
+    assert summary["interrupted"] is True and 1 <= len(summary["actions"]) < 500
+    capture = cv2.VideoCapture(str(video))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == summary["frames"]
+    assert summary["frames"] == 1 + 4 * len(summary["actions"])
+    assert EpisodicMemory.load(video.with_suffix(".memory.safetensors")).num_updates == len(summary["actions"])
+    assert not list(tmp_path.glob(f".*{PARTIAL_TAG}*")), "no temporary left"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"rank": 2.5}, "rank must be a whole number"),
+    ({"rank": True}, "rank must be a whole number"),
+    ({"alpha": float("nan")}, "alpha must be a positive finite number"),
+    ({"alpha": 0.0}, "alpha must be a positive finite number"),
+    ({"alpha": -1.0}, "alpha must be a positive finite number"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a positive finite number"),
+    ({"steps_per_update": 1.5}, "steps_per_update must be a whole number"),
+    ({"timestep_range": (float("nan"), 1.0)}, "timestep_range must be two fractions"),
+    ({"timestep_range": [0.0, 1.0]}, "timestep_range must be two fractions"),
+    ({"local": "yes"}, "local must be true or false"),
+    ({"gradient_checkpointing": "auto"}, "gradient_checkpointing must be None"),
+])
+def test_temp_lora_settings_refuse_garbage(fields, message):
+    with pytest.raises(ValueError, match=message.replace("(", "\\(")):
+        TempLoRAConfig(**fields)
+
+
+def test_a_memory_with_nan_weights_is_refused_naming_the_tensor(tiny_pipe_dir, tmp_path):
+    path = nan_memory(tiny_pipe_dir, tmp_path)
+    with pytest.raises(ValueError, match=r"tensor .*lora_A\.weight holds NaN or infinite values"):
+        EpisodicMemory.load(path)
+
+
+def test_update_with_a_memory_and_another_config_applies_and_records_it_or_refuses_another_shape(tiny_pipe,
+                                                                                               tiny_context):
+    from slowfast_vgen.pipelines import MemoryMismatchError
+
+    memory = tiny_pipe.new_memory(TempLoRAConfig(rank=4))
+    new = torch.zeros(1, 4, 2, 16, 16)
+    faster = TempLoRAConfig(rank=4, learning_rate=1e-2)
+    updated = tiny_pipe.update_memory(memory, tiny_context, new, config=faster, generator=torch.Generator())
+    assert updated.config == faster and memory.config == TempLoRAConfig(rank=4)
+    plain = tiny_pipe.update_memory(memory, tiny_context, new, generator=torch.Generator())
+    moved = max((updated.lora[k] - memory.lora[k]).abs().max() for k in memory.lora)
+    assert moved > 2 * max((plain.lora[k] - memory.lora[k]).abs().max() for k in memory.lora), "the new rate applied"
+    with pytest.raises(MemoryMismatchError, match="made with rank 4.*ask for rank 8"):
+        tiny_pipe.update_memory(memory, tiny_context, new, config=TempLoRAConfig(rank=8))
