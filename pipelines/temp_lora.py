@@ -181,6 +181,36 @@ def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def lora_layout_problem(shapes: Mapping[str, tuple[int, ...]], rank: int) -> str | None:
+    """What is wrong with a memory's LoRA tensor shapes for its own `rank`, or None: every module must
+    have an A (rank x in) and a B (out x rank), and nothing else may be there."""
+    modules: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        name, dot, part = key.rpartition(".lora_")
+        if not dot or part not in ("A.weight", "B.weight"):
+            return f"tensor {key} is no LoRA tensor (expected MODULE.lora_A.weight or MODULE.lora_B.weight)"
+        modules.setdefault(name, {})[part[0]] = tuple(shape)
+    if not modules:
+        return "it holds no LoRA tensor"
+    for name, parts in sorted(modules.items()):
+        if set(parts) != {"A", "B"}:
+            missing = "B" if "A" in parts else "A"
+            return f"module {name} has no lora_{missing}.weight"
+        a, b = parts["A"], parts["B"]
+        if len(a) != 2 or len(b) != 2 or a[0] != rank or b[1] != rank:
+            return (f"module {name} has lora_A {a} and lora_B {b}, but the memory's rank is {rank} "
+                    f"(expected ({rank}, in) and (out, {rank}))")
+    return None
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, or None."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return key
+    return None
+
+
 class MemoryClip(NamedTuple):
     """What one update learns from: a previous + new chunk of latents and the texts of its two plays."""
 
@@ -258,24 +288,27 @@ class EpisodicMemory:
         atomic_save_safetensors(tensors, path, metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EpisodicMemory":
-        """Read a memory written by `save`; a truncated or foreign file gets a clear error."""
+    def load(cls, path: str | os.PathLike, check_layout: bool = True) -> "EpisodicMemory":
+        """Read a memory written by `save`; a truncated, foreign or damaged file gets a clear error.
+
+        `check_layout=False` skips `layout_problem` (for a file that holds part of a memory only)."""
         tensors, metadata = read_safetensors(path)
-        for key, tensor in tensors.items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ValueError(f"{path}: tensor {key} holds NaN or infinite values; the memory is damaged and "
-                                 "cannot be used.")
+        damaged = first_non_finite(tensors)
+        if damaged is not None:
+            raise ValueError(f"{path}: tensor {damaged} holds NaN or infinite values; the memory is damaged and "
+                             "cannot be used.")
         if metadata.get("format") != MEMORY_FORMAT:
             raise ValueError(
                 f"{path} is not a SlowFast-VGen memory adapter (its metadata has no format={MEMORY_FORMAT!r}). "
                 "A peft adapter folder can be converted with `slowfast-vgen memory convert`."
             )
         try:
+            config = TempLoRAConfig.from_json(metadata["config"])
             clip_texts = json.loads(metadata.get("clips", "[]"))  # absent from memories made without replay
             clips = tuple(MemoryClip(tensors[f"clip.{i}"], int(new_frames), text, reverse_text)
                           for i, (new_frames, text, reverse_text) in enumerate(clip_texts))
-            return cls(
-                config=TempLoRAConfig.from_json(metadata["config"]),
+            memory = cls(
+                config=config,
                 lora={k: t for k, t in tensors.items() if not k.startswith(("optimizer.", "clip."))},
                 base_fingerprint=metadata["base_fingerprint"],
                 optimizer_state={k[len("optimizer."):]: t for k, t in tensors.items() if k.startswith("optimizer.")},
@@ -287,6 +320,20 @@ class EpisodicMemory:
             )
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None
+        problem = memory.layout_problem() if check_layout else None
+        if problem is not None:
+            raise ValueError(f"{path}: its tensors do not agree with its own settings: {problem}.")
+        return memory
+
+    def layout_problem(self) -> str | None:
+        """What is wrong with the shapes of this memory's tensors for its own settings, or None."""
+        problem = lora_layout_problem({k: tuple(t.shape) for k, t in self.lora.items()}, self.config.rank)
+        for key, moment in self.optimizer_state.items():
+            lora_key, _, kind = key.rpartition(".")
+            if problem is None and (kind not in ("exp_avg", "exp_avg_sq") or lora_key not in self.lora
+                                    or moment.shape != self.lora[lora_key].shape):
+                problem = f"optimizer tensor {key} matches no LoRA tensor of the same shape"
+        return problem
 
 
 def _package_version() -> str:

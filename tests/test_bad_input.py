@@ -222,3 +222,91 @@ def test_update_with_a_memory_and_another_config_applies_and_records_it_or_refus
     assert moved > 2 * max((plain.lora[k] - memory.lora[k]).abs().max() for k in memory.lora), "the new rate applied"
     with pytest.raises(MemoryMismatchError, match="made with rank 4.*ask for rank 8"):
         tiny_pipe.update_memory(memory, tiny_context, new, config=TempLoRAConfig(rank=8))
+
+
+# ----------------------------------------------------------------------------------------- memory tools
+
+
+def damaged_copy(source: Path, destination: Path, change) -> Path:
+    """A copy of a memory file with its tensors or metadata changed by `change(tensors, metadata)`."""
+    from safetensors import safe_open
+
+    with safe_open(source, "pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    change(tensors, metadata)
+    save_file(tensors, destination, metadata=metadata)
+    return destination
+
+
+def first_lora_key(tensors: dict, part: str = "A") -> str:
+    return next(k for k in sorted(tensors) if k.endswith(f".lora_{part}.weight") and not k.startswith("optimizer."))
+
+
+def nan_in_b(tensors, metadata):
+    tensors[first_lora_key(tensors, "B")][0, 0] = float("inf")
+
+
+def missing_b(tensors, metadata):
+    key = first_lora_key(tensors, "B")
+    for name in [key, f"optimizer.{key}.exp_avg", f"optimizer.{key}.exp_avg_sq"]:
+        tensors.pop(name, None)
+
+
+def rank_lie(tensors, metadata):
+    config = json.loads(metadata["config"])
+    config["rank"] = 8
+    metadata["config"] = json.dumps(config)
+
+
+DAMAGE = {"nan": (nan_in_b, "holds NaN or infinite values"), "missing-b": (missing_b, "has no lora_B.weight"),
+          "rank-lie": (rank_lie, "but the memory's rank is 8")}
+MEMORY_COMMANDS = {
+    "inspect": lambda memory, model, out: ["memory", "inspect", memory],
+    "check": lambda memory, model, out: ["memory", "check", memory, model],
+    "merge": lambda memory, model, out: ["memory", "merge", memory, "-o", out],
+    "fuse": lambda memory, model, out: ["memory", "fuse", memory, model, "-o", out],
+    "convert": lambda memory, model, out: ["memory", "convert", memory, "-o", out],
+    "cast": lambda memory, model, out: ["memory", "cast", memory, "-o", out],
+}
+
+
+@pytest.mark.parametrize("command", list(MEMORY_COMMANDS))
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_memory_tools_refuse_damaged_memories_with_exit_2_and_write_nothing(finished, tmp_path, tiny_pipe_dir,
+                                                                           capsys, command, damage):
+    change, message = DAMAGE[damage]
+    memory = damaged_copy(finished / "episode.memory.safetensors", tmp_path / "damaged.safetensors", change)
+    before = snapshot(tmp_path)
+    code = run_cli(MEMORY_COMMANDS[command](str(memory), str(tiny_pipe_dir), str(tmp_path / "out")))
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error, error
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["memory", "merge", "{memory}", "-o", "{tmp}/merged.safetensors", "--rank", "0"], "rank must be a whole number"),
+    (["memory", "merge", "{memory}", "-o", "{tmp}/merged.safetensors", "--weights", "nan"], "weights must be finite"),
+    (["memory", "fuse", "{memory}", "{model}", "-o", "{tmp}/fused", "--strength", "nan"], "strength must be a finite"),
+    (["memory", "check", "{memory}", "{tmp}"], "is not a world-model folder"),
+    (["memory", "inspect", "{tmp}"], ""),
+    (["memory", "merge", "{memory}", "-o", "{tmp}"], "already exists"),
+])
+def test_memory_tools_refuse_bad_arguments_with_exit_2(finished, tmp_path, tiny_pipe_dir, capsys, argv, message):
+    values = {"memory": str(finished / "episode.memory.safetensors"), "model": str(tiny_pipe_dir), "tmp": str(tmp_path)}
+    before = snapshot(tmp_path)
+    code = run_cli([a.format(**values) for a in argv])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error, error
+    assert snapshot(tmp_path) == before
+
+
+def test_memory_check_answers_1_only_for_a_memory_that_does_not_fit(finished, tiny_pipe_dir, tmp_path, capsys):
+    from slowfast_vgen.pipelines import WorldModelSpec, build_pipeline
+
+    other = tmp_path / "other-model"
+    build_pipeline(WorldModelSpec.tiny(), seed=1).save_pretrained(other)
+    memory = str(finished / "episode.memory.safetensors")
+    assert run_cli(["memory", "check", memory, str(tiny_pipe_dir)]) == 0
+    assert run_cli(["memory", "check", memory, str(other)]) == 1
+    assert "does not fit" in capsys.readouterr().out

@@ -249,9 +249,10 @@ def mismatched_memories(tiny_pipe, memory: EpisodicMemory) -> dict[str, tuple[Ep
         # Made on another base model.
         "fingerprint": (other_model.new_memory(memory.config), "fingerprint"),
         # Tensors of rank 8 under a config that says rank 4 (e.g. a file edited or made by another tool).
-        "rank": (dataclasses.replace(memory, lora=rank8.lora), "rank 4"),
+        "rank": (dataclasses.replace(memory, lora=rank8.lora, optimizer_state={}), "rank 4"),
         # Tensors of the temporal-attention targets under an all-attention config.
-        "targets": (dataclasses.replace(memory, lora=temporal.lora), "target modules 'all-attention'"),
+        "targets": (dataclasses.replace(memory, lora=temporal.lora, optimizer_state={}),
+                    "target modules 'all-attention'"),
     }
 
 
@@ -263,7 +264,11 @@ def test_mismatched_memory_is_refused_and_nothing_changes(tiny_pipe, trained, tm
     structure_before = tiny_pipe.unet._temp_lora_structure
     bad, message = mismatched_memories(tiny_pipe, memory)[problem]
     bad.save(tmp_path / "bad.safetensors")
-    bad = EpisodicMemory.load(tmp_path / "bad.safetensors")  # the way a user meets one: from a file
+    if problem == "rank":  # a file whose tensors contradict its own settings is damaged: refused on load
+        with pytest.raises(ValueError, match="do not agree with its own settings: module .* rank is 4"):
+            EpisodicMemory.load(tmp_path / "bad.safetensors")
+    else:
+        bad = EpisodicMemory.load(tmp_path / "bad.safetensors")  # the way a user meets one: from a file
 
     with pytest.raises(MemoryMismatchError, match=message):
         chunk(tiny_pipe, new, bad, seed=2)

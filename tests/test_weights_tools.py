@@ -170,11 +170,12 @@ def test_check_says_whether_a_memory_fits(world, memory_file, tmp_path, capsys):
     build_pipeline(WorldModelSpec.tiny(), seed=1).save_pretrained(other)
     assert run_cli("memory", "check", memory_file, other) == 1
     assert "fingerprint" in capsys.readouterr().out
-    # An adapter of another rank that claims rank 4: the shapes give it away.
-    lying = replace(memory, lora={k: torch.cat([t, t], dim=0 if "lora_A" in k else 1) for k, t in memory.lora.items()})
+    # An adapter of another rank that claims rank 4: the shapes give it away, and it is damaged, not foreign.
+    lying = replace(memory, lora={k: torch.cat([t, t], dim=0 if "lora_A" in k else 1) for k, t in memory.lora.items()},
+                    optimizer_state={})
     lying.save(tmp_path / "rank8.safetensors")
-    assert run_cli("memory", "check", tmp_path / "rank8.safetensors", folder) == 1
-    assert "another rank" in capsys.readouterr().out
+    assert run_cli("memory", "check", tmp_path / "rank8.safetensors", folder) == 2
+    assert "do not agree with its own settings" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ merge

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Callable
 
+import torch
+
 from ..pipelines.temp_lora import MemoryMismatchError
 from .files import WeightsFileError
 from .fingerprint import file_fingerprint
@@ -136,7 +138,7 @@ def _reports_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     def guarded(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (WeightsFileError, MemoryMismatchError, FileExistsError, FileNotFoundError, ValueError) as error:
+        except (WeightsFileError, MemoryMismatchError, OSError, ValueError, torch.linalg.LinAlgError) as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_ERROR
 
@@ -172,6 +174,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 @_reports_errors
 def _run_check(args: argparse.Namespace) -> int:
+    if not os.path.isfile(os.path.join(args.model, "model_index.json")):
+        raise WeightsFileError(f"{args.model} is not a world-model folder (no model_index.json).")
     try:
         check_memory_file(args.memory, args.model)
     except MemoryMismatchError as error:

@@ -8,6 +8,7 @@ paper's slow-fast consolidation, section 3.5).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -25,6 +26,8 @@ from ..pipelines.temp_lora import (
     MemoryMismatchError,
     TempLoRAConfig,
     check_memory,
+    first_non_finite,
+    lora_layout_problem,
 )
 from .files import (
     WeightsFileError,
@@ -74,7 +77,23 @@ def _header_metadata(path: str | os.PathLike) -> tuple:
         config = TempLoRAConfig.from_json(header.metadata["config"])
     except (KeyError, ValueError, TypeError) as error:
         raise WeightsFileError(f"{path} has a corrupted memory config ({error!r}).") from None
+    problem = lora_layout_problem({k: tuple(s) for k, s in header.shapes.items() if is_lora_key(k)}, config.rank)
+    if problem is not None:
+        raise WeightsFileError(f"{path}: its tensors do not agree with its own settings: {problem}.")
     return header, config
+
+
+def is_lora_key(key: str) -> bool:
+    """A memory file's LoRA tensors, as opposed to its optimizer moments and replay clips."""
+    return not key.startswith((OPTIMIZER_PREFIX, "clip."))
+
+
+def check_finite(path: str | os.PathLike, keys) -> None:
+    """Read `keys` of a safetensors file one by one; refuse the first holding NaN or infinity, by name."""
+    with open_safetensors(path) as handle:
+        for key in keys:
+            if first_non_finite({key: handle.get_tensor(key)}) is not None:
+                raise WeightsFileError(f"{path}: tensor {key} holds NaN or infinite values; the memory is damaged.")
 
 
 def module_names(lora_keys) -> list[str]:
@@ -95,7 +114,7 @@ def inspect_memory(path: str | os.PathLike, norms: bool = True) -> dict:
     """
     header, config = _header_metadata(path)
     metadata = header.metadata
-    lora_keys = [k for k in header.shapes if not k.startswith(OPTIMIZER_PREFIX)]
+    lora_keys = [k for k in header.shapes if is_lora_key(k)]
     optimizer_keys = [k for k in header.shapes if k.startswith(OPTIMIZER_PREFIX)]
     count = lambda keys: sum(int(torch.Size(header.shapes[k]).numel()) for k in keys)  # noqa: E731
     summary = {
@@ -127,6 +146,10 @@ def inspect_memory(path: str | os.PathLike, norms: bool = True) -> dict:
         with open_safetensors(path) as handle:
             for name in summary["target_modules"]:
                 a, b = handle.get_tensor(f"{name}.lora_A.weight"), handle.get_tensor(f"{name}.lora_B.weight")
+                damaged = first_non_finite({f"{name}.lora_A.weight": a, f"{name}.lora_B.weight": b})
+                if damaged is not None:
+                    raise WeightsFileError(f"{path}: tensor {damaged} holds NaN or infinite values; the memory is "
+                                           "damaged.")
                 summary["bytes_read"] += a.numel() * a.element_size() + b.numel() * b.element_size()
                 layer_norms[name] = delta_norm(a, b, scale)
         summary["layer_norms"] = dict(sorted(layer_norms.items(), key=lambda item: -item[1]))
@@ -139,9 +162,11 @@ def check_memory_file(memory_path: str | os.PathLike, model_path: str | os.PathL
     Reads the memory's header, the model's config, header and fingerprint samples; no weights are loaded.
     """
     header, config = _header_metadata(memory_path)
+    lora_keys = [k for k in header.shapes if is_lora_key(k)]
+    check_finite(memory_path, lora_keys)
     shapes_only = EpisodicMemory(
         config=config,
-        lora={k: torch.empty(s, device="meta") for k, s in header.shapes.items() if not k.startswith(OPTIMIZER_PREFIX)},
+        lora={k: torch.empty(header.shapes[k], device="meta") for k in lora_keys},
         base_fingerprint=header.metadata.get("base_fingerprint", ""),
     )
     try:
@@ -198,9 +223,12 @@ def merge_memories(memories: list[EpisodicMemory], weights: list[float] | None =
                 f"Memory {index} was made on world model {memory.base_fingerprint}, memory 0 on "
                 f"{first.base_fingerprint}; memories of different world models cannot be merged."
             )
-    rank = rank or max(m.config.rank for m in memories)
-    if rank < 1:
-        raise ValueError(f"rank must be at least 1, got {rank}.")
+    if rank is None:
+        rank = max(m.config.rank for m in memories)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"rank must be a whole number of at least 1, got {rank!r}.")
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be finite numbers, got {weights}.")
     if len(memories) == 1 and weights[0] == 1.0 and rank == first.config.rank:
         return MergeResult(memory=first, relative_error=0.0, layer_errors=dict.fromkeys(module_names(first.lora), 0.0))
 
@@ -265,12 +293,21 @@ def fuse_memory(memory: EpisodicMemory, model_path: str | os.PathLike, out_dir: 
     a model that already contains one. A record of what was fused is kept in `slowfast_vgen_fused.json`.
     """
     model_path = Path(model_path)
+    if not math.isfinite(strength):
+        raise ValueError(f"strength must be a finite number, got {strength}.")
     if not (model_path / "model_index.json").is_file():
         raise WeightsFileError(f"{model_path} is not a world-model folder (no model_index.json).")
     base_fingerprint = file_fingerprint(model_path).value
-    unet = UNet3DConditionModel.from_pretrained(unet_folder(model_path))
+    unet = UNet3DConditionModel.from_pretrained(unet_folder(model_path), use_safetensors=True)
     check_memory(unet, memory, base_fingerprint)
+    damaged = first_non_finite(memory.lora) or first_non_finite(unet.state_dict())
+    if damaged is not None:
+        raise WeightsFileError(f"tensor {damaged} of the memory or of {model_path} holds NaN or infinite values.")
     fuse_into_unet(unet, memory, strength)
+    damaged = first_non_finite(unet.state_dict())
+    if damaged is not None:
+        raise WeightsFileError(f"Fusing at strength {strength} overflows {damaged} in the UNet's "
+                               f"{next(unet.parameters()).dtype}; use a smaller strength or a float32 model.")
     fused_fingerprint = model_fingerprint(unet)
     if fused_fingerprint == base_fingerprint:
         warnings.warn(
@@ -362,7 +399,7 @@ def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | 
             lora[name] = handle.get_tensor(key)
     sidecar = folder / PEFT_SIDECAR_NAME
     if sidecar.is_file():
-        memory = replace(EpisodicMemory.load(sidecar), lora=lora)
+        memory = replace(EpisodicMemory.load(sidecar, check_layout=False), lora=lora)  # the sidecar has no LoRA
         if memory.config.structure() != config.structure():
             raise WeightsFileError(f"{folder}: {PEFT_CONFIG_NAME} (rank {config.rank}, alpha {config.lora_alpha}) "
                                    f"disagrees with {PEFT_SIDECAR_NAME} (rank {memory.config.rank}); was it edited?")
@@ -371,6 +408,12 @@ def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | 
                                "(--base) so that its fingerprint can be recorded.")
     else:
         memory = EpisodicMemory(config=config, lora=lora, base_fingerprint=base_fingerprint)
+    problem = memory.layout_problem()
+    if problem is not None:
+        raise WeightsFileError(f"{folder}: the adapter's tensors do not agree with its settings: {problem}.")
+    damaged = first_non_finite(memory.lora)
+    if damaged is not None:
+        raise WeightsFileError(f"{folder}: tensor {damaged} holds NaN or infinite values; the adapter is damaged.")
     if base_model is not None:
         check_memory(empty_unet(base_model), memory, base_fingerprint)
     return memory
