@@ -172,21 +172,42 @@ def model_files(name: str, extensions: set[str]) -> list[str]:
     return files_under(model_folders(name)[0], extensions)
 
 
+def is_plain_relative(filename: str) -> bool:
+    """A name that stays inside the folder it is joined to: not absolute, no drive, no `..` part."""
+    parts = re.split(r"[\\/]+", filename)
+    return bool(filename) and not (os.path.isabs(filename) or re.match(r"^[A-Za-z]:", filename)
+                                   or filename[0] in "\\/" or ".." in parts)
+
+
+def file_inside(folder: str, filename: str) -> str | None:
+    """`folder/filename` if it is a file that really lies inside `folder` (symlinks resolved), else None."""
+    if not is_plain_relative(filename):
+        return None
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, filename))
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        return None
+    return path
+
+
 def model_file_path(name: str, filename: str) -> str | None:
-    """Full path of a file listed by `model_files`, or None."""
+    """Full path of a file listed by `model_files`, or None (for names that would leave the folder too).
+
+    Inside ComfyUI, `folder_paths` decides, as for core's loaders (so symlinked model folders keep working)."""
+    if not is_plain_relative(filename):
+        return None
     if IN_COMFYUI:
         return folder_paths.get_full_path(name, filename)
-    path = os.path.join(model_folders(name)[0], filename)
-    return path if os.path.isfile(path) else None
+    return file_inside(model_folders(name)[0], filename)
 
 
 OUTPUT_ANNOTATION = " [output]"
 
 
-def output_file_path(annotated_name: str) -> str:
-    """The path of a 'relative/name [output]' file, ComfyUI's notation for files of the output folder."""
-    name = annotated_name.removesuffix(OUTPUT_ANNOTATION)
-    return os.path.join(output_directory(), name)
+def output_file_path(annotated_name: str) -> str | None:
+    """The path of a 'relative/name [output]' file, ComfyUI's notation for files of the output folder; None
+    unless it is a file inside the output folder (`..`, absolute paths and symlinks out of it refused)."""
+    return file_inside(output_directory(), annotated_name.removesuffix(OUTPUT_ANNOTATION))
 
 
 def check_relative_name(filename_prefix: str) -> None:

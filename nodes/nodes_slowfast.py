@@ -369,8 +369,7 @@ def memory_files() -> list[str]:
 
 def memory_path(memory_name: str) -> str | None:
     if memory_name.endswith(comfy_services.OUTPUT_ANNOTATION):
-        path = comfy_services.output_file_path(memory_name)
-        return path if os.path.isfile(path) else None
+        return comfy_services.output_file_path(memory_name)
     return comfy_services.model_file_path(comfy_services.MEMORIES_FOLDER, memory_name)
 
 

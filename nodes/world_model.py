@@ -81,7 +81,7 @@ def world_model_folder(name: str) -> str:
             )
         return str(DEFAULT_MODEL_DIR)
     folders = comfy_services.model_folders(comfy_services.WORLD_MODELS_FOLDER)
-    for base in folders:
+    for base in folders if comfy_services.is_plain_relative(name) else ():  # never outside the folders
         path = os.path.join(base, name)
         if os.path.isfile(os.path.join(path, "model_index.json")):
             return path

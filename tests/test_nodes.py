@@ -11,7 +11,7 @@ import torch
 from comfy_graph import TINY, comfy_dir, tiny_model_dir  # noqa: F401 (fixtures)
 from slowfast_vgen import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from slowfast_vgen.nodes import comfy_services
-from slowfast_vgen.nodes.world_model import Chunk, WorldModel
+from slowfast_vgen.nodes.world_model import Chunk, WorldModel, world_model_folder
 from slowfast_vgen.pipelines import EpisodicMemory, MemoryMismatchError, TempLoRAConfig
 from slowfast_vgen.workflows.convert import input_options, input_type
 
@@ -252,6 +252,27 @@ def test_a_corrupted_memory_file_is_refused(comfy_dir):
         run("LoadMemory", memory_name="broken.safetensors")
     message = NODE_CLASS_MAPPINGS["SlowFastVGen_LoadMemory"].VALIDATE_INPUTS("gone.safetensors")
     assert "Save Memory" in message and "temp_lora_memories" in message
+
+
+def test_file_inputs_resolve_only_inside_comfyuis_folders(world, start, comfy_dir, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    memory = run("RunEpisode", world_model=world, actions="move right", temp_lora="learn", image=start, **SAMPLING)[1]
+    memory.save(outside / "secret.safetensors")
+    saved = comfy_dir / "output" / "slowfast_vgen"
+    saved.mkdir(parents=True, exist_ok=True)
+    (saved / "link.safetensors").symlink_to(outside / "secret.safetensors")
+    models = comfy_dir / "models" / "temp_lora_memories"
+    models.mkdir(parents=True, exist_ok=True)
+    load = NODE_CLASS_MAPPINGS["SlowFastVGen_LoadMemory"]
+    relative_up = os.path.relpath(outside / "secret.safetensors", comfy_dir / "output")
+    for name in (f"{relative_up} [output]", f"{outside / 'secret.safetensors'} [output]",
+                 "slowfast_vgen/link.safetensors [output]", str(outside / "secret.safetensors"),
+                 os.path.relpath(outside / "secret.safetensors", models)):
+        assert load.VALIDATE_INPUTS(name) is not True, name
+        with pytest.raises(FileNotFoundError, match="not found"):
+            run("LoadMemory", memory_name=name)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        world_model_folder(os.path.relpath(outside, comfy_dir / "models" / "world_models"))
 
 
 def test_a_memory_of_another_model_or_layout_is_refused(world, start, tiny_model_dir):
