@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .data.toyworld import ToyWorld, loop, out_and_back
 from .paths import DEFAULT_MODEL_DIR
 from .pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
-from .pipelines.temp_lora import check_memory
+from .pipelines.temp_lora import check_memory, first_non_finite
 from .pipelines import (
     SCHEDULERS,
     TEMP_LORA_DIRECTIONS,
@@ -230,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, EnvironmentError) as error:
         raise SystemExit(f"--model {args.model!r} cannot be loaded: {error}") from None
     pipe.set_progress_bar_config(disable=True)
+    for component in ("unet", "vae", "text_encoder"):
+        damaged = first_non_finite(getattr(pipe, component).state_dict())
+        if damaged is not None:
+            raise SystemExit(f"--model {args.model!r}: {component} tensor {damaged} holds NaN or infinite values; "
+                             "the model is damaged.")
     if args.frames_per_chunk is not None and args.frames_per_chunk >= pipe.context_window:
         raise SystemExit(f"--frames-per-chunk must be below the model's context window of {pipe.context_window} "
                          f"frames (it leaves room for the context), got {args.frames_per_chunk}.")

@@ -126,6 +126,25 @@ def test_generate_refuses_bad_input_and_changes_nothing(tiny_pipe_dir, finished,
     assert snapshot(tmp_path) == before["tmp"] and snapshot(finished) == before["finished"]
 
 
+def test_generate_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipe_dir, model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    key = sorted(tensors)[3]
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, weights)
+    before = snapshot(tmp_path)
+    code = run_cli(["generate", str(tmp_path / "out.mp4"), "--model", str(model), "--actions", "stay", *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and f"unet tensor {key} holds NaN" in error, error
+    assert snapshot(tmp_path) == before
+
+
 def test_force_replaces_only_a_finished_run_and_a_failure_keeps_the_old_files(tiny_pipe_dir, tmp_path, capsys,
                                                                              monkeypatch):
     video = tmp_path / "episode.mp4"
