@@ -31,6 +31,8 @@ from .paths import DEFAULT_MODEL_DIR
 from .pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
 from .pipelines.temp_lora import check_memory, first_non_finite
 from .pipelines import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
     SCHEDULERS,
     TEMP_LORA_DIRECTIONS,
     TEMP_LORA_OBJECTIVES,
@@ -58,12 +60,13 @@ def add_generate_command(commands) -> None:
     parser.add_argument("--memory", help="continue an episode from this memory adapter (.safetensors)")
     parser.add_argument("--no-temp-lora", action="store_true", help="no fast learning: the base model only")
     parser.add_argument("--frames-per-chunk", type=int, default=None, help="default: half the context window")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps per chunk")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per chunk (default %(default)s)")
     parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None,
                         help="sampler (default: the model's own, from its scheduler folder)")
     parser.add_argument("--compile", action="store_true",
                         help="sample with torch.compile(unet): pays on long episodes only (docs/benchmarks.md)")
-    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help="classifier-free guidance scale (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-rank", type=int, default=TempLoRAConfig.rank)
     parser.add_argument("--lora-lr", type=float, default=TempLoRAConfig.learning_rate)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from ..data.episodes import PATH_FAMILIES, EpisodePath, RevisitMap, load_path_file, make_episode, place_path
 from ..data.toyworld import DIRECTIONS, HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld
 from ..paths import DEFAULT_MODEL_DIR
-from ..pipelines import SCHEDULERS, SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for, scheduler_from_name
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for, scheduler_from_name
 from . import metrics
 
 # Named memory settings: a Temp-LoRA config (None: no memory) and chunk arguments. The paper's ablations
@@ -73,8 +73,8 @@ class EvaluationOptions:
     path_file: str | None = None
     first_seed: int = 2000
     chunks: int = 8
-    steps: int = 10
-    guidance: float = 2.0
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     scheduler: str | None = None  # a `SCHEDULERS` name; None: the model's own
     settings: tuple[str, ...] = ("none", "paper")
     custom_settings: dict[str, dict] = field(default_factory=dict)
@@ -582,7 +582,8 @@ def load_pipeline(model: str, scheduler: str | None = None) -> SlowFastVGenPipel
     return pipe
 
 
-def next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int = 10, guidance: float = 2.0) -> dict:
+def next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int = DEFAULT_STEPS,
+                       guidance: float = DEFAULT_GUIDANCE) -> dict:
     """Gate 1: from a true context chunk, the next chunk for "stay" and each move (a seen and a held-out
     wording) against the truth: PSNR, SSIM and camera motion error; baselines: repeat the last frame, the
     VAE's own reconstruction."""

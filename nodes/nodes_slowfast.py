@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from ..data.toyworld import ToyWorld
-from ..pipelines import TARGET_PRESETS, TEMP_LORA_DIRECTIONS, TEMP_LORA_OBJECTIVES, EpisodicMemory, TempLoRAConfig
+from ..pipelines import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    TARGET_PRESETS,
+    TEMP_LORA_DIRECTIONS,
+    TEMP_LORA_OBJECTIVES,
+    EpisodicMemory,
+    TempLoRAConfig,
+)
 from . import comfy_services
 from .world_model import (
     BUILTIN_MODEL_NAME,
@@ -46,8 +54,8 @@ SAMPLER_INPUTS = {
     "num_frames": ("INT", {"default": 4, "min": 1, "max": 64,
                            "tooltip": "Frames per chunk. Context frames + new frames must fit the model's context "
                                       "window (8 for the built-in ToyWorld model)."}),
-    "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Denoising steps per chunk."}),
-    "guidance": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+    "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1000, "tooltip": "Denoising steps per chunk."}),
+    "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
                            "tooltip": "Classifier-free guidance on the action; 1.0 or less turns it off."}),
     "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                      "tooltip": "Seed of the noise; the same seed and inputs give the same frames."}),

@@ -3,6 +3,8 @@
 from .factory import WorldModelSpec, build_pipeline, build_tokenizer
 from .fingerprint import model_fingerprint
 from .pipeline_slowfast_vgen import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
     SCHEDULERS,
     EpisodeChunk,
     EpisodeOutput,
@@ -23,6 +25,8 @@ from .temp_lora import (
 )
 
 __all__ = [
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_STEPS",
     "SCHEDULERS",
     "EpisodeChunk",
     "EpisodeOutput",

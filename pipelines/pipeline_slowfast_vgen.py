@@ -56,6 +56,13 @@ from .temp_lora import (
 
 CONDITIONING_MODES = ("mask", "replace")
 
+# Where the command line, the nodes, `evaluate` and the benchmarks start: the shipped model's sampling
+# settings, picked by measurement (docs/benchmarks.md, "Sampling steps"): its x0-predicting UNet is at its
+# best in few DDIM steps (next-chunk PSNR 20.78 dB at 5 steps, 20.48 at 10, 20.18 at 20; revisits and drift
+# better at 5 than at 10 too). The pipeline's own `__call__` keeps diffusers' usual 20 steps for any model.
+DEFAULT_STEPS = 5
+DEFAULT_GUIDANCE = 2.0
+
 # Samplers by the names the CLI, the nodes and `evaluate` take. Each is built from the model's own
 # scheduler config (betas, prediction type), as diffusers users swap schedulers.
 SCHEDULERS = {
