@@ -31,7 +31,8 @@ def run_generate(folder: str, chunks: int, extra: list[str]) -> dict:
         handle.write("\n".join(ACTIONS[(index // 3) % 4] for index in range(chunks)))
     code = ("import resource, sys; from slowfast_vgen.cli import main; code = main(sys.argv[1:]); "
             "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
-    completed = subprocess.run([sys.executable, "-c", code, "generate", video, "--actions-file", actions, *extra],
+    completed = subprocess.run([sys.executable, "-c", code, "generate", video, "--actions-file", actions, "--force",
+                                *extra],
                                capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"generate ({chunks} chunks) failed:\n{completed.stderr[-3000:]}")

@@ -3,9 +3,9 @@
 Every sampler starts from the same noise (the generator of each world's seed) and the same true context;
 the score is gate 1's: PSNR of the next chunk against the truth, averaged over "stay" and the four moves in
 a seen and a held-out wording, per held-out world. Reported as mean ± std over worlds, with the paired
-difference to the reference (DDIM at the shipped default's steps) and the wall time per chunk.
+difference to the reference (default: DDIM at the shipped default's steps) and the wall time per chunk.
 
-    python benchmarks/bench_samplers.py --seeds 10 --out outputs/samplers.json
+    python benchmarks/bench_samplers.py --seeds 10 --reference ddim:10 --out outputs/samplers.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from slowfast_vgen.evaluation.evaluate import next_chunk_quality
 from slowfast_vgen.paths import DEFAULT_MODEL_DIR
-from slowfast_vgen.pipelines import SCHEDULERS, SlowFastVGenPipeline, scheduler_from_name
+from slowfast_vgen.pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, SlowFastVGenPipeline, scheduler_from_name
 
 
 def world_scores(pipe: SlowFastVGenPipeline, seed: int, steps: int, guidance: float) -> float:
@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="held-out worlds from 1000")
     parser.add_argument("--schedulers", default=",".join(SCHEDULERS))
     parser.add_argument("--steps", default="4,5,6,8,10,20")
-    parser.add_argument("--reference", default="ddim:10", help="sampler:steps the others are compared with")
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--reference", default=f"ddim:{DEFAULT_STEPS}",
+                        help="sampler:steps the others are compared with (default: the shipped default)")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--out", default="outputs/samplers.json")
     args = parser.parse_args()
     pipe = SlowFastVGenPipeline.from_pretrained(args.model)

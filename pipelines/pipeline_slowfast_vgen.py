@@ -58,9 +58,10 @@ CONDITIONING_MODES = ("mask", "replace")
 
 # Where the command line, the nodes, `evaluate` and the benchmarks start: the shipped model's sampling
 # settings, picked by measurement (docs/benchmarks.md, "Sampling steps"): its x0-predicting UNet is at its
-# best in few DDIM steps (next-chunk PSNR 20.78 dB at 5 steps, 20.48 at 10, 20.18 at 20; revisits and drift
-# better at 5 than at 10 too). The pipeline's own `__call__` keeps diffusers' usual 20 steps for any model.
-DEFAULT_STEPS = 5
+# best in few DDIM steps (next-chunk PSNR 20.76 dB at 4 steps, 20.78 at 5, 20.48 at 10, 20.18 at 20;
+# revisits and drift at 4 equal to 5 and better than at 10). The fewest steps within 0.2 dB of the best.
+# The pipeline's own `__call__` keeps diffusers' usual 20 steps for any model.
+DEFAULT_STEPS = 4
 DEFAULT_GUIDANCE = 2.0
 
 # Samplers by the names the CLI, the nodes and `evaluate` take. Each is built from the model's own
@@ -344,15 +345,17 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ encoding and decoding
 
-    def encode_action(self, action: str | list[str], device: torch.device | None = None) -> torch.Tensor:
-        """Text-encoder hidden states of free-text actions (an empty string is the null action)."""
+    def encode_action(self, action: str | list[str], device: torch.device | None = None,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Text-encoder hidden states of free-text actions (an empty string is the null action), in `dtype`
+        (default: the UNet's)."""
         actions = [action] if isinstance(action, str) else list(action)
         tokens = self.tokenizer(
             actions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
             return_tensors="pt",
         )
         device = device or self._execution_device
-        return self.text_encoder(tokens.input_ids.to(device))[0].to(self.unet.dtype)
+        return self.text_encoder(tokens.input_ids.to(device))[0].to(dtype or self.unet.dtype)
 
     @torch.no_grad()
     def encode_frames(self, frames: ImageInput, resize: bool = False, argument: str = "frames") -> torch.Tensor:
@@ -465,13 +468,17 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
     def prepare_latents(self, context_latents: torch.Tensor, num_frames: int, generator,
                         latents: torch.Tensor | None) -> torch.Tensor:
+        """Initial noise for the new frames, on the device and in the dtype of the (prepared) context."""
+        # The context's device and dtype, not `_execution_device` / `unet.dtype`: diffusers finds those by
+        # walking every module, which costs more than a denoising step of a small model.
         batch, channels, _, height, width = context_latents.shape
         shape = (batch, channels, num_frames, height, width)
+        device, dtype = context_latents.device, context_latents.dtype
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
-        return latents.to(self._execution_device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
     @torch.no_grad()
     def __call__(
@@ -535,9 +542,10 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
         # 2. Action embeddings, unconditional first, for one batched UNet call per step.
         actions = [action] * batch if isinstance(action, str) else list(action) * (batch // len(action))
-        prompt_embeds = self.encode_action(actions, device)
+        prompt_embeds = self.encode_action(actions, device, context.dtype)
         if self.do_classifier_free_guidance:
-            prompt_embeds = torch.cat([self.encode_action([negative_action] * batch, device), prompt_embeds])
+            prompt_embeds = torch.cat([self.encode_action([negative_action] * batch, device, context.dtype),
+                                       prompt_embeds])
 
         # 3. Timesteps and noise for the new frames (and, in "replace" mode, for the context).
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -657,15 +665,15 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                 f"previous_latents {tuple(previous_latents.shape)} and new_latents {tuple(new_latents.shape)} must "
                 "share batch, height and width to be concatenated along frames."
             )
-        device = self._execution_device
+        device, dtype = self._execution_device, self.unet.dtype
         text = reverse_text = ""
         if memory.config.action_text and action is not None:
             text, reverse_text = action, reverse_action or self.reverse_action(action) or ""
-        clip = MemoryClip(torch.cat([previous_latents, new_latents], dim=2).to(device, self.unet.dtype),
+        clip = MemoryClip(torch.cat([previous_latents, new_latents], dim=2).to(device, dtype),
                           new_latents.shape[2], text, reverse_text)
         texts = sorted({t for c in (*memory.clips, clip) for t in (c.text, c.reverse_text)})
         with torch.no_grad():  # the texts are inputs of the update, not trained
-            text_embeds = dict(zip(texts, self.encode_action(texts, device).split(1)))
+            text_embeds = dict(zip(texts, self.encode_action(texts, device, dtype).split(1)))
         noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
         return update_memory(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator)
 

@@ -467,6 +467,7 @@ def _lora_layers(unet: torch.nn.Module) -> dict[str, LoraLayer]:
 
 def _forget_lora_layers(unet: torch.nn.Module) -> None:
     unet.__dict__.pop("_temp_lora_layers", None)
+    unet.__dict__.pop("_temp_lora_enabled", None)
 
 
 def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, torch.nn.Parameter]:
@@ -498,8 +499,11 @@ def _remove_adapter(unet: torch.nn.Module) -> None:
 
 
 def _set_adapters_enabled(unet: torch.nn.Module, enabled: bool) -> None:
+    if unet.__dict__.get("_temp_lora_enabled") is enabled:  # known state: skip peft's per-layer walk
+        return
     for layer in _lora_layers(unet).values():
         layer.enable_adapters(enabled)
+    unet.__dict__["_temp_lora_enabled"] = enabled
 
 
 @contextlib.contextmanager
