@@ -455,23 +455,34 @@ def check_memory(unet: torch.nn.Module, memory: EpisodicMemory, base_fingerprint
             )
 
 
+# The UNet holds peft LoRA layers only inside `memory_applied` (an update, or training through a memory).
+# They are made once per layout and kept aside in between, so that sampling, with or without a memory,
+# runs the plain base modules: no extra module in every walk diffusers makes per forward, and nothing to
+# disable. State, in the UNet's __dict__: the layers by name, whether they are in place, and peft's config.
+
+
 def _lora_layers(unet: torch.nn.Module) -> dict[str, LoraLayer]:
-    # Walking a UNet's modules costs milliseconds, and this runs several times per chunk: the walk is kept
-    # until the adapter is injected or removed (the only places the layers change).
-    cached = unet.__dict__.get("_temp_lora_layers")
-    if cached is None:
-        cached = {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
-        unet.__dict__["_temp_lora_layers"] = cached
-    return cached
+    return unet.__dict__.get("_temp_lora_layers", {})
 
 
-def _forget_lora_layers(unet: torch.nn.Module) -> None:
-    unet.__dict__.pop("_temp_lora_layers", None)
-    unet.__dict__.pop("_temp_lora_enabled", None)
+def _place(unet: torch.nn.Module, attached: bool) -> None:
+    """Put the kept LoRA layers into the UNet (`attached`) or their base layers back."""
+    layers = _lora_layers(unet)
+    if not layers or unet.__dict__.get("_temp_lora_attached") is attached:
+        return
+    for name, layer in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(unet.get_submodule(parent_name) if parent_name else unet, child,
+                layer if attached else layer.get_base_layer())
+    if attached:
+        unet.peft_config = unet.__dict__["_temp_lora_peft_config"]
+    else:
+        unet.__dict__.pop("peft_config", None)
+    unet.__dict__["_temp_lora_attached"] = attached
 
 
 def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, torch.nn.Parameter]:
-    """Inject peft LoRA layers shaped for `config` (once), and return the parameters by memory key."""
+    """LoRA layers shaped for `config` in place in the UNet (made once per layout); their parameters by key."""
     if getattr(unet, "_temp_lora_structure", None) != config.structure():
         _remove_adapter(unet)
         lora_config = LoraConfig(
@@ -479,8 +490,12 @@ def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, 
             target_modules=config.target_pattern, init_lora_weights=True,
         )
         inject_adapter_in_model(lora_config, unet, adapter_name=ADAPTER_NAME)
-        _forget_lora_layers(unet)
+        unet.__dict__["_temp_lora_layers"] = {
+            name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+        unet.__dict__["_temp_lora_peft_config"] = unet.peft_config
+        unet.__dict__["_temp_lora_attached"] = True
         unet._temp_lora_structure = config.structure()
+    _place(unet, attached=True)
     parameters = {}
     for name, layer in _lora_layers(unet).items():
         parameters[f"{name}.lora_A.weight"] = layer.lora_A[ADAPTER_NAME].weight
@@ -489,28 +504,18 @@ def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, 
 
 
 def _remove_adapter(unet: torch.nn.Module) -> None:
-    for name, layer in _lora_layers(unet).items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(unet.get_submodule(parent_name) if parent_name else unet, child, layer.get_base_layer())
-    _forget_lora_layers(unet)
+    _place(unet, attached=False)
+    for key in ("_temp_lora_layers", "_temp_lora_attached", "_temp_lora_peft_config"):
+        unet.__dict__.pop(key, None)
     unet._temp_lora_structure = None
-    if hasattr(unet, "peft_config"):
-        del unet.peft_config
-
-
-def _set_adapters_enabled(unet: torch.nn.Module, enabled: bool) -> None:
-    if unet.__dict__.get("_temp_lora_enabled") is enabled:  # known state: skip peft's per-layer walk
-        return
-    for layer in _lora_layers(unet).values():
-        layer.enable_adapters(enabled)
-    unet.__dict__["_temp_lora_enabled"] = enabled
 
 
 @contextlib.contextmanager
 def memory_applied(unet: torch.nn.Module, memory: EpisodicMemory | None) -> Iterator[dict[str, torch.nn.Parameter]]:
-    """Run the UNet as base + `memory` inside the block; as the exact base model outside it (and for None)."""
+    """Run the UNet as base + `memory` through peft's LoRA layers inside the block (trainable); as the exact
+    base model outside it (and for None)."""
     if memory is None:
-        _set_adapters_enabled(unet, False)
+        _place(unet, attached=False)
         yield {}
         return
     # Outside inference mode, so that LoRA layers first made under ComfyUI's inference mode stay trainable.
@@ -519,11 +524,10 @@ def memory_applied(unet: torch.nn.Module, memory: EpisodicMemory | None) -> Iter
         reference = next(unet.parameters())
         for key, parameter in parameters.items():
             parameter.data = memory.lora[key].to(device=reference.device, dtype=torch.float32).clone()
-    _set_adapters_enabled(unet, True)
     try:
         yield parameters
     finally:
-        _set_adapters_enabled(unet, False)
+        _place(unet, attached=False)
 
 
 def foldable(unet: torch.nn.Module, memory: EpisodicMemory) -> bool:
@@ -547,7 +551,7 @@ def memory_folded(unet: torch.nn.Module, memory: EpisodicMemory) -> Iterator[Non
     reach the base weights' storage. Check `foldable` first."""
     scale = memory.config.lora_alpha / memory.config.rank
     swapped = []
-    _set_adapters_enabled(unet, False)  # LoRA layers left from an update run their base layer only
+    _place(unet, attached=False)
     try:
         with torch.no_grad():
             for name, module in lora_target_modules(unet, memory.config).items():
@@ -572,21 +576,13 @@ def memory_for_sampling(unet: torch.nn.Module, memory: EpisodicMemory | None):
 
 @contextlib.contextmanager
 def temp_lora_detached(unet: torch.nn.Module) -> Iterator[None]:
-    """Take the LoRA layers out of the UNet for the block (so `save_pretrained` writes the base model only)."""
-    layers = _lora_layers(unet)
-    structure = getattr(unet, "_temp_lora_structure", None)
-    peft_config = getattr(unet, "peft_config", None)
-    _remove_adapter(unet)
+    """The plain base UNet for the block, whatever state it was in (so `save_pretrained` writes the base only)."""
+    attached = unet.__dict__.get("_temp_lora_attached", False)
+    _place(unet, attached=False)
     try:
         yield
     finally:
-        for name, layer in layers.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(unet.get_submodule(parent_name) if parent_name else unet, child, layer)
-        _forget_lora_layers(unet)
-        unet._temp_lora_structure = structure
-        if peft_config is not None:
-            unet.peft_config = peft_config
+        _place(unet, attached=attached)
 
 
 # ---------------------------------------------------------------------------------------------------

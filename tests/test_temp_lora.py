@@ -124,7 +124,10 @@ def test_memory_none_is_exactly_the_base_model_after_memories_were_used(tiny_pip
     reference = chunk(fresh, tiny_context, seed=3)
     context, new, memory = trained
     with_memory = chunk(tiny_pipe, tiny_context, memory, seed=3)
-    assert any(isinstance(m, LoraLayer) for m in tiny_pipe.unet.modules()), "LoRA layers are injected"
+    assert not any(isinstance(m, LoraLayer) for m in tiny_pipe.unet.modules()), "LoRA layers only inside updates"
+    with memory_applied(tiny_pipe.unet, memory):
+        assert any(isinstance(m, LoraLayer) for m in tiny_pipe.unet.modules())
+    assert not any(isinstance(m, LoraLayer) for m in tiny_pipe.unet.modules())
     assert not torch.equal(with_memory, reference)
     assert torch.equal(chunk(tiny_pipe, tiny_context, None, seed=3), reference)
     assert torch.equal(chunk(tiny_pipe, tiny_context, memory, seed=3), with_memory), "and back again"
@@ -172,7 +175,8 @@ def test_nan_loss_warns_and_rolls_back(tiny_pipe, trained):
         result = tiny_pipe.update_memory(memory, context, poisoned, action="move left", generator=gen(0))
     assert_memories_equal(result, before)
     assert result.num_updates == memory.num_updates, "a rolled-back update is not counted"
-    lora_parameters = [p for n, p in tiny_pipe.unet.named_parameters() if "lora_" in n]
+    with memory_applied(tiny_pipe.unet, memory):
+        lora_parameters = [p for n, p in tiny_pipe.unet.named_parameters() if "lora_" in n]
     assert lora_parameters and not any(p.requires_grad for p in lora_parameters)
     assert torch.equal(chunk(tiny_pipe, new, result, seed=4), expected), "generation carries on as before"
 
