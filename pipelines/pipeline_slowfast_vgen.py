@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -424,7 +425,13 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
 
     def check_inputs(self, action, context_latents, num_frames, num_context_frames, conditioning,
-                     output_type, callback_on_step_end_tensor_inputs, memory) -> None:
+                     output_type, callback_on_step_end_tensor_inputs, memory, num_inference_steps: int = 1,
+                     guidance_scale: float = 1.0) -> None:
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}.")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (1 or less: no guidance), got "
+                             f"{guidance_scale!r}.")
         if isinstance(action, str):
             actions = [action]
         elif isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
@@ -531,7 +538,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if num_context_frames is None and context_latents is not None:
             num_context_frames = max(1, min(context_latents.shape[2], self.context_window - num_frames))
         self.check_inputs(action, context_latents, num_frames, num_context_frames, conditioning, output_type,
-                          callback_on_step_end_tensor_inputs, memory)
+                          callback_on_step_end_tensor_inputs, memory, num_inference_steps, guidance_scale)
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device = self._execution_device

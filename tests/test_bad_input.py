@@ -329,3 +329,14 @@ def test_memory_check_answers_1_only_for_a_memory_that_does_not_fit(finished, ti
     assert run_cli(["memory", "check", memory, str(tiny_pipe_dir)]) == 0
     assert run_cli(["memory", "check", memory, str(other)]) == 1
     assert "does not fit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_inference_steps": 0}, "num_inference_steps must be a whole number of at least 1"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps must be a whole number"),
+    ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+    ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
+])
+def test_pipeline_refuses_bad_sampling_settings_before_running(tiny_pipe, tiny_context, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe("stay", context_latents=tiny_context, num_frames=2, output_type="latent", **kwargs)
