@@ -5,8 +5,9 @@ summary. With no argument but an output path it plays a demo episode on ToyWorld
 Every setting is checked before anything is loaded or written, and existing outputs are refused unless
 `--force`. Frames are decoded and written chunk by chunk to a temporary MP4 beside the output, renamed into
 place at the end, so Ctrl-C, SIGTERM and SIGHUP stop cleanly with a valid video of what was generated so
-far (exit status 128 + the signal's number). A SIGKILL leaves the earlier output, if any, untouched and a
-temporary `.NAME.slowfast-partial-PID-ID.mp4` without its index, removed by the next run to the same output.
+far (exit status 128 + the signal's number). A SIGKILL leaves the earlier output, if any, untouched, and
+the frames so far in a journal beside it: the next run to the same output rebuilds them into a playable
+`NAME.recovered.mp4` and removes the killed run's temporaries.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .data.toyworld import ToyWorld, loop, out_and_back
 from .paths import DEFAULT_MODEL_DIR
-from .pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
+from .pipelines.atomic_files import partial_path, remove_stale_partials, stale_partials, write_text_atomically
 from .pipelines.temp_lora import check_memory, first_non_finite
 from .pipelines import (
     DEFAULT_GUIDANCE,
@@ -115,23 +116,67 @@ def first_frame(args: argparse.Namespace, size: int) -> np.ndarray:
     return ToyWorld(args.world_seed, view_size=size).start_frame()
 
 
-class VideoSink:
-    """An MP4 written frame by frame with OpenCV; refuses to start if the writer cannot open."""
+JOURNAL_MAGIC = b"slowfast-vgen frame journal 1\n"
 
-    def __init__(self, path: str, fps: float, size: int):
+
+class VideoSink:
+    """An MP4 written frame by frame with OpenCV, and beside it a journal of the same frames (raw 8-bit BGR)
+    flushed to disk after each chunk: an MP4 has no index until it is closed, so a run killed with SIGKILL
+    leaves an unplayable file, but the next run to the same output rebuilds the video from the journal
+    (`recover_killed_runs`). Refuses to start if the writer cannot open."""
+
+    def __init__(self, path: str, fps: float, size: int, journal: Path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
         if not self.writer.isOpened():
             raise SystemExit(f"OpenCV could not open a video writer for {path!r} (codec mp4v).")
+        self.journal_path = journal
+        self.journal = open(journal, "wb")
+        self.journal.write(JOURNAL_MAGIC + json.dumps({"fps": fps, "width": size, "height": size}).encode() + b"\n")
         self.frames = 0
 
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
-            self.writer.write(cv2.cvtColor((frame * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+            bgr = cv2.cvtColor((frame * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
+            self.writer.write(bgr)
+            self.journal.write(bgr.tobytes())
             self.frames += 1
+        self.journal.flush()
+        os.fsync(self.journal.fileno())
 
     def close(self) -> None:
         self.writer.release()
+        self.journal.close()
+        self.journal_path.unlink(missing_ok=True)  # the MP4 is complete: the journal is no longer needed
+
+
+def recover_killed_runs(video: Path) -> list[tuple[Path, int]]:
+    """Rebuild, from their journals, the videos of earlier runs to `video` that were killed (SIGKILL):
+    `NAME.recovered.mp4` (then `-2`, `-3`, ...) with every whole frame written; the journal and the
+    unplayable MP4 are removed. Returns the recovered videos and their frame counts."""
+    recovered = []
+    for journal in stale_partials(video.with_suffix(".frames")):
+        with open(journal, "rb") as handle:
+            if handle.readline() != JOURNAL_MAGIC:
+                continue
+            header = json.loads(handle.readline())
+            width, height, fps = header["width"], header["height"], header["fps"]
+            data = handle.read()
+        frame_bytes = width * height * 3
+        frames = np.frombuffer(data[:len(data) - len(data) % frame_bytes], np.uint8).reshape(-1, height, width, 3)
+        index, target = 1, video.with_name(f"{video.stem}.recovered.mp4")
+        while target.exists():
+            index += 1
+            target = video.with_name(f"{video.stem}.recovered-{index}.mp4")
+        temporary = partial_path(target)
+        writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
+        os.replace(temporary, target)
+        journal.unlink()
+        recovered.append((target, len(frames)))
+    return recovered
 
 
 LORA_FLAGS = {"rank": "--lora-rank", "learning_rate": "--lora-lr", "steps_per_update": "--lora-steps",
@@ -183,9 +228,12 @@ class Outputs:
         self.video.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(self.video.parent, os.W_OK):
             raise SystemExit(f"Cannot write to {self.video.parent}: permission denied.")
+        for target, frames in recover_killed_runs(self.video):
+            print(f"An earlier run to {self.video} was killed; its {frames} frames were recovered into {target}.")
         for target in targets:
             remove_stale_partials(target)
         self.partial_video = partial_path(self.video)
+        self.journal = partial_path(self.video.with_suffix(".frames"))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -254,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--image {args.image!r}: {error}" if args.image else str(error)) from None
 
     # 2. The episode, written chunk by chunk to a temporary MP4; Ctrl-C, SIGTERM and SIGHUP keep what was made.
-    sink = VideoSink(str(outputs.partial_video), args.fps, pipe.native_size)
+    sink = VideoSink(str(outputs.partial_video), args.fps, pipe.native_size, outputs.journal)
     generator = torch.Generator().manual_seed(args.seed)
     start_frames = pipe.postprocess(start_latents, "np")[0]
     sheet_frames = list(start_frames) if outputs.contact_sheet else None
@@ -287,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
                 sink.close()
     except BaseException:
         outputs.partial_video.unlink(missing_ok=True)
+        outputs.journal.unlink(missing_ok=True)
         raise
     generation_seconds = time.time() - generation_started
 

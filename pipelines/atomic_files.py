@@ -33,17 +33,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
-    """Delete the temporaries of `target` whose writing process has ended; return what was removed."""
+def stale_partials(target: str | os.PathLike) -> list[Path]:
+    """The temporaries of `target` whose writing process has ended, oldest first."""
     target = Path(target)
     if not target.parent.is_dir():
         return []
     pattern = re.compile(re.escape(f".{target.stem}{PARTIAL_TAG}") + r"(\d+)-[0-9a-f]{8}" + re.escape(target.suffix) + "$")
+    found = [c for c in target.parent.iterdir() if (m := pattern.match(c.name)) and not _alive(int(m.group(1)))]
+    return sorted(found, key=lambda path: path.stat().st_mtime)
+
+
+def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of `target` whose writing process has ended; return what was removed."""
     removed = []
-    for candidate in target.parent.iterdir():
-        match = pattern.match(candidate.name)
-        if match is None or _alive(int(match.group(1))):
-            continue
+    for candidate in stale_partials(target):
         if candidate.is_dir() and not candidate.is_symlink():
             shutil.rmtree(candidate, ignore_errors=True)
         else:

@@ -203,6 +203,30 @@ def test_sigterm_keeps_a_playable_video_the_memory_and_an_interrupted_summary(ti
     assert not list(tmp_path.glob(f".*{PARTIAL_TAG}*")), "no temporary left"
 
 
+def test_after_sigkill_the_next_run_recovers_a_playable_video_and_cleans_up(tiny_pipe_dir, tmp_path, capsys):
+    video = tmp_path / "episode.mp4"
+    command = [sys.executable, "-m", "slowfast_vgen", "generate", str(video), "--model", str(tiny_pipe_dir),
+               "--actions", "; ".join(["move left"] * 500), *FAST]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    frame_bytes, deadline = 32 * 32 * 3, time.time() + 120
+    journal = []
+    while time.time() < deadline and not (journal and journal[0].stat().st_size > 200 + 9 * frame_bytes):
+        journal = list(tmp_path.glob(f".episode{PARTIAL_TAG}*.frames"))
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    assert journal and not video.exists(), "killed before the end: no output yet, only temporaries"
+    assert run_cli(["generate", str(video), "--model", str(tiny_pipe_dir), "--actions", "stay", *FAST]) == 0
+    recovered = tmp_path / "episode.recovered.mp4"
+    assert f"were recovered into {recovered}" in capsys.readouterr().out
+    capture = cv2.VideoCapture(str(recovered))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) >= 9
+    ok, frame = capture.read()
+    assert ok and frame.shape == (32, 32, 3)
+    assert not list(tmp_path.glob(f".*{PARTIAL_TAG}*")), "the killed run's temporaries are gone"
+    assert int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT)) == 5, "and the new run's video is whole"
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"rank": 2.5}, "rank must be a whole number"),
     ({"rank": True}, "rank must be a whole number"),
