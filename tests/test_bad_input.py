@@ -364,3 +364,19 @@ def test_memory_check_answers_1_only_for_a_memory_that_does_not_fit(finished, ti
 def test_pipeline_refuses_bad_sampling_settings_before_running(tiny_pipe, tiny_context, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_pipe("stay", context_latents=tiny_context, num_frames=2, output_type="latent", **kwargs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "{tmp}/eval", "--episodes", "0"], "--episodes must be at least 1"),
+    (["evaluate", "{tmp}/eval", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["evaluate", "--next-chunk", "0"], "--next-chunk must be at least 1"),
+    (["evaluate", "--video", "{tmp}/missing.mp4"], "does not exist"),
+    (["train", "--model", "{tmp}/missing", "--output-dir", "{tmp}/run"], "not a pipeline folder"),
+    (["model", "fingerprint", "{tmp}/missing"], ""),
+])
+def test_other_commands_report_errors_in_one_line_with_exit_2(tmp_path, capsys, argv, message):
+    before = snapshot(tmp_path)
+    code = run_cli([a.format(tmp=tmp_path) for a in argv])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error, error
+    assert snapshot(tmp_path) == before
