@@ -380,3 +380,24 @@ def test_other_commands_report_errors_in_one_line_with_exit_2(tmp_path, capsys, 
     error = capsys.readouterr().err
     assert code == 2 and message in error and "Traceback" not in error, error
     assert snapshot(tmp_path) == before
+
+
+def test_memory_check_of_a_truncated_or_pickle_model_is_an_error_not_a_no(finished, tiny_pipe_dir, tmp_path, capsys):
+    import shutil
+
+    memory = str(finished / "episode.memory.safetensors")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_pipe_dir, truncated)
+    weights = truncated / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert run_cli(["memory", "check", memory, str(truncated)]) == 2
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_pipe_dir, pickled, ignore=shutil.ignore_patterns("diffusion_pytorch_model.safetensors"))
+    SlowFastVGenPipeline.from_pretrained(tiny_pipe_dir).unet.save_pretrained(pickled / "unet", safe_serialization=False)
+    assert run_cli(["memory", "check", memory, str(pickled)]) == 2
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    code = run_cli(["generate", str(tmp_path / "out.mp4"), "--model", str(pickled), "--actions", "stay", *FAST])
+    error = capsys.readouterr().err
+    assert code == 2 and "--model" in error and "Traceback" not in error, error
+    assert snapshot(tmp_path) == before

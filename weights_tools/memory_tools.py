@@ -173,8 +173,9 @@ def check_memory_file(memory_path: str | os.PathLike, model_path: str | os.PathL
         unet = empty_unet(model_path)
     except (ValueError, TypeError) as error:
         raise WeightsFileError(f"{model_path}: the UNet config cannot be read ({error}).") from None
+    fingerprint = file_fingerprint(model_path).value  # an unreadable model is an error, not a "no"
     try:
-        check_memory(unet, shapes_only, file_fingerprint(model_path).value)
+        check_memory(unet, shapes_only, fingerprint)
     except MemoryMismatchError:
         raise
     except ValueError as error:  # the target pattern matches nothing (or a non-Linear) in this UNet
