@@ -225,9 +225,9 @@ class Outputs:
                 raise SystemExit(f"{target} already exists; pass --force to replace it (or choose another output).")
         if self.video.suffix.lower() != ".mp4":
             raise SystemExit(f"The output {str(self.video)!r} must end in .mp4.")
-        self.video.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.video.parent, os.W_OK):
-            raise SystemExit(f"Cannot write to {self.video.parent}: permission denied.")
+        existing = next(folder for folder in [self.video.parent, *self.video.parent.parents] if folder.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise SystemExit(f"Cannot write to {self.video.parent}: {existing} is not a writable folder.")
         for target, frames in recover_killed_runs(self.video):
             print(f"An earlier run to {self.video} was killed; its {frames} frames were recovered into {target}.")
         for target in targets:

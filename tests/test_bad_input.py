@@ -99,6 +99,8 @@ GENERATE_CASES = [
     (["--output", "{finished}/other.mp4", "--contact-sheet", "{finished}/sheet.png"], "sheet.png already exists"),
     (["--output", "{finished}"], "is a folder"),
     (["--output", "{tmp}/episode.avi"], "must end in .mp4"),
+    (["--output", "{tmp}/new/folder/out.mp4", "--steps", "0"], "--steps"),  # no folder made for a failed run
+    (["--output", "{tmp}/garbage.safetensors/out.mp4"], "is not a writable folder"),
 ]
 
 
