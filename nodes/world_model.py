@@ -38,6 +38,9 @@ class WorldModel:
     device: torch.device
     offload_device: torch.device
 
+    def __repr__(self) -> str:  # not the whole pipeline: error reports print their inputs
+        return f"WorldModel({self.name!r}, device={self.device}, offload_device={self.offload_device})"
+
     @contextlib.contextmanager
     def running(self) -> Iterator[SlowFastVGenPipeline]:
         """The pipeline on its compute device for the block, offloaded afterwards (also on error or cancel).
@@ -143,6 +146,9 @@ class Chunk:
     def __post_init__(self) -> None:
         if sum(self.segments) != self.latents.shape[2] or not all(n > 0 for n in self.segments):
             raise ValueError(f"Chunk segments {self.segments} do not split the {self.latents.shape[2]} latent frames.")
+
+    def __repr__(self) -> str:  # not the latents: error reports print their inputs
+        return f"Chunk(latents {tuple(self.latents.shape)}, segments={self.segments}, actions={self.actions})"
 
     @property
     def last(self) -> torch.Tensor:

@@ -242,6 +242,13 @@ class EpisodicMemory:
     def num_parameters(self) -> int:
         return sum(t.numel() for t in self.lora.values())
 
+    def __repr__(self) -> str:
+        # A summary, not the tensors: error reports (ComfyUI's `current_inputs`, tracebacks) print it.
+        c = self.config
+        return (f"EpisodicMemory(rank={c.rank}, target={c.target!r}, objective={c.objective!r}, "
+                f"{self.num_parameters:,} parameters, {self.num_updates} updates, {self.frames_seen} frames seen, "
+                f"{len(self.clips)} clips, base {self.base_fingerprint})")
+
     def with_config(self, config: TempLoRAConfig) -> "EpisodicMemory":
         """This memory, trained with `config` from now on (a new object; tensors shared, never modified).
 

@@ -403,3 +403,14 @@ def test_memory_check_of_a_truncated_or_pickle_model_is_an_error_not_a_no(finish
     error = capsys.readouterr().err
     assert code == 2 and "--model" in error and "Traceback" not in error, error
     assert snapshot(tmp_path) == before
+
+
+def test_the_packs_objects_print_as_short_summaries(tiny_pipe, tiny_pipe_dir):
+    """ComfyUI puts a failed node's inputs (repr) in its error report; a memory once printed 294 KB of tensors."""
+    from slowfast_vgen.nodes.world_model import Chunk, WorldModel
+
+    memory = tiny_pipe.new_memory(TempLoRAConfig(rank=4))
+    world = WorldModel(tiny_pipe, "tiny", torch.device("cpu"), torch.device("cpu"))
+    chunk = Chunk(torch.zeros(1, 4, 5, 16, 16), (1, 4), ("move left",))
+    for value, words in ((memory, "rank=4"), (world, "'tiny'"), (chunk, "(1, 4, 5, 16, 16)")):
+        assert len(repr(value)) < 300 and words in repr(value), repr(value)
