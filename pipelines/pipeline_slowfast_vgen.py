@@ -454,6 +454,11 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             )
         if num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
+        if num_frames >= self.context_window:
+            raise ValueError(
+                f"num_frames={num_frames} leaves no room for context: this world model sees {self.context_window} "
+                f"frames at once, context included, so give num_frames <= {self.context_window - 1}."
+            )
         if num_frames + num_context_frames > self.context_window:
             raise ValueError(
                 f"num_frames={num_frames} with {num_context_frames} context frames exceeds the context window of "

@@ -362,10 +362,11 @@ def test_memory_check_answers_1_only_for_a_memory_that_does_not_fit(finished, ti
     ({"num_inference_steps": 2.5}, "num_inference_steps must be a whole number"),
     ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
     ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
+    ({"num_frames": 8}, "num_frames=8 leaves no room for context: this world model sees 8 frames at once"),
 ])
 def test_pipeline_refuses_bad_sampling_settings_before_running(tiny_pipe, tiny_context, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        tiny_pipe("stay", context_latents=tiny_context, num_frames=2, output_type="latent", **kwargs)
+        tiny_pipe("stay", context_latents=tiny_context, **{"num_frames": 2, "output_type": "latent", **kwargs})
 
 
 @pytest.mark.parametrize("argv, message", [
