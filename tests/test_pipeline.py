@@ -443,7 +443,7 @@ def test_image_size_must_fit_or_be_resized(tiny_pipe):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_frames": 8}, "context window of 8"),
+        ({"num_frames": 8}, "sees 8 frames at once, context included, so give num_frames <= 7"),
         ({"num_frames": 7, "num_context_frames": 2}, "context window of 8"),
         ({"num_frames": 0}, "num_frames must be at least 1"),
         ({"num_frames": 2.5}, "num_frames must be a positive integer"),
