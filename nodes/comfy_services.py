@@ -172,11 +172,17 @@ def model_files(name: str, extensions: set[str]) -> list[str]:
     return files_under(model_folders(name)[0], extensions)
 
 
+def _is_absolute(name: str) -> bool:
+    return os.path.isabs(name) or re.match(r"^[A-Za-z]:", name) is not None or name[:1] in ("\\", "/")
+
+
+def _climbs(name: str) -> bool:
+    return ".." in re.split(r"[\\/]+", name)
+
+
 def is_plain_relative(filename: str) -> bool:
     """A name that stays inside the folder it is joined to: not absolute, no drive, no `..` part."""
-    parts = re.split(r"[\\/]+", filename)
-    return bool(filename) and not (os.path.isabs(filename) or re.match(r"^[A-Za-z]:", filename)
-                                   or filename[0] in "\\/" or ".." in parts)
+    return bool(filename) and not _is_absolute(filename) and not _climbs(filename)
 
 
 def file_inside(folder: str, filename: str) -> str | None:
@@ -214,13 +220,12 @@ def check_relative_name(filename_prefix: str) -> None:
     """Refuse a save name that is absolute or climbs out of the output folder, before anything is written."""
     if not filename_prefix.strip():
         raise ValueError("filename_prefix is empty: give a name such as 'slowfast_vgen/memory'.")
-    parts = re.split(r"[\\/]+", filename_prefix)
-    if os.path.isabs(filename_prefix) or re.match(r"^[A-Za-z]:", filename_prefix) or filename_prefix[0] in "\\/":
+    if _is_absolute(filename_prefix):
         raise ValueError(
             f"filename_prefix {filename_prefix!r} is an absolute path; files are saved inside ComfyUI's output "
             "folder only. Use a relative name such as 'slowfast_vgen/memory'."
         )
-    if ".." in parts:
+    if _climbs(filename_prefix):
         raise ValueError(
             f"filename_prefix {filename_prefix!r} contains '..'; files are saved inside ComfyUI's output folder "
             "only. Remove the '..' parts, e.g. 'slowfast_vgen/memory'."

@@ -42,6 +42,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .atomic_files import write_text_atomically
 from .fingerprint import model_fingerprint, weights_version
 from .image_input import ImageInput, frames_to_tensor
 from .temp_lora import (
@@ -180,9 +181,7 @@ def drop_source_paths(folder: str | os.PathLike) -> None:
         if not isinstance(config, dict) or "_name_or_path" not in config:
             continue
         config.pop("_name_or_path")
-        temporary = path.with_name(f".{path.name}.partial")
-        temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
+        write_text_atomically(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def compile_unavailable(device: torch.device) -> str | None:

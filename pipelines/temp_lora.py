@@ -26,6 +26,8 @@ from peft.tuners.lora import LoraLayer
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic_files import partial_path, remove_stale_partials
+
 ADAPTER_NAME = "temp_lora"
 MEMORY_FORMAT = "slowfast-vgen-memory"
 MEMORY_FORMAT_VERSION = "1"
@@ -354,8 +356,6 @@ def _package_version() -> str:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """`safetensors.torch.save_file` into a temporary file beside `path`, then an atomic rename."""
-    from .atomic_files import partial_path, remove_stale_partials
-
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     remove_stale_partials(path)
