@@ -1,4 +1,5 @@
-"""`slowfast-vgen` command line: generate (the main job), train (slow learning), evaluate, memory and model tools.
+"""`slowfast-vgen` command line: generate (the main job), train (slow learning), evaluate, plan, memory and
+model tools.
 
 Exit status: 0 done; 1 a "no" answer (`memory check`: does not fit); 2 an error, reported in one line
 naming what was wrong and how to fix it (argparse's own errors included); 128 + N stopped by signal N,
@@ -21,12 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     from .evaluation.evaluate import add_evaluate_command
     from .generate import add_generate_command
+    from .planning.cli import add_plan_commands
     from .training.train import add_train_command
     from .weights_tools.cli import add_weights_commands
 
     add_generate_command(commands)
     add_train_command(commands)
     add_evaluate_command(commands)
+    add_plan_commands(commands)
     add_weights_commands(commands)
     args = parser.parse_args(argv)
     try:

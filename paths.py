@@ -5,3 +5,5 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "toyworld"
 WORKFLOWS_DIR = PACKAGE_DIR / "workflows"
+DEFAULT_IDM_DIR = PACKAGE_DIR / "models" / "toyworld-idm"
+DEFAULT_PLANNER_DIR = PACKAGE_DIR / "models" / "toyworld-retrace"

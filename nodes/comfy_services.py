@@ -27,6 +27,7 @@ IN_COMFYUI = folder_paths is not None
 
 WORLD_MODELS_FOLDER = "world_models"
 MEMORIES_FOLDER = "temp_lora_memories"
+INVERSE_DYNAMICS_FOLDER = "inverse_dynamics"
 MEMORY_EXTENSIONS = {".safetensors"}
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,11 +138,12 @@ def _models_dir() -> str:
 
 
 def register_model_folders() -> None:
-    """Register `world_models` and `temp_lora_memories` with folder_paths, unless the user already did
-    (extra_model_paths.yaml is read before custom nodes are imported)."""
+    """Register `world_models`, `temp_lora_memories` and `inverse_dynamics` with folder_paths, unless the
+    user already did (extra_model_paths.yaml is read before custom nodes are imported)."""
     if not IN_COMFYUI:
         return
-    for name, extensions in ((WORLD_MODELS_FOLDER, set()), (MEMORIES_FOLDER, MEMORY_EXTENSIONS)):
+    for name, extensions in ((WORLD_MODELS_FOLDER, set()), (MEMORIES_FOLDER, MEMORY_EXTENSIONS),
+                             (INVERSE_DYNAMICS_FOLDER, set())):
         if name not in folder_paths.folder_names_and_paths:
             folder_paths.folder_names_and_paths[name] = ([os.path.join(_models_dir(), name)], extensions)
 

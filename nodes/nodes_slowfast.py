@@ -460,5 +460,3 @@ NODE_CLASSES = {
     "LoadMemory": (LoadMemory, "Load Memory"),
     "SideBySide": (SideBySide, "Side by Side"),
 }
-NODE_CLASS_MAPPINGS = {f"SlowFastVGen_{key}": cls for key, (cls, _) in NODE_CLASSES.items()}
-NODE_DISPLAY_NAME_MAPPINGS = {f"SlowFastVGen_{key}": f"{name} (SlowFast-VGen)" for key, (cls, name) in NODE_CLASSES.items()}

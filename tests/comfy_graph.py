@@ -11,9 +11,11 @@ import torch
 
 from slowfast_vgen.nodes import NODE_CLASS_MAPPINGS
 from slowfast_vgen.pipelines import WorldModelSpec, build_pipeline
+from slowfast_vgen.pipelines.inverse_dynamics import InverseDynamicsModel
 from slowfast_vgen.workflows.convert import input_options, input_type
 
 TINY = "tiny"
+TINY_IDM = "tiny-idm"
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +27,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture
 def comfy_dir(tmp_path, monkeypatch, tiny_model_dir):
-    """A working folder laid out as the nodes expect outside ComfyUI: ./models/world_models/tiny, ./output."""
+    """A working folder laid out as the nodes expect outside ComfyUI: ./models/world_models/tiny,
+    ./models/inverse_dynamics/tiny-idm, ./output."""
     world_models = tmp_path / "models" / "world_models"
     world_models.mkdir(parents=True)
     os.symlink(tiny_model_dir, world_models / TINY)
+    torch.manual_seed(0)  # an untrained inverse dynamics model for the tiny model's 32-pixel frames
+    InverseDynamicsModel(sample_size=32, block_channels=(4, 8)).save_pretrained(
+        tmp_path / "models" / "inverse_dynamics" / TINY_IDM)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

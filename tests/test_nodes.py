@@ -10,6 +10,7 @@ import torch
 
 from comfy_graph import TINY, comfy_dir, tiny_model_dir  # noqa: F401 (fixtures)
 from slowfast_vgen import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from slowfast_vgen.pipelines.inverse_dynamics import InverseDynamicsModel
 from slowfast_vgen.nodes import comfy_services
 from slowfast_vgen.nodes.world_model import Chunk, WorldModel, world_model_folder
 from slowfast_vgen.pipelines import EpisodicMemory, MemoryMismatchError, TempLoRAConfig
@@ -20,6 +21,8 @@ OUTPUT_CHECKS = {
     "SFV_CHUNK": lambda value: isinstance(value, Chunk),
     "SFV_MEMORY": lambda value: value is None or isinstance(value, EpisodicMemory),
     "SFV_TEMP_LORA": lambda value: isinstance(value, TempLoRAConfig),
+    "SFV_INVERSE_DYNAMICS": lambda value: isinstance(value, InverseDynamicsModel),
+    "STRING": lambda value: isinstance(value, str),
     "IMAGE": lambda value: (isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[-1] == 3
                             and value.dtype == torch.float32 and 0.0 <= value.min() and value.max() <= 1.0),
 }
@@ -332,3 +335,46 @@ def test_saving_no_memory_is_refused(comfy_dir):
     with pytest.raises(ValueError, match="no memory to save"):
         run("SaveMemory", memory=None, filename_prefix="slowfast_vgen/memory")
     assert not (comfy_dir / "output").exists()
+
+
+# ---------------------------------------------------------------------------------------------- planning nodes
+
+
+def test_plan_nodes_learn_a_walk_read_a_plan_and_walk_it(world):
+    """The planning workflow's chain on the tiny model: a true walk learned into memory, a plan from it, its
+    actions read by the inverse dynamics model and walked in the true world; every output as declared."""
+    from comfy_graph import TINY_IDM
+
+    out = "move right\nmove down"
+    walk = run("ToyWorldWalk", seed=3, size=32, actions=out, frames_per_action=4, way_there="")[0]
+    assert walk.shape == (1 + 2 * 4, 32, 32, 3)
+    untouched = walk.clone()
+    memory, chunk = run("LearnVideo", world_model=world, images=walk, actions=out, num_frames=4, seed=0)
+    assert torch.equal(walk, untouched) and memory.num_updates == 2 and chunk.segments == (1, 4, 4)
+    images = run("RunEpisode", world_model=world, actions="go back to the start", chunk=chunk, memory=memory,
+                 temp_lora="learn", **SAMPLING)[0]
+    idm = run("LoadInverseDynamicsModel", idm_name=TINY_IDM)[0]
+    assert len(images) == 9 + 2
+    actions, plan = run("VideoPlanToActions", inverse_dynamics=idm, images=images, skip_frames=8, frames_per_action=1)
+    assert len(actions.splitlines()) == len(plan) - 1 == 2 and torch.equal(plan, images[8:])
+    per_chunk = run("VideoPlanToActions", inverse_dynamics=idm, images=images, skip_frames=0, frames_per_action=2)[0]
+    assert len(per_chunk.splitlines()) == 5  # 10 reads, 2 per action
+    executed = run("ToyWorldWalk", seed=3, size=32, actions="stay", frames_per_action=1, way_there=out,
+                   plan_actions=actions)[0]
+    assert executed.shape == (3, 32, 32, 3)
+    assert torch.equal(executed[0], walk[-1])  # the execution starts where the way there ended
+
+
+def test_plan_nodes_bad_input(world):
+    from comfy_graph import TINY_IDM
+
+    idm = run("LoadInverseDynamicsModel", idm_name=TINY_IDM)[0]
+    frames = torch.zeros(5, 32, 32, 3)
+    with pytest.raises(ValueError, match="1 frame\\(s\\) are left"):
+        NODE_CLASS_MAPPINGS["SlowFastVGen_VideoPlanToActions"]().read(idm, frames, 4, 1)
+    with pytest.raises(ValueError, match="plan_actions: ToyWorld does not know the action 'jump'"):
+        NODE_CLASS_MAPPINGS["SlowFastVGen_ToyWorldWalk"]().walk(0, 32, "stay", 1, "", plan_actions="jump")
+    with pytest.raises(ValueError, match="need 1 \\+ 2 x 4 = 9"):
+        NODE_CLASS_MAPPINGS["SlowFastVGen_LearnVideo"]().learn(world, frames, "move left\nstay", 4, 0)
+    with pytest.raises(FileNotFoundError, match="models/inverse_dynamics"):
+        NODE_CLASS_MAPPINGS["SlowFastVGen_LoadInverseDynamicsModel"]().load("../elsewhere")

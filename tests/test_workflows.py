@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from comfy_graph import TINY, StubSaveVideo, comfy_dir, run_prompt, tiny_model_dir  # noqa: F401 (fixtures)
+from comfy_graph import TINY, TINY_IDM, StubSaveVideo, comfy_dir, run_prompt, tiny_model_dir  # noqa: F401 (fixtures)
+from slowfast_vgen.nodes.nodes_planning import BUILTIN_IDM_NAME
 from slowfast_vgen.nodes.world_model import BUILTIN_MODEL_NAME
 from slowfast_vgen.paths import WORKFLOWS_DIR
 from slowfast_vgen.pipelines import EpisodicMemory, SlowFastVGenPipeline
@@ -125,13 +126,15 @@ def test_converter_refuses_a_widget_count_mismatch():
 
 
 def for_tiny_model(prompt: dict) -> dict:
-    """The test's only edits: the tiny model instead of the built-in one, its 32-pixel frames, and 2 steps."""
+    """The test's only edits: the tiny models instead of the built-in ones, their 32-pixel frames, and 2 steps."""
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
         if inputs.get("model_name") == BUILTIN_MODEL_NAME:
             inputs["model_name"] = TINY
-        if node["class_type"] == "SlowFastVGen_ToyWorldStartFrame":
+        if inputs.get("idm_name") == BUILTIN_IDM_NAME:
+            inputs["idm_name"] = TINY_IDM
+        if node["class_type"] in ("SlowFastVGen_ToyWorldStartFrame", "SlowFastVGen_ToyWorldWalk"):
             inputs["size"] = 32
         if "steps" in inputs:
             inputs["steps"] = 2

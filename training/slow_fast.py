@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.episodes import PATH_FAMILIES, make_episode
+from ..data.retrace import make_retrace_task
 from ..pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for
 from ..pipelines.temp_lora import memory_applied
 
@@ -44,16 +45,20 @@ class Record:
     memory: EpisodicMemory
 
 
-def inner_loop(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str], config: TempLoRAConfig,
-               generator: torch.Generator) -> Iterator[Record]:
-    """Algorithm 1 (b), inner loop: yield (X_i, X_{i+1}, Θ_i), then train Θ on X_i ⊕ X_{i+1} (Θ_0 is empty)."""
+def inner_loop(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
+               config: TempLoRAConfig | None, generator: torch.Generator) -> Iterator[Record]:
+    """Algorithm 1 (b), inner loop: yield (X_i, X_{i+1}, Θ_i), then train Θ on X_i ⊕ X_{i+1} (Θ_0 is empty).
+
+    `config=None` never trains Θ: every record holds the empty memory, which is plain slow learning on the
+    same episodes (the paper's "wo Loop" ablation, step for step)."""
     if len(chunks) != len(actions) + 1 or len(actions) < 2:
         raise ValueError(f"An episode needs at least two chunks after its start and one action per chunk; got "
                          f"{len(chunks) - 1} chunks and {len(actions)} actions.")
     memory = pipe.new_memory(config)
     for index, action in enumerate(actions):
         yield Record(chunks[index], action, chunks[index + 1], memory)
-        memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, generator=generator)
+        if config is not None:
+            memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, generator=generator)
 
 
 def learn_episode(accelerator, model, pipe: SlowFastVGenPipeline, records: Iterator[Record], num_records: int,
@@ -88,9 +93,15 @@ def gradients_finite(accelerator, parameters: list[torch.nn.Parameter]) -> bool:
     return accelerator.reduce(bad, reduction="sum").item() == 0
 
 
+TRAINING_FAMILIES = PATH_FAMILIES + ("retrace",)
+
+
 class EpisodeStream:
     """Seeded ToyWorld episodes with revisits (every path family, lengths `min_chunks`..`max_chunks`) from
-    training worlds 1..`world_seeds`; its state saves with the checkpoint for exact resume."""
+    training worlds 1..`world_seeds`; its state saves with the checkpoint for exact resume.
+
+    The "retrace" family is planning's task (`data/retrace.py`): the way out, then the way back learned
+    with an instruction paraphrase as its action; its length comes from its legs, not `min_chunks`."""
 
     def __init__(self, world_seeds: int, min_chunks: int, max_chunks: int, chunk_frames: int, view_size: int,
                  seed: int, families: tuple[str, ...] = PATH_FAMILIES):
@@ -113,6 +124,10 @@ class EpisodeStream:
         family = self.rng.choice(self.families)
         chunks = self.rng.randint(self.min_chunks, self.max_chunks)
         path_seed = self.rng.getrandbits(32)
+        if family == "retrace":
+            task = make_retrace_task(world, rng_seed=path_seed, chunk_frames=self.chunk_frames,
+                                     view_size=self.view_size)
+            return task.episode.frames(), task.training_labels(self.rng), path_seed
         episode = make_episode(world, family, chunks, self.chunk_frames, self.view_size, rng_seed=path_seed)
         return episode.frames(), list(episode.actions), path_seed
 
@@ -130,10 +145,13 @@ def episode_memory_generator(path_seed: int) -> torch.Generator:
     return memory_generator_for(torch.Generator().manual_seed(path_seed))
 
 
-def parse_temp_lora(text: str | None) -> TempLoRAConfig:
-    """`--temp-lora` JSON (TempLoRAConfig fields) -> the fast learner's settings, checked before training."""
+def parse_temp_lora(text: str | None) -> TempLoRAConfig | None:
+    """`--temp-lora` JSON (TempLoRAConfig fields) -> the fast learner's settings, checked before training;
+    "none" -> no fast learning (the "wo Loop" ablation: the same episodes and steps, Θ always empty)."""
     if not text:
         return TempLoRAConfig()
+    if text.strip().lower() == "none":
+        return None
     try:
         fields = json.loads(text)
         if not isinstance(fields, dict):

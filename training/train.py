@@ -7,6 +7,10 @@ Two stages, for a world model trained from scratch (ToyWorld has no pretrained V
   --stage vae   trains the AutoencoderKL on single frames and sets its latent scaling factor;
   --stage unet  trains the UNet (and, with --train-text-encoder, the text encoder) to generate the next
                 frames from clean context frames and an action, with the loss masked on the context.
+For planning (paper section 3.4):
+  --stage idm   trains an inverse dynamics model (`pipelines/inverse_dynamics.py`): two consecutive frames ->
+                the action, on the same clips as the UNet, a share of them drawn through the world model's
+                VAE and blurred so that it reads generated frames too; saved to `<output-dir>/inverse_dynamics`.
 Then, to teach the UNet to use its memory:
   --stage slow-fast  the slow-fast learning loop (Algorithm 1 (b), `training/slow_fast.py`): ToyWorld
                 episodes with revisits; Temp-LoRA runs over each, and the UNet learns with each chunk's
@@ -42,6 +46,8 @@ from tqdm.auto import tqdm
 from ..data.manifest import load_clip, read_manifest
 from ..data.toyworld import Sample, ToyWorld, reverse_actions, sample_lengths
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
+from ..pipelines import inverse_dynamics
+from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from ..pipelines.temp_lora import denoising_target, memory_applied
 from . import slow_fast
 
@@ -52,10 +58,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--model", default="new:toyworld",
                         help="pipeline folder to start from, or new:<tiny|toyworld|mid> for random weights")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--stage", choices=("vae", "unet", "slow-fast"), default="unet",
-                        help="slow-fast: Algorithm 1 (b), the UNet learns with each episode's Temp-LoRA applied")
+    parser.add_argument("--stage", choices=("vae", "unet", "slow-fast", "idm"), default="unet",
+                        help="slow-fast: Algorithm 1 (b), the UNet learns with each episode's Temp-LoRA applied; "
+                             "idm: the inverse dynamics model of planning")
     parser.add_argument("--temp-lora", metavar="JSON",
-                        help="slow-fast: the fast learner's TempLoRAConfig fields (default: the paper's)")
+                        help="slow-fast: the fast learner's TempLoRAConfig fields (default: the paper's); 'none': "
+                             "Θ stays empty, the 'wo Loop' ablation")
+    parser.add_argument("--families", nargs="+", choices=slow_fast.TRAINING_FAMILIES, default=None, metavar="FAMILY",
+                        help="slow-fast: path families of the episodes (default: "
+                             f"{' '.join(slow_fast.PATH_FAMILIES)}); 'retrace' is planning's task")
     parser.add_argument("--episode-chunks", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
                         help="slow-fast: chunks per ToyWorld episode (default: 4 8, beyond the context window)")
     parser.add_argument("--data", choices=("toyworld", "manifest"), default="toyworld")
@@ -210,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         module.requires_grad_(False)
 
     temp_lora = None
+    if args.families and args.stage != "slow-fast":
+        raise SystemExit("--families chooses the slow-fast stage's episodes: use it with --stage slow-fast.")
     if args.stage == "slow-fast":
         if args.data != "toyworld" or args.train_text_encoder:
             raise SystemExit("--stage slow-fast trains the UNet on ToyWorld episodes: drop --data manifest and "
@@ -217,8 +230,16 @@ def run(args: argparse.Namespace) -> int:
         temp_lora = slow_fast.parse_temp_lora(args.temp_lora)
         with memory_applied(pipe.unet, pipe.new_memory(temp_lora)):
             pass  # the LoRA layers are put in once, before accelerate wraps the UNet; Θ is never trained here
+    idm = None
+    if args.stage == "idm":
+        if args.model.startswith("new:") or args.train_text_encoder:
+            raise SystemExit("--stage idm learns frames as a trained world model draws them: give --model a trained "
+                             "world model folder (e.g. models/toyworld), and drop --train-text-encoder.")
+        idm = InverseDynamicsModel(actions=idm_actions(args), sample_size=pipe.native_size)
     if args.stage == "vae":
         trained = [pipe.vae]
+    elif idm is not None:
+        trained = [idm]
     else:
         trained = [pipe.unet] + ([pipe.text_encoder] if args.train_text_encoder else [])
     for module in trained:
@@ -247,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
     stream_seed = args.seed * 1000 + accelerator.process_index
     if args.stage == "slow-fast":
         stream = slow_fast.EpisodeStream(args.world_seeds, *args.episode_chunks, pipe.context_window // 2,
-                                         pipe.native_size, seed=stream_seed)
+                                         pipe.native_size, seed=stream_seed,
+                                         families=tuple(args.families or slow_fast.PATH_FAMILIES))
     else:
         stream = SampleStream(args, pipe.native_size, pipe.context_window, seed=stream_seed)
     generator = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)
@@ -289,6 +311,8 @@ def run(args: argparse.Namespace) -> int:
                 if args.stage == "vae":
                     frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)
                     loss = vae_loss(models[0], frames, generator)
+                elif args.stage == "idm":
+                    loss = idm_loss(models[0], idm.config.actions, pipe, video, num_context, actions, generator)
                 else:
                     with torch.no_grad():
                         latents = pipe.encode_pixels(video)
@@ -333,12 +357,42 @@ def run(args: argparse.Namespace) -> int:
             ema.copy_to(trained[0].parameters())
         if args.stage == "vae":
             set_latent_scaling(pipe, stream, device)
-        pipe.to("cpu").save_pretrained(output_dir / "model")
+        if idm is not None:
+            idm.to("cpu").save_pretrained(output_dir / "inverse_dynamics")
+            print(f"Saved the inverse dynamics model to {output_dir / 'inverse_dynamics'} after {step} steps "
+                  f"({time.time() - started:.0f} s this run).")
+        else:
+            pipe.to("cpu").save_pretrained(output_dir / "model")
         plot_loss(output_dir / "loss.jsonl", output_dir / "loss.png")
-        print(f"Saved the world model to {output_dir / 'model'} after {step} steps "
-              f"({time.time() - started:.0f} s this run).")
+        if idm is None:
+            print(f"Saved the world model to {output_dir / 'model'} after {step} steps "
+                  f"({time.time() - started:.0f} s this run).")
     accelerator.end_training()
     return 0
+
+
+def idm_actions(args: argparse.Namespace) -> tuple[str, ...]:
+    """The inverse dynamics model's classes: ToyWorld's directions, or the distinct actions of a manifest."""
+    if args.data == "toyworld":
+        return inverse_dynamics.TOYWORLD_ACTIONS
+    if not args.manifest:
+        raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
+    actions = tuple(sorted({record.action for record in read_manifest(args.manifest, args.on_bad_record)}))
+    if len(actions) < 2:
+        raise SystemExit(f"--stage idm: the manifest {args.manifest} has {len(actions)} distinct action(s); an "
+                         "inverse dynamics model tells at least two apart.")
+    return actions
+
+
+def idm_loss(model, classes: tuple[str, ...], pipe: SlowFastVGenPipeline, video: torch.Tensor, num_context: int, actions: list[str],
+             generator: torch.Generator) -> torch.Tensor:
+    """Cross-entropy of the action between every consecutive frame pair that shows it (the last context
+    frame on), the pairs softened like generated frames for a share of them."""
+    previous, following = inverse_dynamics.frame_pairs(video, num_context)
+    previous, following = inverse_dynamics.soften_like_generated(pipe, previous, following, generator)
+    per_clip = torch.tensor([inverse_dynamics.action_index(classes, action) for action in actions])
+    labels = per_clip.repeat_interleave(previous.shape[0] // len(actions)).to(video.device)
+    return F.cross_entropy(model(previous, following), labels)
 
 
 def encode_actions(pipe: SlowFastVGenPipeline, text_encoder, actions: list[str], device) -> torch.Tensor:

@@ -1,0 +1,214 @@
+"""`slowfast-vgen plan`: walk a way out in ToyWorld, then plan the way back with the world model's video plan
+and its memory, read the plan's actions with the inverse dynamics model, execute them, and score the walk.
+
+Writes an MP4 of the plan (left) and its execution in the true world (right) side by side, and a JSON of the
+subgoals, executed actions, camera positions and scores (Table 2's closest distance to each outward
+waypoint, in views; the final distance to the start). Every setting is checked before anything is loaded or
+written; outputs are written under temporary names and renamed into place, and existing ones are refused
+unless `--force`.
+
+`slowfast-vgen plan-eval` runs the paper's Table 2 on ToyWorld: held-out worlds, memory settings and world
+models side by side, open and closed loop, one JSON line per episode (a stopped run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..data.retrace import RETRACE_INSTRUCTIONS, retrace_task_from_actions
+from ..data.toyworld import parse_action
+from ..paths import DEFAULT_IDM_DIR, DEFAULT_PLANNER_DIR
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline, TempLoRAConfig
+from ..pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
+from ..pipelines.inverse_dynamics import InverseDynamicsModel
+from .planner import plan_retrace, scripted_decomposer, untrained_instruction
+
+DEMO_OUTWARD = "move right; move right; move down; move down; move left"
+# The memory the task models were trained with (slowfast-vgen train --stage slow-fast --families retrace).
+PLANNING_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2}
+
+
+def add_plan_commands(commands) -> None:
+    parser = commands.add_parser("plan", help="plan a way back with a video plan and an inverse dynamics model",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", nargs="?", default="outputs/plan.mp4", help="MP4 path (default: %(default)s)")
+    add_model_arguments(parser)
+    parser.add_argument("--world-seed", type=int, default=0, help="ToyWorld seed (default 0)")
+    parser.add_argument("--outward", default=DEMO_OUTWARD,
+                        help="the way out, one ToyWorld action per chunk, separated by ';' (default: %(default)s)")
+    parser.add_argument("--start", type=int, nargs=2, metavar=("X", "Y"),
+                        help="camera's top-left corner at the start, in world pixels (default: the path centred)")
+    parser.add_argument("--instruction", default=RETRACE_INSTRUCTIONS[0], help="where to go (default: %(default)s)")
+    parser.add_argument("--closed-loop", action="store_true",
+                        help="re-plan after every executed chunk from the true observation (default: open loop)")
+    parser.add_argument("--no-temp-lora", action="store_true", help="plan without memory")
+    parser.add_argument("--chunks", type=int, default=None, help="planning horizon (default: the way out's + 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    parser.set_defaults(run=run_plan)
+
+    table = commands.add_parser("plan-eval", help="Table 2 on ToyWorld: planning with and without memory",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    table.add_argument("output_dir", help="folder for rows.jsonl, summary.json and summary.md")
+    table.add_argument("--models", nargs="+", default=[f"retrace={DEFAULT_PLANNER_DIR}"], metavar="NAME=FOLDER",
+                       help="world models to compare (default: the shipped retrace model)")
+    table.add_argument("--idm", default=str(DEFAULT_IDM_DIR), help="inverse dynamics model folder")
+    table.add_argument("--episodes", type=int, default=20)
+    table.add_argument("--first-seed", type=int, default=2000, help="held-out worlds first-seed, first-seed + 1, ...")
+    table.add_argument("--settings", default="none,memory",
+                       help="memory settings, comma-separated: none, memory (the task's Temp-LoRA), paper")
+    table.add_argument("--loops", default="open,closed", help="open, closed or both (default: %(default)s)")
+    table.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    table.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    table.set_defaults(run=run_plan_eval)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=str(DEFAULT_PLANNER_DIR),
+                        help="world model folder (default: the shipped retrace-task model)")
+    parser.add_argument("--idm", default=str(DEFAULT_IDM_DIR), help="inverse dynamics model folder (default: shipped)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per chunk")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+
+
+MEMORY_SETTINGS = {"none": None, "memory": TempLoRAConfig(**PLANNING_TEMP_LORA), "paper": TempLoRAConfig()}
+
+
+def check_common(args: argparse.Namespace) -> None:
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be at least 1, got {args.steps}.")
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        raise SystemExit(f"--guidance must be a finite number >= 0, got {args.guidance}.")
+    if not os.path.isfile(os.path.join(args.idm, "config.json")):
+        raise SystemExit(f"--idm {args.idm!r} is not an inverse dynamics model folder (no config.json); train one "
+                         "with slowfast-vgen train --stage idm --model <world model>.")
+
+
+def check_model(flag: str, folder: str) -> None:
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise SystemExit(f"{flag} {folder!r} is not a world model folder (no model_index.json).")
+
+
+def load_models(model: str, idm_folder: str) -> tuple[SlowFastVGenPipeline, InverseDynamicsModel]:
+    pipe = SlowFastVGenPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    idm = InverseDynamicsModel.from_pretrained(idm_folder).eval()
+    if idm.config.sample_size != pipe.native_size:
+        raise SystemExit(f"--idm {idm_folder!r} reads {idm.config.sample_size}-pixel frames but --model {model!r} "
+                         f"makes {pipe.native_size}-pixel ones; use the inverse dynamics model of this world model.")
+    return pipe, idm
+
+
+def side_by_side(plan: np.ndarray, executed: np.ndarray) -> np.ndarray:
+    """Frames of the plan (left) and the execution (right), the shorter one holding its last frame."""
+    length = max(len(plan), len(executed))
+    pad = lambda video: np.concatenate([video, np.repeat(video[-1:], length - len(video), axis=0)])  # noqa: E731
+    return np.concatenate([pad(plan), pad(executed)], axis=2)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
+    """An MP4 written under a temporary name beside `path`, renamed into place when complete."""
+    partial = partial_path(path)
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise SystemExit(f"OpenCV could not open a video writer for {str(path)!r} (codec mp4v).")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor((frame * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    os.replace(partial, path)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    # 1. Everything the user gave, checked before any work or write.
+    check_common(args)
+    check_model("--model", args.model)
+    if args.chunks is not None and args.chunks < 1:
+        raise SystemExit(f"--chunks must be at least 1, got {args.chunks}.")
+    if not math.isfinite(args.fps) or args.fps <= 0:
+        raise SystemExit(f"--fps must be a positive number, got {args.fps}.")
+    if not args.instruction.strip():
+        raise SystemExit("--instruction is empty: say where to go, e.g. 'go back to the start'.")
+    outward = [action.strip() for action in args.outward.split(";") if action.strip()]
+    for index, action in enumerate(outward):
+        try:
+            parse_action(action)
+        except ValueError as error:
+            raise SystemExit(f"--outward, action {index + 1}: {error}") from None
+    video, summary_path = Path(args.output), Path(args.output).with_suffix(".json")
+    if video.suffix.lower() != ".mp4":
+        raise SystemExit(f"The output {args.output!r} must end in .mp4.")
+    for target in (video, summary_path):
+        if target.exists() and not args.force:
+            raise SystemExit(f"{target} already exists; pass --force to replace it (or choose another output).")
+        remove_stale_partials(target)
+    warning = untrained_instruction(args.instruction, scripted_decomposer)
+    if warning:
+        warnings.warn(warning, stacklevel=1)
+
+    started = time.time()
+    pipe, idm = load_models(args.model, args.idm)
+    try:  # the world is drawn at the model's frame size, a chunk the model's
+        task = retrace_task_from_actions(args.world_seed, outward, args.instruction,
+                                         tuple(args.start) if args.start else None,
+                                         chunk_frames=pipe.context_window // 2, view_size=pipe.native_size)
+    except ValueError as error:
+        raise SystemExit(f"--outward / --start / --world-seed: {error}") from None
+
+    # 2. Plan, execute, score.
+    temp_lora = None if args.no_temp_lora else MEMORY_SETTINGS["memory"]
+    result = plan_retrace(pipe, idm, task, temp_lora=temp_lora, closed_loop=args.closed_loop,
+                          num_chunks=args.chunks, seed=args.seed, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance)
+
+    # 3. Into place: the video, then the summary that names it.
+    video.parent.mkdir(parents=True, exist_ok=True)
+    write_video(video, side_by_side(result.plan_frames, result.executed_frames), args.fps)
+    summary = {"video": str(video), "left": "plan", "right": "execution in the true world",
+               "model": args.model, "idm": args.idm, "task": task.describe(), "subgoals": result.subgoals,
+               "closed_loop": args.closed_loop, "temp_lora": None if temp_lora is None else vars(temp_lora),
+               "executed_actions": result.actions, "positions": [list(p) for p in result.positions],
+               "scores": result.scores, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+               "seconds": round(time.time() - started, 2)}
+    write_text_atomically(summary_path, json.dumps(summary, indent=2))
+    scores = result.scores
+    print(f"Planned {len(result.actions)} frames ({'closed' if args.closed_loop else 'open'} loop); mean closest "
+          f"distance to the way out {scores['mean_closest_distance']:.2f} views, final distance to the start "
+          f"{scores['final_distance']:.2f} views. Wrote {video} and {summary_path}.")
+    return 0
+
+
+def run_plan_eval(args: argparse.Namespace) -> int:
+    from .evaluate import PlanningOptions, evaluate_planning
+
+    check_common(args)
+    models = {}
+    for entry in args.models:
+        name, _, folder = entry.partition("=")
+        if not name or not folder:
+            raise SystemExit(f"--models {entry!r}: give NAME=FOLDER, e.g. loop=runs/loop/model.")
+        check_model(f"--models {name}=", folder)
+        models[name] = folder
+    options = PlanningOptions(output_dir=args.output_dir, models=models, idm=args.idm, episodes=args.episodes,
+                              first_seed=args.first_seed,
+                              settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
+                              loops=tuple(s.strip() for s in args.loops.split(",") if s.strip()),
+                              steps=args.steps, guidance=args.guidance)
+    try:
+        options.check()
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    evaluate_planning(options)
+    return 0

@@ -1,0 +1,186 @@
+"""Planning with video plans (paper section 3.4): the world model imagines the way, chunk by chunk, with
+its Temp-LoRA memory; the inverse dynamics model reads the actions off consecutive plan frames; the
+actions are executed in the world.
+
+    memory <- Temp-LoRA over the true way out               (what the agent saw: `memory_of_trip`)
+    for each subgoal of the instruction:                    (the decomposer: scripted, or your language model)
+        open loop:   plan all its chunks (the product's `stream_episode`, memory updated on the plan),
+                     then execute every action the inverse dynamics model reads off the plan;
+        closed loop: plan one chunk from the true observation, execute its actions, learn the observed
+                     chunk into the memory, and plan again from where the camera really is.
+
+The sampling noise comes from one generator seeded by `seed` and the memory updates from a stream derived
+from it (`memory_generator_for`), as in the episode loop, so that with the same seed plans with and
+without memory differ by memory alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.retrace import RETRACE_INSTRUCTIONS, HELD_OUT_INSTRUCTIONS, RetraceTask, retrace_scores
+from ..data.toyworld import ToyWorld
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig
+from ..pipelines import memory_generator_for
+from ..pipelines.inverse_dynamics import InverseDynamicsModel
+
+Decomposer = Callable[[str], list[str]]
+KNOWN_INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
+
+
+def scripted_decomposer(instruction: str) -> list[str]:
+    """Subgoals of an instruction: its parts split at "then" and ";" ("go left, then go back to the start"
+    -> ["go left", "go back to the start"]); one subgoal when it has none. Bring a language model by
+    passing any text -> list of texts callable instead."""
+    parts = [part.strip(" ,.") for part in re.split(r"\bthen\b|;", instruction.strip())]
+    parts = [re.sub(r"\s+and$", "", part).strip(" ,.") for part in parts]
+    return [part for part in parts if part] or [instruction.strip()]
+
+
+@dataclass
+class PlanResult:
+    """A plan and its execution: frames in [0, 1] (F, H, W, 3), the start frame (the last one observed
+    before planning) first in both, one executed action per frame after it, and the camera's positions."""
+
+    subgoals: list[str]
+    plan_frames: np.ndarray
+    executed_frames: np.ndarray
+    actions: list[str]
+    positions: list[tuple[int, int]]
+    closed_loop: bool
+    scores: dict = field(default_factory=dict)
+
+
+def check_plan_inputs(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, instruction: str,
+                      num_chunks: int) -> None:
+    """Clear errors before any work: an instruction to plan, a horizon, an inverse dynamics model of the
+    world model's frame size."""
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError("instruction is empty: say where to go, e.g. 'go back to the start'.")
+    if num_chunks < 1:
+        raise ValueError(f"num_chunks must be at least 1 (chunks to plan), got {num_chunks}.")
+    if idm.config.sample_size != pipe.native_size:
+        raise ValueError(f"The inverse dynamics model reads {idm.config.sample_size}-pixel frames but the world "
+                         f"model makes {pipe.native_size}-pixel ones: use the inverse dynamics model trained with "
+                         "this world model (slowfast-vgen train --stage idm --model <world model>).")
+
+
+def untrained_instruction(instruction: str, decomposer: Decomposer) -> str | None:
+    """A warning when a subgoal is neither a ToyWorld action nor an instruction the task models were trained
+    on (the plan is still made: the text encoder places it somewhere, which may be nowhere useful)."""
+    from ..data.toyworld import parse_action
+
+    unknown = []
+    for subgoal in decomposer(instruction):
+        try:
+            parse_action(subgoal)
+        except ValueError:
+            if " ".join(subgoal.lower().split()) not in KNOWN_INSTRUCTIONS:
+                unknown.append(subgoal)
+    if not unknown:
+        return None
+    return (f"The world model was not trained on the subgoal(s) {unknown}; it plans anyway, but expect a plan that "
+            f"wanders. Trained instructions: {', '.join(RETRACE_INSTRUCTIONS)}, or ToyWorld's moves.")
+
+
+def memory_of_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
+                   config: TempLoRAConfig | None, generator: torch.Generator) -> EpisodicMemory | None:
+    """Temp-LoRA over the observed chunks (the start frame's latents first), as the episode loop learns them."""
+    if config is None:
+        return None
+    memory = None
+    for index, action in enumerate(actions):
+        memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, config=config,
+                                    generator=generator)
+    return memory
+
+
+def decode(pipe: SlowFastVGenPipeline, latents: torch.Tensor) -> np.ndarray:
+    return np.concatenate([part[0] for part in pipe.iter_decode([latents], output_type="np")])
+
+
+def execute(world: ToyWorld, start: tuple[int, int], actions: list[str]) -> list[tuple[int, int]]:
+    """Camera positions after each action (one frame each); the camera stops at the world's edge."""
+    return world.path(actions, 1, start)[1:]
+
+
+def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: RetraceTask,
+                 temp_lora: TempLoRAConfig | None = None, closed_loop: bool = False, num_chunks: int | None = None,
+                 seed: int = 0, num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+                 decomposer: Decomposer = scripted_decomposer) -> PlanResult:
+    """Plan the way back of a retrace task with the world model, execute it in the true ToyWorld, score it.
+
+    The agent has walked the way out (its true frames are observed); `temp_lora` None plans without memory.
+    `num_chunks` is the planning horizon (default: the way out's chunks plus one), shared by the subgoals.
+    """
+    horizon = num_chunks if num_chunks is not None else task.num_outward + 1
+    check_plan_inputs(pipe, idm, task.instruction, horizon)
+    world, chunk_frames = task.episode.world, task.episode.chunk_frames
+    subgoals = decomposer(task.instruction)
+    if not subgoals or not all(isinstance(s, str) and s.strip() for s in subgoals):
+        raise ValueError(f"The decomposer gave {subgoals!r} for {task.instruction!r}: it must return a non-empty "
+                         "list of non-empty subgoal texts.")
+    chunk_kwargs = {"num_frames": chunk_frames, "num_inference_steps": num_inference_steps,
+                    "guidance_scale": guidance_scale}
+
+    # 1. The way out, observed: its latents and the memory of it.
+    outward = task.outward_frames()
+    observed = [pipe.encode_frames(outward[:1])] + [
+        pipe.encode_frames(outward[1 + i * chunk_frames:1 + (i + 1) * chunk_frames]) for i in range(task.num_outward)]
+    generator = torch.Generator().manual_seed(seed)
+    memory_generator = memory_generator_for(generator)
+    memory = memory_of_trip(pipe, observed, list(task.outward_actions), temp_lora, memory_generator)
+
+    # 2. Plan and execute, subgoal by subgoal.
+    position = task.episode.positions[task.num_outward * chunk_frames]
+    context, last_frame = observed[-1], outward[-1]
+    plan_frames, executed_frames, actions, positions = [last_frame[None]], [last_frame[None]], [], [position]
+    per_subgoal = [horizon // len(subgoals) + (1 if i < horizon % len(subgoals) else 0) for i in range(len(subgoals))]
+    for subgoal, chunks in zip(subgoals, per_subgoal):
+        if not closed_loop:
+            stream = pipe.stream_episode([subgoal] * chunks, start_latents=context, memory=memory,
+                                         temp_lora=temp_lora if temp_lora is not None else False,
+                                         generator=generator, memory_generator=memory_generator, **chunk_kwargs)
+            planned = [chunk for chunk in stream]
+            if planned and temp_lora is not None:
+                memory = planned[-1].memory
+            plan = decode(pipe, torch.cat([chunk.latents for chunk in planned], dim=2)) if planned else outward[:0]
+            read = idm.predict_actions(np.concatenate([last_frame[None], plan]))
+            walked = execute(world, position, read)
+            frames = np.stack([world.render(*p) for p in walked]).astype(np.float32) / 255
+            plan_frames.append(plan)
+            context = pipe.encode_frames(frames[-chunk_frames:]) if len(frames) else context
+        else:
+            plan, walked, frames, read = [], [], [], []
+            for _ in range(chunks):
+                chunk = pipe(subgoal, context_latents=context, memory=memory, generator=generator,
+                             output_type="latent", **chunk_kwargs).latents
+                chunk_plan = decode(pipe, chunk)
+                chunk_read = idm.predict_actions(np.concatenate([last_frame[None], chunk_plan]))
+                chunk_walked = execute(world, position, chunk_read)
+                chunk_frames_seen = np.stack([world.render(*p) for p in chunk_walked]).astype(np.float32) / 255
+                observed_chunk = pipe.encode_frames(chunk_frames_seen)
+                if temp_lora is not None:  # learn what was really seen, not what was imagined
+                    memory = pipe.update_memory(memory, context, observed_chunk, action=subgoal, config=temp_lora,
+                                                generator=memory_generator)
+                context, last_frame, position = observed_chunk, chunk_frames_seen[-1], chunk_walked[-1]
+                plan.append(chunk_plan)
+                walked += chunk_walked
+                frames.append(chunk_frames_seen)
+                read += chunk_read
+            plan_frames.append(np.concatenate(plan))
+            frames = np.concatenate(frames)
+        executed_frames.append(frames)
+        actions += read
+        positions += walked
+        position, last_frame = positions[-1], executed_frames[-1][-1]
+
+    result = PlanResult(subgoals, np.concatenate(plan_frames), np.concatenate(executed_frames), actions, positions,
+                        closed_loop)
+    result.scores = retrace_scores(task, positions)
+    return result
