@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.retrace import HELD_OUT_INSTRUCTIONS, RETRACE_INSTRUCTIONS, RetraceTask, make_retrace_task
+from ..data.retrace import (
+    HELD_OUT_INSTRUCTIONS,
+    RETRACE_INSTRUCTIONS,
+    RetraceTask,
+    make_retrace_task,
+    retrace_scores,
+)
 from ..data.toyworld import TRAIN_PARAPHRASES, ToyWorld
 from ..evaluation.evaluate import append_row, read_rows, spread
 from ..paths import DEFAULT_IDM_DIR
@@ -108,7 +114,9 @@ def evaluate_planning(options: PlanningOptions) -> dict | None:
     todo = [task for task in tasks if task.episode.world.seed not in done][state.process_index::state.num_processes]
     shard = output_dir / f"episodes-{state.process_index}.jsonl"
     for task in tqdm(todo, desc=f"retrace episodes (process {state.process_index})", unit="episode"):
-        row = {"episode": task.describe(), "rows": {}}
+        end = task.waypoints[-1]  # standing still where the way out ended: what a plan must beat
+        row = {"episode": task.describe(), "rows": {},
+               "standing_still": retrace_scores(task, [end])["mean_closest_distance"]}
         for model, setting, loop in options.rows():
             pipe, idm = loaded[model]
             started = time.time()
@@ -155,14 +163,16 @@ def summarize_planning(rows: list[dict], options: PlanningOptions) -> dict:
                                      "episodes_improved": int(sum(a < b for a, b in zip(ours, theirs)))}
         table[name] = entry
     return {"episodes": len(rows), "models": options.models, "idm": options.idm, "steps": options.steps,
-            "guidance": options.guidance, "rows": table}
+            "guidance": options.guidance, "standing_still": spread([row["standing_still"] for row in rows]),
+            "rows": table}
 
 
 def planning_markdown(summary: dict) -> str:
     def fmt(entry):
         return "-" if entry["mean"] is None else f"{entry['mean']:.2f} ± {entry['std']:.2f}"
 
-    lines = [f"Retrace task, {summary['episodes']} held-out episodes; distances in views.", "",
+    lines = [f"Retrace task, {summary['episodes']} held-out episodes; distances in views. Standing still where the "
+             f"way out ended: mean closest distance {fmt(summary['standing_still'])}; the true way back: 0.", "",
              "| model / memory / loop | mean closest distance | final distance | home (≤ 0.5 view) | vs no memory "
              "(ratio, improved) | s / episode |", "|---|---|---|---|---|---|"]
     for name, entry in summary["rows"].items():
