@@ -2,6 +2,7 @@
 
 from .factory import WorldModelSpec, build_pipeline, build_tokenizer
 from .fingerprint import model_fingerprint
+from .inverse_dynamics import InverseDynamicsModel
 from .pipeline_slowfast_vgen import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -31,6 +32,7 @@ __all__ = [
     "EpisodeChunk",
     "EpisodeOutput",
     "EpisodicMemory",
+    "InverseDynamicsModel",
     "MemoryMismatchError",
     "SlowFastVGenPipeline",
     "SlowFastVGenPipelineOutput",

@@ -30,9 +30,9 @@ from ..paths import DEFAULT_IDM_DIR, DEFAULT_PLANNER_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline, TempLoRAConfig
 from ..pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
-from .planner import plan_retrace, scripted_decomposer, untrained_instruction
+from .planner import plan_from_image, plan_retrace, scripted_decomposer, untrained_instruction
 
-DEMO_OUTWARD = "move right; move right; move down; move down; move left"
+DEMO_OUTWARD = "move right; move right; move right; move down; move down; move left; move left"
 # The memory the task models were trained with (slowfast-vgen train --stage slow-fast --families retrace).
 PLANNING_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2}
 
@@ -42,7 +42,11 @@ def add_plan_commands(commands) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", nargs="?", default="outputs/plan.mp4", help="MP4 path (default: %(default)s)")
     add_model_arguments(parser)
-    parser.add_argument("--world-seed", type=int, default=0, help="ToyWorld seed (default 0)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--world-seed", type=int, default=0, help="ToyWorld seed (default 0): the way out is walked "
+                                                                 "in the true world, and so is the plan")
+    where.add_argument("--image", help="a start frame of your own world instead: the way out is imagined by the "
+                                       "world model, and the plan is read but not executed (no true world)")
     parser.add_argument("--outward", default=DEMO_OUTWARD,
                         help="the way out, one ToyWorld action per chunk, separated by ';' (default: %(default)s)")
     parser.add_argument("--start", type=int, nargs=2, metavar=("X", "Y"),
@@ -142,11 +146,19 @@ def run_plan(args: argparse.Namespace) -> int:
     if not args.instruction.strip():
         raise SystemExit("--instruction is empty: say where to go, e.g. 'go back to the start'.")
     outward = [action.strip() for action in args.outward.split(";") if action.strip()]
-    for index, action in enumerate(outward):
+    if not outward:
+        raise SystemExit("--outward is empty: give the way out, one action per chunk, separated by ';'.")
+    for index, action in enumerate(outward if not args.image else ()):  # your own world: any action text
         try:
             parse_action(action)
         except ValueError as error:
             raise SystemExit(f"--outward, action {index + 1}: {error}") from None
+    image = None
+    if args.image:
+        image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+        if image is None:
+            raise SystemExit(f"--image {args.image!r} cannot be read as an image.")
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     video, summary_path = Path(args.output), Path(args.output).with_suffix(".json")
     if video.suffix.lower() != ".mp4":
         raise SystemExit(f"The output {args.output!r} must end in .mp4.")
@@ -160,6 +172,9 @@ def run_plan(args: argparse.Namespace) -> int:
 
     started = time.time()
     pipe, idm = load_models(args.model, args.idm)
+    temp_lora = None if args.no_temp_lora else MEMORY_SETTINGS["memory"]
+    if image is not None:
+        return plan_own_world(args, pipe, idm, image, outward, temp_lora, video, summary_path, started)
     try:  # the world is drawn at the model's frame size, a chunk the model's
         task = retrace_task_from_actions(args.world_seed, outward, args.instruction,
                                          tuple(args.start) if args.start else None,
@@ -168,7 +183,6 @@ def run_plan(args: argparse.Namespace) -> int:
         raise SystemExit(f"--outward / --start / --world-seed: {error}") from None
 
     # 2. Plan, execute, score.
-    temp_lora = None if args.no_temp_lora else MEMORY_SETTINGS["memory"]
     result = plan_retrace(pipe, idm, task, temp_lora=temp_lora, closed_loop=args.closed_loop,
                           num_chunks=args.chunks, seed=args.seed, num_inference_steps=args.steps,
                           guidance_scale=args.guidance)
@@ -187,6 +201,30 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"Planned {len(result.actions)} frames ({'closed' if args.closed_loop else 'open'} loop); mean closest "
           f"distance to the way out {scores['mean_closest_distance']:.2f} views, final distance to the start "
           f"{scores['final_distance']:.2f} views. Wrote {video} and {summary_path}.")
+    return 0
+
+
+def plan_own_world(args, pipe, idm, image, outward, temp_lora, video: Path, summary_path: Path,
+                   started: float) -> int:
+    """`plan --image`: the way out imagined from the image, the plan read; the video shows the plan (left) and
+    the imagined way out played backward (right), which is what a plan that retraces it would show."""
+    try:
+        result, way_out = plan_from_image(pipe, idm, image, outward, args.instruction, temp_lora=temp_lora,
+                                          num_chunks=args.chunks, seed=args.seed, num_inference_steps=args.steps,
+                                          guidance_scale=args.guidance)
+    except ValueError as error:
+        raise SystemExit(f"--image {args.image!r}: {error}") from None
+    video.parent.mkdir(parents=True, exist_ok=True)
+    write_video(video, side_by_side(result.plan_frames, way_out[::-1]), args.fps)
+    summary = {"video": str(video), "left": "plan", "right": "the imagined way out, played backward",
+               "model": args.model, "idm": args.idm, "image": args.image, "outward": outward,
+               "instruction": args.instruction, "subgoals": result.subgoals,
+               "temp_lora": None if temp_lora is None else vars(temp_lora), "plan_actions": result.actions,
+               "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+               "seconds": round(time.time() - started, 2)}
+    write_text_atomically(summary_path, json.dumps(summary, indent=2))
+    print(f"Planned {len(result.actions)} frames from {args.image} (not executed: no true world). Wrote {video} and "
+          f"{summary_path}.")
     return 0
 
 

@@ -184,3 +184,35 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
                         closed_loop)
     result.scores = retrace_scores(task, positions)
     return result
+
+
+def plan_from_image(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, image, outward_actions: list[str],
+                    instruction: str, temp_lora: TempLoRAConfig | None = None, num_chunks: int | None = None,
+                    seed: int = 0, num_inference_steps: int = DEFAULT_STEPS,
+                    guidance_scale: float = DEFAULT_GUIDANCE,
+                    decomposer: Decomposer = scripted_decomposer) -> tuple[PlanResult, np.ndarray]:
+    """Plan from a picture of your own world, where there is no true world to walk: the way out is imagined
+    by the world model from `image` (the episode loop, memory learned as it goes), then the plan continues
+    it. Returns the plan (nothing executed: `executed_frames` empty, no positions or scores) and the
+    imagined way out's frames (start frame first)."""
+    horizon = num_chunks if num_chunks is not None else len(outward_actions) + 1
+    check_plan_inputs(pipe, idm, instruction, horizon)
+    if not outward_actions:
+        raise ValueError("outward_actions is empty: give the way out, one action per chunk.")
+    subgoals = decomposer(instruction)
+    if not subgoals or not all(isinstance(s, str) and s.strip() for s in subgoals):
+        raise ValueError(f"The decomposer gave {subgoals!r} for {instruction!r}: it must return a non-empty "
+                         "list of non-empty subgoal texts.")
+    per_subgoal = [horizon // len(subgoals) + (1 if i < horizon % len(subgoals) else 0) for i in range(len(subgoals))]
+    script = list(outward_actions) + [goal for goal, chunks in zip(subgoals, per_subgoal) for _ in range(chunks)]
+    start = pipe.start_latents(image, resize=True)
+    generator = torch.Generator().manual_seed(seed)
+    chunks = list(pipe.stream_episode(script, start_latents=start,
+                                      temp_lora=temp_lora if temp_lora is not None else False,
+                                      num_frames=pipe.context_window // 2, generator=generator,
+                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale))
+    frames = decode(pipe, torch.cat([start.cpu()] + [chunk.latents for chunk in chunks], dim=2))
+    outward_end = 1 + len(outward_actions) * (pipe.context_window // 2) - 1  # the last frame of the way out
+    plan = frames[outward_end:]
+    actions = idm.predict_actions(plan)
+    return PlanResult(subgoals, plan, plan[:0], actions, [], closed_loop=False), frames[:outward_end + 1]

@@ -273,3 +273,16 @@ def test_plan_eval_scores_every_row_and_resumes(tiny_pipe_dir, tiny_idm, tmp_pat
     options.steps = 2
     with pytest.raises(ValueError, match="other settings"):
         evaluate_planning(options)
+
+
+def test_plan_command_from_an_image_reads_the_plan_without_a_world(tiny_pipe_dir, tiny_idm, tmp_path):
+    import cv2
+
+    tiny_idm.save_pretrained(tmp_path / "idm")
+    picture = tmp_path / "start.png"
+    cv2.imwrite(str(picture), (np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8))
+    output = tmp_path / "own.mp4"
+    assert cli(["plan", str(output), "--model", str(tiny_pipe_dir), "--idm", str(tmp_path / "idm"), "--steps", "1",
+                "--image", str(picture), "--outward", "open the door; walk in", "--chunks", "1"]) == 0
+    summary = json.loads(output.with_suffix(".json").read_text())
+    assert len(summary["plan_actions"]) == 4 and summary["right"].startswith("the imagined way out")
