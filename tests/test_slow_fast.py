@@ -71,6 +71,20 @@ def test_the_inner_loop_records_each_memory_before_its_update(pipe):
         assert all(torch.equal(memory.lora[k], records[index + 1].memory.lora[k]) for k in memory.lora)
 
 
+def test_without_fast_learning_every_record_holds_the_empty_memory(pipe):
+    """--temp-lora none ("wo Loop"): the same episodes and records, Θ never trained."""
+    chunks, actions, path_seed = episode(pipe)
+    records = list(slow_fast.inner_loop(pipe, chunks, actions, None, slow_fast.episode_memory_generator(path_seed)))
+    assert len(records) == len(actions) and all(r.memory.num_updates == 0 for r in records)
+    assert slow_fast.parse_temp_lora("none") is None and slow_fast.parse_temp_lora(" None ") is None
+
+
+def test_the_loop_trains_on_the_retrace_task(tmp_path):
+    assert train_main([*ENV_RUN, "--families", "retrace", "--output-dir", str(tmp_path / "out"),
+                       "--max-steps", "1"]) == 0
+    assert json.loads((tmp_path / "out" / "run_config.json").read_text())["families"] == ["retrace"]
+
+
 def test_the_outer_step_moves_phi_and_leaves_theta_untouched(pipe):
     chunks, actions, path_seed = episode(pipe)
     records = list(slow_fast.inner_loop(pipe, chunks, actions, FAST, slow_fast.episode_memory_generator(path_seed)))
@@ -164,6 +178,7 @@ def test_a_nan_step_is_skipped_and_never_written(tmp_path, monkeypatch):
     (["--temp-lora", '{"rank": 0}'], "TempLoRAConfig.rank"),
     (["--temp-lora", "[1, 2]"], "expected a JSON object"),
     (["--data", "manifest", "--manifest", "x.jsonl"], "ToyWorld episodes"),
+    (["--stage", "unet", "--families", "retrace"], "use it with --stage slow-fast"),
 ])
 def test_bad_slow_fast_settings_are_refused_before_training(tmp_path, extra, match):
     with pytest.raises(SystemExit, match=match):
