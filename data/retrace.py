@@ -70,6 +70,17 @@ class RetraceTask:
                 "waypoints": [list(p) for p in self.waypoints]}
 
 
+def retrace_reverse_actions(labels: list[str]) -> list[str | None] | None:
+    """For a retrace training episode (its labels end with an instruction), what going back through each
+    outward chunk means: the instruction itself (a Temp-LoRA memory with `direction="backward"` and
+    `action_text=True` learns the way back with it); None for the chunks already on the way back. None for
+    an episode of another kind."""
+    if not labels or labels[-1] not in RETRACE_INSTRUCTIONS:
+        return None
+    instruction = labels[-1]
+    return [None if label == instruction else instruction for label in labels]
+
+
 def retrace_directions(rng: random.Random, legs: tuple[int, int], chunks_per_leg: tuple[int, int],
                        min_chunks: int) -> list[str]:
     """Outward directions: legs of random length, each a quarter turn from the one before (never straight

@@ -35,6 +35,9 @@ from .planner import plan_from_image, plan_retrace, scripted_decomposer, untrain
 DEMO_OUTWARD = "move right; move right; move right; move down; move down; move left; move left"
 # The memory the task models were trained with (slowfast-vgen train --stage slow-fast --families retrace).
 PLANNING_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2}
+# A memory that learns the way back through each chunk with the instruction's text (docs/planning.md).
+WAY_BACK_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2, "objective": "transition",
+                      "direction": "backward", "action_text": True}
 
 
 def add_plan_commands(commands) -> None:
@@ -54,6 +57,10 @@ def add_plan_commands(commands) -> None:
     parser.add_argument("--instruction", default=RETRACE_INSTRUCTIONS[0], help="where to go (default: %(default)s)")
     parser.add_argument("--closed-loop", action="store_true",
                         help="re-plan after every executed chunk from the true observation (default: open loop)")
+    parser.add_argument("--memory-setting", choices=("memory", "way-back", "paper"), default="memory",
+                        help="the Temp-LoRA memory to plan with: memory (the one the task model was trained with, "
+                             "default), way-back (learns the way back through each chunk with the instruction's "
+                             "text), paper (the paper's update); docs/planning.md")
     parser.add_argument("--no-temp-lora", action="store_true", help="plan without memory")
     parser.add_argument("--chunks", type=int, default=None, help="planning horizon (default: the way out's + 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -70,7 +77,7 @@ def add_plan_commands(commands) -> None:
     table.add_argument("--episodes", type=int, default=20)
     table.add_argument("--first-seed", type=int, default=2000, help="held-out worlds first-seed, first-seed + 1, ...")
     table.add_argument("--settings", default="none,memory",
-                       help="memory settings, comma-separated: none, memory (the task's Temp-LoRA), paper")
+                       help="memory settings, comma-separated: none, memory (the task's Temp-LoRA), way-back, paper")
     table.add_argument("--loops", default="open,closed", help="open, closed or both (default: %(default)s)")
     table.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     table.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
@@ -85,7 +92,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
 
 
-MEMORY_SETTINGS = {"none": None, "memory": TempLoRAConfig(**PLANNING_TEMP_LORA), "paper": TempLoRAConfig()}
+MEMORY_SETTINGS = {"none": None, "memory": TempLoRAConfig(**PLANNING_TEMP_LORA),
+                   "way-back": TempLoRAConfig(**WAY_BACK_TEMP_LORA), "paper": TempLoRAConfig()}
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -172,7 +180,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     started = time.time()
     pipe, idm = load_models(args.model, args.idm)
-    temp_lora = None if args.no_temp_lora else MEMORY_SETTINGS["memory"]
+    temp_lora = None if args.no_temp_lora else MEMORY_SETTINGS[args.memory_setting]
     if image is not None:
         return plan_own_world(args, pipe, idm, image, outward, temp_lora, video, summary_path, started)
     try:  # the world is drawn at the model's frame size, a chunk the model's

@@ -89,14 +89,17 @@ def untrained_instruction(instruction: str, decomposer: Decomposer) -> str | Non
 
 
 def memory_of_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
-                   config: TempLoRAConfig | None, generator: torch.Generator) -> EpisodicMemory | None:
-    """Temp-LoRA over the observed chunks (the start frame's latents first), as the episode loop learns them."""
+                   config: TempLoRAConfig | None, generator: torch.Generator,
+                   way_back: str | None = None) -> EpisodicMemory | None:
+    """Temp-LoRA over the observed chunks (the start frame's latents first), as the episode loop learns them;
+    `way_back` is the text of going back through each of them (for memories that learn the way back with
+    its text, `direction="backward"` and `action_text=True`: the instruction)."""
     if config is None:
         return None
     memory = None
     for index, action in enumerate(actions):
         memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, config=config,
-                                    generator=generator)
+                                    generator=generator, reverse_action=way_back)
     return memory
 
 
@@ -134,7 +137,8 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
         pipe.encode_frames(outward[1 + i * chunk_frames:1 + (i + 1) * chunk_frames]) for i in range(task.num_outward)]
     generator = torch.Generator().manual_seed(seed)
     memory_generator = memory_generator_for(generator)
-    memory = memory_of_trip(pipe, observed, list(task.outward_actions), temp_lora, memory_generator)
+    memory = memory_of_trip(pipe, observed, list(task.outward_actions), temp_lora, memory_generator,
+                            way_back=task.instruction)
 
     # 2. Plan and execute, subgoal by subgoal.
     position = task.episode.positions[task.num_outward * chunk_frames]

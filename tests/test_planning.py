@@ -286,3 +286,11 @@ def test_plan_command_from_an_image_reads_the_plan_without_a_world(tiny_pipe_dir
                 "--image", str(picture), "--outward", "open the door; walk in", "--chunks", "1"]) == 0
     summary = json.loads(output.with_suffix(".json").read_text())
     assert len(summary["plan_actions"]) == 4 and summary["right"].startswith("the imagined way out")
+
+
+def test_plan_command_warns_about_an_instruction_it_was_not_trained_for(tiny_pipe_dir, tiny_idm, tmp_path):
+    tiny_idm.save_pretrained(tmp_path / "idm")
+    with pytest.warns(UserWarning, match="not trained on the subgoal\\(s\\) \\['fetch the key'\\]; it plans anyway"):
+        assert cli(["plan", str(tmp_path / "p.mp4"), "--model", str(tiny_pipe_dir), "--idm", str(tmp_path / "idm"),
+                    "--steps", "1", "--outward", "move right; move down", "--chunks", "1",
+                    "--instruction", "fetch the key"]) == 0

@@ -46,11 +46,14 @@ class Record:
 
 
 def inner_loop(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
-               config: TempLoRAConfig | None, generator: torch.Generator) -> Iterator[Record]:
+               config: TempLoRAConfig | None, generator: torch.Generator,
+               reverse_actions: list[str | None] | None = None) -> Iterator[Record]:
     """Algorithm 1 (b), inner loop: yield (X_i, X_{i+1}, Θ_i), then train Θ on X_i ⊕ X_{i+1} (Θ_0 is empty).
 
     `config=None` never trains Θ: every record holds the empty memory, which is plain slow learning on the
-    same episodes (the paper's "wo Loop" ablation, step for step)."""
+    same episodes (the paper's "wo Loop" ablation, step for step). `reverse_actions` (one per chunk, or
+    None) are the texts of the way back through each chunk, for memories that learn it (planning's retrace
+    task: the instruction); default: the world model's reverse of each action."""
     if len(chunks) != len(actions) + 1 or len(actions) < 2:
         raise ValueError(f"An episode needs at least two chunks after its start and one action per chunk; got "
                          f"{len(chunks) - 1} chunks and {len(actions)} actions.")
@@ -58,7 +61,8 @@ def inner_loop(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: 
     for index, action in enumerate(actions):
         yield Record(chunks[index], action, chunks[index + 1], memory)
         if config is not None:
-            memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, generator=generator)
+            memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, generator=generator,
+                                        reverse_action=reverse_actions[index] if reverse_actions else None)
 
 
 def learn_episode(accelerator, model, pipe: SlowFastVGenPipeline, records: Iterator[Record], num_records: int,

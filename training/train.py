@@ -44,6 +44,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data.manifest import load_clip, read_manifest
+from ..data.retrace import retrace_reverse_actions
 from ..data.toyworld import Sample, ToyWorld, reverse_actions, sample_lengths
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from ..pipelines import inverse_dynamics
@@ -301,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
                 frames, episode_actions, path_seed = stream.next_episode()
                 chunks = slow_fast.episode_chunks(pipe, frames, pipe.context_window // 2, device)
                 records = slow_fast.inner_loop(pipe, chunks, episode_actions, temp_lora,
-                                               slow_fast.episode_memory_generator(path_seed))
+                                               slow_fast.episode_memory_generator(path_seed),
+                                               retrace_reverse_actions(episode_actions))
                 loss = torch.tensor(slow_fast.learn_episode(accelerator, models[0], pipe, records,
                                                             len(episode_actions), slow_loss))
                 finite = slow_fast.gradients_finite(accelerator, parameters)
