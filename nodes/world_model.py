@@ -18,11 +18,12 @@ from typing import Iterator
 
 import torch
 
-from ..paths import DEFAULT_MODEL_DIR
+from ..paths import DEFAULT_MODEL_DIR, DEFAULT_PLANNER_DIR
 from ..pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig, dtype_argument
 from . import comfy_services
 
 BUILTIN_MODEL_NAME = "toyworld (built-in)"
+BUILTIN_PLANNER_NAME = "toyworld-retrace (built-in)"  # the same world, trained for planning's retrace task
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu")
 # Enough for a graph that compares two models, without keeping every model ever picked in RAM.
@@ -71,18 +72,19 @@ def list_world_models() -> list[str]:
         for root, _dirs, files in os.walk(base, followlinks=True):
             if "model_index.json" in files:
                 names.append(os.path.relpath(root, base))
-    return [BUILTIN_MODEL_NAME] + sorted(set(names))
+    return [BUILTIN_MODEL_NAME, BUILTIN_PLANNER_NAME] + sorted(set(names))
 
 
 def world_model_folder(name: str) -> str:
     """The folder of a listed world model, or a FileNotFoundError saying where models go."""
-    if name == BUILTIN_MODEL_NAME:
-        if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+    builtin = {BUILTIN_MODEL_NAME: DEFAULT_MODEL_DIR, BUILTIN_PLANNER_NAME: DEFAULT_PLANNER_DIR}.get(name)
+    if builtin is not None:
+        if not (builtin / "model_index.json").is_file():
             raise FileNotFoundError(
-                f"The built-in ToyWorld model is missing from {DEFAULT_MODEL_DIR}. Update or reinstall the "
+                f"The built-in model {name!r} is missing from {builtin}. Update or reinstall the "
                 "SlowFast-VGen node pack (the model ships with it), or pick another world model."
             )
-        return str(DEFAULT_MODEL_DIR)
+        return str(builtin)
     folders = comfy_services.model_folders(comfy_services.WORLD_MODELS_FOLDER)
     for base in folders if comfy_services.is_plain_relative(name) else ():  # never outside the folders
         path = os.path.join(base, name)

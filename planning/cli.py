@@ -33,10 +33,11 @@ from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from .planner import plan_from_image, plan_retrace, scripted_decomposer, untrained_instruction
 
 DEMO_OUTWARD = "move right; move right; move right; move down; move down; move left; move left"
-# The memory the task models were trained with (slowfast-vgen train --stage slow-fast --families retrace).
+# The paper's update, stronger: the memory of the first loop-trained task model (docs/planning.md).
 PLANNING_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2}
-# A memory that learns the way back through each chunk with the instruction's text (docs/planning.md).
-WAY_BACK_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2, "objective": "transition",
+# A memory that learns the way back through each chunk with the instruction's text (docs/planning.md):
+# 4 steps of 2 examples, 8 UNet passes a chunk.
+WAY_BACK_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 4, "objective": "transition",
                       "direction": "backward", "action_text": True}
 
 
@@ -57,10 +58,10 @@ def add_plan_commands(commands) -> None:
     parser.add_argument("--instruction", default=RETRACE_INSTRUCTIONS[0], help="where to go (default: %(default)s)")
     parser.add_argument("--closed-loop", action="store_true",
                         help="re-plan after every executed chunk from the true observation (default: open loop)")
-    parser.add_argument("--memory-setting", choices=("memory", "way-back", "paper"), default="memory",
-                        help="the Temp-LoRA memory to plan with: memory (the one the task model was trained with, "
-                             "default), way-back (learns the way back through each chunk with the instruction's "
-                             "text), paper (the paper's update); docs/planning.md")
+    parser.add_argument("--memory-setting", choices=("way-back", "memory", "paper"), default="way-back",
+                        help="the Temp-LoRA memory to plan with: way-back (default: learns the way back through "
+                             "each chunk with the instruction's text, the one that helps, docs/planning.md), memory "
+                             "(the paper's update at a higher rate), paper (the paper's update)")
     parser.add_argument("--no-temp-lora", action="store_true", help="plan without memory")
     parser.add_argument("--chunks", type=int, default=None, help="planning horizon (default: the way out's + 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -76,8 +77,8 @@ def add_plan_commands(commands) -> None:
     table.add_argument("--idm", default=str(DEFAULT_IDM_DIR), help="inverse dynamics model folder")
     table.add_argument("--episodes", type=int, default=20)
     table.add_argument("--first-seed", type=int, default=2000, help="held-out worlds first-seed, first-seed + 1, ...")
-    table.add_argument("--settings", default="none,memory",
-                       help="memory settings, comma-separated: none, memory (the task's Temp-LoRA), way-back, paper")
+    table.add_argument("--settings", default="none,way-back",
+                       help="memory settings, comma-separated: none, way-back, memory, paper (default: %(default)s)")
     table.add_argument("--loops", default="open,closed", help="open, closed or both (default: %(default)s)")
     table.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     table.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)

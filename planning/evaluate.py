@@ -46,7 +46,7 @@ class PlanningOptions:
     idm: str = str(DEFAULT_IDM_DIR)
     episodes: int = 20
     first_seed: int = 2000
-    settings: tuple[str, ...] = ("none", "memory")
+    settings: tuple[str, ...] = ("none", "way-back")
     loops: tuple[str, ...] = ("open", "closed")
     steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE
@@ -162,7 +162,12 @@ def summarize_planning(rows: list[dict], options: PlanningOptions) -> dict:
             entry["vs_no_memory"] = {"ratio_of_means": round(float(np.mean(ours) / max(np.mean(theirs), 1e-9)), 3),
                                      "episodes_improved": int(sum(a < b for a, b in zip(ours, theirs)))}
         table[name] = entry
+    from .cli import MEMORY_SETTINGS
+
+    configs = {name: None if MEMORY_SETTINGS[name] is None else dataclasses.asdict(MEMORY_SETTINGS[name])
+               for name in options.settings}
     return {"episodes": len(rows), "models": options.models, "idm": options.idm, "steps": options.steps,
+            "memory_settings": json.loads(json.dumps(configs)),
             "guidance": options.guidance, "standing_still": spread([row["standing_still"] for row in rows]),
             "rows": table}
 

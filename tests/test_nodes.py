@@ -93,9 +93,12 @@ def test_declared_inputs_and_outputs_match_the_function(node_id):
     assert all(kind in OUTPUT_CHECKS for kind in cls.RETURN_TYPES)
 
 
-def test_the_builtin_model_is_listed_first_and_folders_after(comfy_dir):
+def test_the_builtin_models_are_listed_first_and_folders_after(comfy_dir):
     choices = NODE_CLASS_MAPPINGS["SlowFastVGen_LoadWorldModel"].INPUT_TYPES()["required"]["model_name"][0]
-    assert choices == ["toyworld (built-in)", TINY]
+    assert choices == ["toyworld (built-in)", "toyworld-retrace (built-in)", TINY]
+    from slowfast_vgen.nodes.world_model import world_model_folder
+
+    assert world_model_folder("toyworld-retrace (built-in)").endswith("toyworld-retrace")
 
 
 # ---------------------------------------------------------------------------------------------------

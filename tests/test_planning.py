@@ -263,12 +263,12 @@ def test_plan_eval_scores_every_row_and_resumes(tiny_pipe_dir, tiny_idm, tmp_pat
     options = PlanningOptions(output_dir=str(tmp_path / "table"), models={"tiny": str(tiny_pipe_dir)},
                               idm=str(tmp_path / "idm"), episodes=1, steps=1, loops=("open",))
     first = evaluate_planning(options)
-    assert first["episodes"] == 1 and set(first["rows"]) == {"tiny/none/open", "tiny/memory/open"}
+    assert first["episodes"] == 1 and set(first["rows"]) == {"tiny/none/open", "tiny/way-back/open"}
     options.episodes = 2
     second = evaluate_planning(options)  # the first episode is read back, not planned again
     rows = [json.loads(line) for line in (tmp_path / "table" / "episodes-0.jsonl").read_text().splitlines()]
     assert [row["episode"]["seed"] for row in rows] == [2000, 2001] and second["episodes"] == 2
-    assert second["rows"]["tiny/memory/open"]["vs_no_memory"]["episodes_improved"] in (0, 1, 2)
+    assert second["rows"]["tiny/way-back/open"]["vs_no_memory"]["episodes_improved"] in (0, 1, 2)
     assert "| tiny/none/open |" in (tmp_path / "table" / "summary.md").read_text()
     options.steps = 2
     with pytest.raises(ValueError, match="other settings"):

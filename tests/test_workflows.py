@@ -11,7 +11,7 @@ import torch
 
 from comfy_graph import TINY, TINY_IDM, StubSaveVideo, comfy_dir, run_prompt, tiny_model_dir  # noqa: F401 (fixtures)
 from slowfast_vgen.nodes.nodes_planning import BUILTIN_IDM_NAME
-from slowfast_vgen.nodes.world_model import BUILTIN_MODEL_NAME
+from slowfast_vgen.nodes.world_model import BUILTIN_MODEL_NAME, BUILTIN_PLANNER_NAME
 from slowfast_vgen.paths import WORKFLOWS_DIR
 from slowfast_vgen.pipelines import EpisodicMemory, SlowFastVGenPipeline
 from slowfast_vgen.workflows.convert import (
@@ -130,7 +130,7 @@ def for_tiny_model(prompt: dict) -> dict:
     prompt = copy.deepcopy(prompt)
     for node in prompt.values():
         inputs = node["inputs"]
-        if inputs.get("model_name") == BUILTIN_MODEL_NAME:
+        if inputs.get("model_name") in (BUILTIN_MODEL_NAME, BUILTIN_PLANNER_NAME):
             inputs["model_name"] = TINY
         if inputs.get("idm_name") == BUILTIN_IDM_NAME:
             inputs["idm_name"] = TINY_IDM
