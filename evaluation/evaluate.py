@@ -338,40 +338,49 @@ def episode_key(described: dict) -> tuple:
     return described["seed"], described["family"]
 
 
-def check_resume(output_dir: Path, options: EvaluationOptions) -> None:
+def claim_run_folder(output_dir: Path, identity: dict) -> None:
+    """Create `output_dir` for a run with these settings, or resume the run it holds if its settings are the
+    same; a folder holding a run with other settings is refused, naming them."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     run_file = output_dir / "run.json"
     if run_file.is_file():
         earlier = json.loads(run_file.read_text(encoding="utf-8"))
-        if earlier != options.identity():
-            changed = sorted(k for k in set(earlier) | set(options.identity())
-                             if earlier.get(k) != options.identity().get(k))
+        if earlier != identity:
+            changed = sorted(k for k in set(earlier) | set(identity) if earlier.get(k) != identity.get(k))
             raise ValueError(f"{output_dir} holds a run with other settings ({', '.join(changed)} differ); resume it "
                              "with the same options, or give another output folder.")
+    temporary = output_dir / ".run.json.partial"
+    temporary.write_text(json.dumps(identity, indent=2), encoding="utf-8")
+    os.replace(temporary, run_file)
+
+
+def start_run(output_dir: Path, identity: dict):
+    """accelerate's state of this process, once the main process has claimed `output_dir` (see
+    `claim_run_folder`), and the rows already done there (read on the main process first, which drops a
+    row torn by a stop, then on the others)."""
+    from accelerate import PartialState
+
+    # cpu=True where there is no GPU: accelerate then joins CPU processes (torchrun, accelerate launch) over gloo.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:
+        claim_run_folder(output_dir, identity)
+        done = read_rows(output_dir)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        done = read_rows(output_dir)
+    return state, done
 
 
 def evaluate(options: EvaluationOptions) -> dict | None:
     """Run (or resume) the evaluation; returns the summary on the main process, None on the others."""
-    from accelerate import PartialState
-
     options.check()
-    # cpu=True where there is no GPU: accelerate then joins CPU processes (torchrun, accelerate launch) over gloo.
-    state = PartialState(cpu=not torch.cuda.is_available())
     output_dir = Path(options.output_dir)
-    if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        check_resume(output_dir, options)
-        temporary = output_dir / ".run.json.partial"
-        temporary.write_text(json.dumps(options.identity(), indent=2), encoding="utf-8")
-        os.replace(temporary, output_dir / "run.json")
-    state.wait_for_everyone()
+    state, done_rows = start_run(output_dir, options.identity())
 
     pipe = load_pipeline(options.model, options.scheduler).to(state.device)
     resnet = metrics.load_resnet18(options.resnet18) if options.resnet18 else None
     plan = options.plan(pipe.native_size, pipe.context_window // 2)
-    done = {episode_key(row["episode"]) for row in read_rows(output_dir)} if state.is_main_process else set()
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        done = {episode_key(row["episode"]) for row in read_rows(output_dir)}
+    done = {episode_key(row["episode"]) for row in done_rows}
     todo = [episode for episode in plan if episode_key(episode.describe()) not in done]
     mine = todo[state.process_index::state.num_processes]
     shard = output_dir / f"episodes-{state.process_index}.jsonl"

@@ -155,6 +155,17 @@ def model_folders(name: str) -> list[str]:
     return [os.path.join(_models_dir(), name)]
 
 
+def model_folder_names(name: str, marker: str) -> list[str]:
+    """Every folder holding a `marker` file (e.g. model_index.json) under the folders registered as `name`,
+    relative to them, sorted."""
+    names = []
+    for base in model_folders(name):
+        for root, _dirs, files in os.walk(base, followlinks=True):
+            if marker in files:
+                names.append(os.path.relpath(root, base))
+    return sorted(set(names))
+
+
 def output_directory() -> str:
     return folder_paths.get_output_directory() if IN_COMFYUI else os.path.join(os.getcwd(), "output")
 

@@ -28,12 +28,8 @@ BUILTIN_IDM_NAME = "toyworld-idm (built-in)"
 
 def list_inverse_dynamics_models() -> list[str]:
     """The built-in model first, then every folder with a config.json in the inverse_dynamics folders."""
-    names = []
-    for base in comfy_services.model_folders(comfy_services.INVERSE_DYNAMICS_FOLDER):
-        for root, _dirs, files in os.walk(base, followlinks=True):
-            if "config.json" in files:
-                names.append(os.path.relpath(root, base))
-    return [BUILTIN_IDM_NAME] + sorted(set(names))
+    return [BUILTIN_IDM_NAME] + comfy_services.model_folder_names(comfy_services.INVERSE_DYNAMICS_FOLDER,
+                                                                  "config.json")
 
 
 def inverse_dynamics_folder(name: str) -> str:

@@ -67,12 +67,8 @@ _cache: OrderedDict[tuple[str, torch.dtype, str], WorldModel] = OrderedDict()
 
 def list_world_models() -> list[str]:
     """The built-in model first, then every diffusers folder (with model_index.json) in the world_models folders."""
-    names = []
-    for base in comfy_services.model_folders(comfy_services.WORLD_MODELS_FOLDER):
-        for root, _dirs, files in os.walk(base, followlinks=True):
-            if "model_index.json" in files:
-                names.append(os.path.relpath(root, base))
-    return [BUILTIN_MODEL_NAME, BUILTIN_PLANNER_NAME] + sorted(set(names))
+    return [BUILTIN_MODEL_NAME, BUILTIN_PLANNER_NAME] + comfy_services.model_folder_names(
+        comfy_services.WORLD_MODELS_FOLDER, "model_index.json")
 
 
 def world_model_folder(name: str) -> str:

@@ -28,7 +28,7 @@ from ..data.retrace import (
     retrace_scores,
 )
 from ..data.toyworld import TRAIN_PARAPHRASES, ToyWorld
-from ..evaluation.evaluate import append_row, read_rows, spread
+from ..evaluation.evaluate import append_row, read_rows, spread, start_run
 from ..paths import DEFAULT_IDM_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
@@ -86,27 +86,12 @@ def row_name(model: str, setting: str, loop: str) -> str:
 
 def evaluate_planning(options: PlanningOptions) -> dict | None:
     """Run (or resume) Table 2; returns the summary on the main process."""
-    from accelerate import PartialState
-
     from .cli import MEMORY_SETTINGS, load_models
 
     options.check()
-    state = PartialState(cpu=not torch.cuda.is_available())
     output_dir = Path(options.output_dir)
-    if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        run_file = output_dir / "run.json"
-        if run_file.is_file() and json.loads(run_file.read_text()) != options.identity():
-            raise ValueError(f"{output_dir} holds a run with other settings; resume it with the same options, or "
-                             "give another output folder.")
-        temporary = output_dir / ".run.json.partial"
-        temporary.write_text(json.dumps(options.identity(), indent=2))
-        os.replace(temporary, run_file)
-    state.wait_for_everyone()
-    done = {row["episode"]["seed"] for row in read_rows(output_dir)} if state.is_main_process else set()
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        done = {row["episode"]["seed"] for row in read_rows(output_dir)}
+    state, done_rows = start_run(output_dir, options.identity())
+    done = {row["episode"]["seed"] for row in done_rows}
 
     loaded = {name: load_models(folder, options.idm) for name, folder in options.models.items()}
     first = next(iter(loaded.values()))[0]
