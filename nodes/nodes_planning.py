@@ -17,7 +17,7 @@ from ..data.toyworld import ToyWorld, parse_action
 from ..paths import DEFAULT_IDM_DIR
 from ..pipelines import EpisodicMemory, TempLoRAConfig
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
-from ..planning.planner import execute
+from ..planning.planner import execute, learn_trip
 from . import comfy_services
 from .nodes_slowfast import CATEGORY, CHUNK, MEMORY, SEED_MAX, SETTINGS_INPUT, WORLD_MODEL_INPUT
 from .world_model import Chunk, WorldModel, generator_for, image_to_frames, memory_with_settings, parse_actions
@@ -197,11 +197,10 @@ class LearnVideo:
             frames = image_to_frames(images, pipe)
             latents = pipe.encode_frames(frames, argument="images").to("cpu", torch.float32)
             chunks = [latents[:, :, :1]] + list(latents[:, :, 1:].split(num_frames, dim=2))
-            for index, action in enumerate(script):
-                comfy_services.throw_if_interrupted()
-                memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, config=settings,
-                                            generator=generator)
+            comfy_services.throw_if_interrupted()
+            for memory in learn_trip(pipe, chunks, script, settings, generator, memory=memory):
                 bar.update(1)
+                comfy_services.throw_if_interrupted()
         return memory, Chunk(latents, (1,) + (num_frames,) * len(script), tuple(script))
 
 

@@ -27,20 +27,12 @@ import numpy as np
 from ..data.retrace import RETRACE_INSTRUCTIONS, retrace_task_from_actions
 from ..data.toyworld import parse_action
 from ..paths import DEFAULT_IDM_DIR, DEFAULT_PLANNER_DIR
-from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline, TempLoRAConfig
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
-from .planner import plan_from_image, plan_retrace, scripted_decomposer, untrained_instruction
+from .planner import MEMORY_SETTINGS, plan_from_image, plan_retrace, scripted_decomposer, untrained_instruction
 
 DEMO_OUTWARD = "move right; move right; move right; move down; move down; move left; move left"
-# The paper's update, stronger: the memory of the first loop-trained task model (docs/planning.md).
-PLANNING_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2}
-# A memory that learns the way back through each chunk with the instruction's text (docs/planning.md):
-# 4 steps of 2 examples, 8 UNet passes a chunk.
-WAY_BACK_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 4, "objective": "transition",
-                      "direction": "backward", "action_text": True}
-
-
 def add_plan_commands(commands) -> None:
     parser = commands.add_parser("plan", help="plan a way back with a video plan and an inverse dynamics model",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,10 +83,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idm", default=str(DEFAULT_IDM_DIR), help="inverse dynamics model folder (default: shipped)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps per chunk")
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-
-
-MEMORY_SETTINGS = {"none": None, "memory": TempLoRAConfig(**PLANNING_TEMP_LORA),
-                   "way-back": TempLoRAConfig(**WAY_BACK_TEMP_LORA), "paper": TempLoRAConfig()}
 
 
 def check_common(args: argparse.Namespace) -> None:

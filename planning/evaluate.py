@@ -32,7 +32,7 @@ from ..evaluation.evaluate import append_row, read_rows, spread, start_run
 from ..paths import DEFAULT_IDM_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
-from .planner import plan_retrace
+from .planner import MEMORY_SETTINGS, plan_retrace
 
 INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
 
@@ -52,8 +52,6 @@ class PlanningOptions:
     guidance: float = DEFAULT_GUIDANCE
 
     def check(self) -> None:
-        from .cli import MEMORY_SETTINGS
-
         if self.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}.")
         if not self.models:
@@ -86,7 +84,7 @@ def row_name(model: str, setting: str, loop: str) -> str:
 
 def evaluate_planning(options: PlanningOptions) -> dict | None:
     """Run (or resume) Table 2; returns the summary on the main process."""
-    from .cli import MEMORY_SETTINGS, load_models
+    from .cli import load_models
 
     options.check()
     output_dir = Path(options.output_dir)
@@ -147,8 +145,6 @@ def summarize_planning(rows: list[dict], options: PlanningOptions) -> dict:
             entry["vs_no_memory"] = {"ratio_of_means": round(float(np.mean(ours) / max(np.mean(theirs), 1e-9)), 3),
                                      "episodes_improved": int(sum(a < b for a, b in zip(ours, theirs)))}
         table[name] = entry
-    from .cli import MEMORY_SETTINGS
-
     configs = {name: None if MEMORY_SETTINGS[name] is None else dataclasses.asdict(MEMORY_SETTINGS[name])
                for name in options.settings}
     return {"episodes": len(rows), "models": options.models, "idm": options.idm, "steps": options.steps,

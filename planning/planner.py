@@ -18,19 +18,29 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from ..data.retrace import RETRACE_INSTRUCTIONS, HELD_OUT_INSTRUCTIONS, RetraceTask, retrace_scores
-from ..data.toyworld import ToyWorld
+from ..data.toyworld import ToyWorld, parse_action
+from ..evaluation.evaluate import decode
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig
 from ..pipelines import memory_generator_for
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 
 Decomposer = Callable[[str], list[str]]
 KNOWN_INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
+
+# The memories to plan with (docs/planning.md). "memory": the paper's update, stronger (what the first
+# loop-trained task model learned with). "way-back": each chunk also learned as the way back through it,
+# with the instruction's text; 4 steps of 2 examples, 8 UNet passes a chunk.
+PLANNING_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2}
+WAY_BACK_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 4, "objective": "transition",
+                      "direction": "backward", "action_text": True}
+MEMORY_SETTINGS = {"none": None, "memory": TempLoRAConfig(**PLANNING_TEMP_LORA),
+                   "way-back": TempLoRAConfig(**WAY_BACK_TEMP_LORA), "paper": TempLoRAConfig()}
 
 
 def scripted_decomposer(instruction: str) -> list[str]:
@@ -73,8 +83,6 @@ def check_plan_inputs(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, ins
 def untrained_instruction(instruction: str, decomposer: Decomposer) -> str | None:
     """A warning when a subgoal is neither a ToyWorld action nor an instruction the task models were trained
     on (the plan is still made: the text encoder places it somewhere, which may be nowhere useful)."""
-    from ..data.toyworld import parse_action
-
     unknown = []
     for subgoal in decomposer(instruction):
         try:
@@ -88,28 +96,50 @@ def untrained_instruction(instruction: str, decomposer: Decomposer) -> str | Non
             f"wanders. Trained instructions: {', '.join(RETRACE_INSTRUCTIONS)}, or ToyWorld's moves.")
 
 
-def memory_of_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
-                   config: TempLoRAConfig | None, generator: torch.Generator,
-                   way_back: str | None = None) -> EpisodicMemory | None:
-    """Temp-LoRA over the observed chunks (the start frame's latents first), as the episode loop learns them;
-    `way_back` is the text of going back through each of them (for memories that learn the way back with
-    its text, `direction="backward"` and `action_text=True`: the instruction)."""
-    if config is None:
-        return None
-    memory = None
+def learn_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
+               config: TempLoRAConfig | None, generator: torch.Generator, memory: EpisodicMemory | None = None,
+               way_back: str | None = None) -> Iterator[EpisodicMemory]:
+    """Temp-LoRA over recorded chunks (the start frame's latents first), one update per chunk as the episode
+    loop learns them; yields the memory after each. `way_back` is the text of going back through each chunk
+    (for memories that learn the way back with its text, `direction="backward"` and `action_text=True`)."""
     for index, action in enumerate(actions):
         memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, config=config,
                                     generator=generator, reverse_action=way_back)
+        yield memory
+
+
+def memory_of_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
+                   config: TempLoRAConfig | None, generator: torch.Generator,
+                   way_back: str | None = None) -> EpisodicMemory | None:
+    """The memory of an observed trip (`learn_trip`'s last); None without a memory setting."""
+    if config is None:
+        return None
+    memory = None
+    for memory in learn_trip(pipe, chunks, actions, config, generator, way_back=way_back):
+        pass
     return memory
-
-
-def decode(pipe: SlowFastVGenPipeline, latents: torch.Tensor) -> np.ndarray:
-    return np.concatenate([part[0] for part in pipe.iter_decode([latents], output_type="np")])
 
 
 def execute(world: ToyWorld, start: tuple[int, int], actions: list[str]) -> list[tuple[int, int]]:
     """Camera positions after each action (one frame each); the camera stops at the world's edge."""
     return world.path(actions, 1, start)[1:]
+
+
+def walk_and_see(world: ToyWorld, start: tuple[int, int],
+                 actions: list[str]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """`execute`, and the true views on the way (F, H, W, 3) in [0, 1]."""
+    walked = execute(world, start, actions)
+    return walked, np.stack([world.render(*p) for p in walked]).astype(np.float32) / 255
+
+
+def plan_subgoals(decomposer: Decomposer, instruction: str, horizon: int) -> list[tuple[str, int]]:
+    """The decomposer's subgoals, each with its share of the `horizon` chunks (the first ones get the rest)."""
+    subgoals = decomposer(instruction)
+    if not subgoals or not all(isinstance(s, str) and s.strip() for s in subgoals):
+        raise ValueError(f"The decomposer gave {subgoals!r} for {instruction!r}: it must return a non-empty "
+                         "list of non-empty subgoal texts.")
+    return [(goal, horizon // len(subgoals) + (1 if i < horizon % len(subgoals) else 0))
+            for i, goal in enumerate(subgoals)]
 
 
 def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: RetraceTask,
@@ -124,10 +154,7 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
     horizon = num_chunks if num_chunks is not None else task.num_outward + 1
     check_plan_inputs(pipe, idm, task.instruction, horizon)
     world, chunk_frames = task.episode.world, task.episode.chunk_frames
-    subgoals = decomposer(task.instruction)
-    if not subgoals or not all(isinstance(s, str) and s.strip() for s in subgoals):
-        raise ValueError(f"The decomposer gave {subgoals!r} for {task.instruction!r}: it must return a non-empty "
-                         "list of non-empty subgoal texts.")
+    subgoals = plan_subgoals(decomposer, task.instruction, horizon)
     chunk_kwargs = {"num_frames": chunk_frames, "num_inference_steps": num_inference_steps,
                     "guidance_scale": guidance_scale}
 
@@ -144,21 +171,19 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
     position = task.episode.positions[task.num_outward * chunk_frames]
     context, last_frame = observed[-1], outward[-1]
     plan_frames, executed_frames, actions, positions = [last_frame[None]], [last_frame[None]], [], [position]
-    per_subgoal = [horizon // len(subgoals) + (1 if i < horizon % len(subgoals) else 0) for i in range(len(subgoals))]
-    for subgoal, chunks in zip(subgoals, per_subgoal):
+    for subgoal, chunks in subgoals:
         if not closed_loop:
-            stream = pipe.stream_episode([subgoal] * chunks, start_latents=context, memory=memory,
-                                         temp_lora=temp_lora if temp_lora is not None else False,
-                                         generator=generator, memory_generator=memory_generator, **chunk_kwargs)
-            planned = [chunk for chunk in stream]
-            if planned and temp_lora is not None:
+            planned = list(pipe.stream_episode([subgoal] * chunks, start_latents=context, memory=memory,
+                                               temp_lora=temp_lora if temp_lora is not None else False,
+                                               generator=generator, memory_generator=memory_generator,
+                                               **chunk_kwargs))
+            if temp_lora is not None:
                 memory = planned[-1].memory
-            plan = decode(pipe, torch.cat([chunk.latents for chunk in planned], dim=2)) if planned else outward[:0]
+            plan = decode(pipe, torch.cat([chunk.latents for chunk in planned], dim=2))
             read = idm.predict_actions(np.concatenate([last_frame[None], plan]))
-            walked = execute(world, position, read)
-            frames = np.stack([world.render(*p) for p in walked]).astype(np.float32) / 255
+            walked, frames = walk_and_see(world, position, read)
             plan_frames.append(plan)
-            context = pipe.encode_frames(frames[-chunk_frames:]) if len(frames) else context
+            context = pipe.encode_frames(frames[-chunk_frames:])
         else:
             plan, walked, frames, read = [], [], [], []
             for _ in range(chunks):
@@ -166,8 +191,7 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
                              output_type="latent", **chunk_kwargs).latents
                 chunk_plan = decode(pipe, chunk)
                 chunk_read = idm.predict_actions(np.concatenate([last_frame[None], chunk_plan]))
-                chunk_walked = execute(world, position, chunk_read)
-                chunk_frames_seen = np.stack([world.render(*p) for p in chunk_walked]).astype(np.float32) / 255
+                chunk_walked, chunk_frames_seen = walk_and_see(world, position, chunk_read)
                 observed_chunk = pipe.encode_frames(chunk_frames_seen)
                 if temp_lora is not None:  # learn what was really seen, not what was imagined
                     memory = pipe.update_memory(memory, context, observed_chunk, action=subgoal, config=temp_lora,
@@ -184,7 +208,7 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
         positions += walked
         position, last_frame = positions[-1], executed_frames[-1][-1]
 
-    result = PlanResult(subgoals, np.concatenate(plan_frames), np.concatenate(executed_frames), actions, positions,
+    result = PlanResult([goal for goal, _ in subgoals], np.concatenate(plan_frames), np.concatenate(executed_frames), actions, positions,
                         closed_loop)
     result.scores = retrace_scores(task, positions)
     return result
@@ -203,12 +227,8 @@ def plan_from_image(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, image
     check_plan_inputs(pipe, idm, instruction, horizon)
     if not outward_actions:
         raise ValueError("outward_actions is empty: give the way out, one action per chunk.")
-    subgoals = decomposer(instruction)
-    if not subgoals or not all(isinstance(s, str) and s.strip() for s in subgoals):
-        raise ValueError(f"The decomposer gave {subgoals!r} for {instruction!r}: it must return a non-empty "
-                         "list of non-empty subgoal texts.")
-    per_subgoal = [horizon // len(subgoals) + (1 if i < horizon % len(subgoals) else 0) for i in range(len(subgoals))]
-    script = list(outward_actions) + [goal for goal, chunks in zip(subgoals, per_subgoal) for _ in range(chunks)]
+    subgoals = plan_subgoals(decomposer, instruction, horizon)
+    script = list(outward_actions) + [goal for goal, chunks in subgoals for _ in range(chunks)]
     start = pipe.start_latents(image, resize=True)
     generator = torch.Generator().manual_seed(seed)
     chunks = list(pipe.stream_episode(script, start_latents=start,
@@ -219,4 +239,5 @@ def plan_from_image(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, image
     outward_end = 1 + len(outward_actions) * (pipe.context_window // 2) - 1  # the last frame of the way out
     plan = frames[outward_end:]
     actions = idm.predict_actions(plan)
-    return PlanResult(subgoals, plan, plan[:0], actions, [], closed_loop=False), frames[:outward_end + 1]
+    return (PlanResult([goal for goal, _ in subgoals], plan, plan[:0], actions, [], closed_loop=False),
+            frames[:outward_end + 1])
