@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 try:  # ComfyUI puts these on sys.path before it imports custom nodes.
@@ -63,35 +64,63 @@ def throw_if_interrupted() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Progress
+# Progress and previews
 
-_progress_hook: Callable[[int, int], None] | None = None
+ProgressHook = Callable[[int, int, "Image.Image | None"], None]
+_progress_hook: ProgressHook | None = None
+# Previews are shown at least this tall: ToyWorld's 64-pixel frames would be specks on the node.
+PREVIEW_MIN_HEIGHT = 256
 
 
-def set_progress_hook(hook: Callable[[int, int], None] | None) -> None:
-    """Plain Python: call `hook(current, total)` on every progress update (what ComfyUI's server does)."""
+def set_progress_hook(hook: ProgressHook | None) -> None:
+    """Plain Python: call `hook(current, total, preview)` on every progress update (what ComfyUI's server
+    does; `preview` is a PIL image or None)."""
     global _progress_hook
     _progress_hook = hook
 
 
+def preview_size() -> int:
+    """ComfyUI's `--preview-size` (the longest side of a preview it sends), 512 outside it."""
+    if IN_COMFYUI:
+        from comfy.cli_args import args
+
+        return args.preview_size
+    return 512
+
+
+def preview_image(frames: torch.Tensor) -> Image.Image:
+    """Frames F,H,W,3 in [0, 1] as one strip, left to right, enlarged (nearest) to be seen on the node."""
+    frames = frames[..., :3].clamp(0, 1)
+    height = frames.shape[1]
+    scale = max(1, PREVIEW_MIN_HEIGHT // height)
+    gap = frames.new_ones(frames.shape[0], height, max(1, frames.shape[2] // 32), 3)
+    strip = torch.cat([torch.cat([frame, spacer], dim=1) for frame, spacer in zip(frames, gap)], dim=1)[:, :-gap.shape[2]]
+    pixels = (strip * 255).round().to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(pixels)
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
 class ProgressBar:
-    """`comfy.utils.ProgressBar` inside ComfyUI (the bar on the node), a tqdm bar outside it."""
+    """`comfy.utils.ProgressBar` inside ComfyUI (the bar on the node, and its preview), a tqdm bar outside it."""
 
     def __init__(self, total: int):
         self.total, self.current = total, 0
         self._comfy_bar = comfy_utils.ProgressBar(total) if comfy_utils is not None else None
         self._tqdm = None if self._comfy_bar is not None else tqdm(total=total, leave=False)
 
-    def update(self, value: int = 1) -> None:
+    def update(self, value: int = 1, preview: Image.Image | None = None) -> None:
+        """Advance by `value`; `preview` (a PIL image) is shown on the node, as core samplers show theirs."""
         self.current = min(self.current + value, self.total)
         if self._comfy_bar is not None:
-            self._comfy_bar.update(value)
+            # ComfyUI's hook also raises if the user cancelled, at every update.
+            self._comfy_bar.update_absolute(self.current, self.total,
+                                            None if preview is None else ("JPEG", preview, preview_size()))
             return
         self._tqdm.update(value)
         if self.current >= self.total:
             self._tqdm.close()
         if _progress_hook is not None:
-            _progress_hook(self.current, self.total)
+            _progress_hook(self.current, self.total, preview)
 
 
 # ---------------------------------------------------------------------------------------------------

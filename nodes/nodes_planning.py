@@ -20,7 +20,8 @@ from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from ..planning.planner import execute, learn_trip
 from . import comfy_services
 from .nodes_slowfast import CATEGORY, CHUNK, MEMORY, SEED_MAX, SETTINGS_INPUT, WORLD_MODEL_INPUT
-from .world_model import Chunk, WorldModel, generator_for, image_to_frames, memory_with_settings, parse_actions
+from .world_model import (Chunk, WorldModel, generator_for, image_to_frames, memory_with_settings, parse_actions,
+                          update_step_callback, update_steps)
 
 INVERSE_DYNAMICS = "SFV_INVERSE_DYNAMICS"
 BUILTIN_IDM_NAME = "toyworld-idm (built-in)"
@@ -191,16 +192,16 @@ class LearnVideo:
             raise ValueError(f"The video has {len(images)} frames but {len(script)} actions of {num_frames} frames "
                              f"need 1 + {len(script)} x {num_frames} = {expected} (its first frame, then the chunks).")
         memory = memory_with_settings(memory, settings)
-        bar = comfy_services.ProgressBar(len(script))
+        bar = comfy_services.ProgressBar(len(script) * update_steps(memory, settings))
         generator = generator_for(seed)
         with world_model.running() as pipe:
             frames = image_to_frames(images, pipe)
             latents = pipe.encode_frames(frames, argument="images").to("cpu", torch.float32)
             chunks = [latents[:, :, :1]] + list(latents[:, :, 1:].split(num_frames, dim=2))
             comfy_services.throw_if_interrupted()
-            for memory in learn_trip(pipe, chunks, script, settings, generator, memory=memory):
-                bar.update(1)
-                comfy_services.throw_if_interrupted()
+            for memory in learn_trip(pipe, chunks, script, settings, generator, memory=memory,
+                                     callback_on_step_end=update_step_callback(bar)):
+                pass
         return memory, Chunk(latents, (1,) + (num_frames,) * len(script), tuple(script))
 
 

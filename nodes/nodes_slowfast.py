@@ -29,7 +29,7 @@ from .world_model import (
     DTYPES,
     Chunk,
     WorldModel,
-    decode_to_image,
+    decode_and_preview,
     generator_for,
     list_world_models,
     load_world_model,
@@ -37,6 +37,8 @@ from .world_model import (
     parse_actions,
     start_chunk,
     step_callback,
+    update_step_callback,
+    update_steps,
 )
 
 CATEGORY = "SlowFast-VGen"
@@ -150,7 +152,7 @@ class ActionChunk:
                  memory: EpisodicMemory | None = None) -> tuple[Chunk]:
         if not action.strip():
             raise ValueError("The action is empty: type what happens in this chunk, e.g. 'move right'.")
-        bar = comfy_services.ProgressBar(steps)
+        bar = comfy_services.ProgressBar(steps + 1)
         with world_model.running() as pipe:
             state = start_chunk(pipe, image, chunk)
             latents = pipe(
@@ -158,6 +160,7 @@ class ActionChunk:
                 memory=memory, num_inference_steps=steps, guidance_scale=guidance, generator=generator_for(seed),
                 output_type="latent", callback_on_step_end=step_callback(bar),
             ).latents
+            decode_and_preview(pipe, latents, bar)  # what the chunk shows, on the node
         return (state.extended(latents, action.strip()),)
 
 
@@ -253,9 +256,11 @@ class TempLoRAUpdate:
                previous_chunk: Chunk | None = None, settings: TempLoRAConfig | None = None) -> tuple[EpisodicMemory]:
         previous = previous_chunk.last if previous_chunk is not None else new_chunk.previous
         memory = memory_with_settings(memory, settings)
+        bar = comfy_services.ProgressBar(update_steps(memory, settings))
         with world_model.running() as pipe:
             updated = pipe.update_memory(memory, previous, new_chunk.last, action=new_chunk.actions[-1],
-                                         config=settings, generator=generator_for(seed))
+                                         config=settings, generator=generator_for(seed),
+                                         callback_on_step_end=update_step_callback(bar))
         return (updated,)
 
 
@@ -282,8 +287,10 @@ class DecodeChunk:
 
     def decode(self, world_model: WorldModel, chunk: Chunk, frames: str) -> tuple[torch.Tensor]:
         latents = chunk.latents if frames == "episode" else chunk.last
-        with world_model.running() as pipe:
-            return (decode_to_image(pipe, latents),)
+        segments = chunk.segments if frames == "episode" else chunk.segments[-1:]
+        bar = comfy_services.ProgressBar(len(segments))
+        with world_model.running() as pipe:  # segment by segment: progress, and cancel between them
+            return (torch.cat([decode_and_preview(pipe, part, bar) for part in latents.split(segments, dim=2)]),)
 
 
 class RunEpisode:
@@ -325,18 +332,23 @@ class RunEpisode:
         script = parse_actions(actions)
         memory = None if temp_lora == "off" else memory_with_settings(memory, settings)
         learning = (settings or True) if temp_lora == "learn" else False
-        bar = comfy_services.ProgressBar(len(script) * steps)
+        # One unit per denoising step, per Temp-LoRA step and per decoded chunk (the start's included), so
+        # the bar never waits longer than one UNet call and every chunk is previewed as soon as it is made.
+        per_chunk = steps + (update_steps(memory, settings) if learning else 0) + 1
+        bar = comfy_services.ProgressBar(len(script) * per_chunk + 1)
         with world_model.running() as pipe:
             state = start_chunk(pipe, image, chunk)
+            videos = [decode_and_preview(pipe, state.latents, bar)]
             episode = pipe.stream_episode(
                 script, start_latents=state.last, memory=memory, temp_lora=learning, num_frames=num_frames,
                 generator=generator_for(seed), num_inference_steps=steps, guidance_scale=guidance,
                 conditioning=conditioning, callback_on_step_end=step_callback(bar),
+                callback_on_update_step=update_step_callback(bar),
             )
             for step in episode:
                 state, memory = state.extended(step.latents, step.action), step.memory
-            images = decode_to_image(pipe, state.latents)
-        return (images, memory, state)
+                videos.append(decode_and_preview(pipe, step.latents, bar))
+        return (torch.cat(videos), memory, state)
 
 
 class SaveMemory:

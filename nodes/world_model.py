@@ -220,15 +220,38 @@ def memory_with_settings(memory: EpisodicMemory | None, settings: TempLoRAConfig
     return memory if memory is None or settings is None else memory.with_config(settings)
 
 
+def _advance(bar: comfy_services.ProgressBar) -> None:
+    comfy_services.throw_if_interrupted()
+    bar.update(1)
+
+
 def step_callback(bar: comfy_services.ProgressBar):
     """A diffusers `callback_on_step_end` that honours Cancel and moves the progress bar, once per step."""
 
     def callback(pipe, step, timestep, tensors):
-        comfy_services.throw_if_interrupted()
-        bar.update(1)
+        _advance(bar)
         return tensors
 
     return callback
+
+
+def update_step_callback(bar: comfy_services.ProgressBar):
+    """`update_memory`'s `callback_on_step_end`: Cancel and the progress bar, once per Temp-LoRA step."""
+    return lambda step, steps: _advance(bar)
+
+
+def update_steps(memory: EpisodicMemory | None, settings: TempLoRAConfig | None) -> int:
+    """Optimizer steps of one memory update with these settings (the memory's own, else the defaults)."""
+    return (settings or (memory.config if memory is not None else TempLoRAConfig())).steps_per_update
+
+
+def decode_and_preview(pipe: SlowFastVGenPipeline, latents: torch.Tensor,
+                       bar: comfy_services.ProgressBar) -> torch.Tensor:
+    """`decode_to_image`, shown on the node as a preview (one progress unit)."""
+    comfy_services.throw_if_interrupted()
+    images = decode_to_image(pipe, latents)
+    bar.update(1, preview=comfy_services.preview_image(images))
+    return images
 
 
 def generator_for(seed: int) -> torch.Generator:

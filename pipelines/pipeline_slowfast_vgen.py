@@ -655,6 +655,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         config: TempLoRAConfig | None = None,
         generator: torch.Generator | None = None,
         reverse_action: str | None = None,
+        callback_on_step_end: Callable[[int, int], None] | None = None,
     ) -> EpisodicMemory:
         """Algorithm 1 (a), lines 11-14: train Temp-LoRA on previous ⊕ new chunk; returns a NEW memory.
 
@@ -664,6 +665,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         are left untouched. `action` is recorded in the memory, and with
         `action_text=True` it is the text the clip is learned with; played backward, the clip is learned
         with `reverse_action` (default: the world model's `reverse_action(action)`).
+        `callback_on_step_end(step, steps_per_update)` runs after every optimizer step (progress, cancel).
         """
         if memory is None:
             memory = self.new_memory(config)
@@ -686,7 +688,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         with torch.no_grad():  # the texts are inputs of the update, not trained
             text_embeds = dict(zip(texts, self.encode_action(texts, device, dtype).split(1)))
         noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
-        return update_memory(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator)
+        return update_memory(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator,
+                             callback_on_step_end)
 
     # ------------------------------------------------------------------ long videos (Algorithm 1 (a))
 
@@ -700,6 +703,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         num_frames: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         memory_generator: torch.Generator | None = None,
+        callback_on_update_step: Callable[[int, int], None] | None = None,
         **chunk_kwargs,
     ) -> Iterator[EpisodeChunk]:
         """Yield the episode chunk by chunk; `actions` may be a lazy iterator that looks at the last chunk.
@@ -712,6 +716,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         default `memory_generator_for(generator)`, derived from its seed without drawing from it), so that
         with the same generator the first chunk is bit-identical with or without memory and later chunks
         differ by memory alone. This is the episode loop of `generate`, the nodes and `evaluate`.
+        `callback_on_update_step` is `update_memory`'s `callback_on_step_end`; `callback_on_step_end`
+        (in `chunk_kwargs`) that of every chunk's denoising, as in `__call__`.
         """
         context = self.start_latents(image, start_latents, chunk_kwargs.pop("resize", False))
         config = temp_lora if isinstance(temp_lora, TempLoRAConfig) else None
@@ -730,7 +736,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                          **chunk_kwargs).latents
             if temp_lora:
                 memory = self.update_memory(memory, context, chunk, action=action, config=config,
-                                            generator=memory_generator)
+                                            generator=memory_generator, callback_on_step_end=callback_on_update_step)
             context = chunk
             yield EpisodeChunk(index=index, action=action, latents=chunk.cpu(), memory=memory)
         if index < 0:

@@ -17,7 +17,7 @@ import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, Mapping, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -647,11 +647,14 @@ def update_memory(
     text_embeds: Mapping[str, torch.Tensor],
     action: str | None = None,
     generator: torch.Generator | None = None,
+    callback_on_step_end: Callable[[int, int], None] | None = None,
 ) -> EpisodicMemory:
     """Train Temp-LoRA on `clip` (and, with replay, on earlier clips of `memory`); return the new memory.
 
     `text_embeds` maps every text of `clip` and of the memory's clips to its text-encoder states (1,L,D);
     the paper's update uses the null text only. `action` is recorded in the memory.
+    `callback_on_step_end(step, steps_per_update)` is called after every optimizer step (progress bars;
+    raising from it, e.g. to cancel, abandons the update and leaves `memory` as it was).
 
     Runs outside inference mode with grad enabled (ComfyUI runs nodes under `torch.inference_mode()`),
     touches neither the inputs nor `memory`, and on a NaN or infinite loss returns `memory` unchanged.
@@ -690,7 +693,7 @@ def update_memory(
             parameter.requires_grad_(True)
         try:
             result = _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, parameters, trainable,
-                                  low, high, generator)
+                                  low, high, generator, callback_on_step_end)
         finally:
             for parameter in trainable:
                 parameter.requires_grad_(False)
@@ -791,7 +794,7 @@ def _checkpoint_call(checkpoint, forward, *args, **kwargs):
 
 
 def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, parameters, trainable, low, high,
-                 generator):
+                 generator, callback_on_step_end=None):
     """The optimizer steps of one update: (lora, optimizer_state) of the new memory, or None to roll back."""
     config = memory.config
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
@@ -802,7 +805,7 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
                 "exp_avg": memory.optimizer_state[f"{key}.exp_avg"].to(parameter.device).clone(),
                 "exp_avg_sq": memory.optimizer_state[f"{key}.exp_avg_sq"].to(parameter.device).clone(),
             }
-    for _ in range(config.steps_per_update):
+    for step in range(config.steps_per_update):
         if config.local:
             examples = list(current)
         else:  # one clip of the whole sequence so far, the new one as likely as any other
@@ -823,6 +826,8 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
             parameter.grad = gradient
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if callback_on_step_end is not None:
+            callback_on_step_end(step, config.steps_per_update)
     # The new memory stays on the model's device: no host round trip per chunk (`EpisodicMemory.to` moves it).
     lora = {key: p.detach().clone() for key, p in parameters.items()}
     if not torch.stack([torch.isfinite(t).all() for t in lora.values()]).all():

@@ -98,13 +98,16 @@ def untrained_instruction(instruction: str, decomposer: Decomposer) -> str | Non
 
 def learn_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
                config: TempLoRAConfig | None, generator: torch.Generator, memory: EpisodicMemory | None = None,
-               way_back: str | None = None) -> Iterator[EpisodicMemory]:
+               way_back: str | None = None,
+               callback_on_step_end: Callable[[int, int], None] | None = None) -> Iterator[EpisodicMemory]:
     """Temp-LoRA over recorded chunks (the start frame's latents first), one update per chunk as the episode
     loop learns them; yields the memory after each. `way_back` is the text of going back through each chunk
-    (for memories that learn the way back with its text, `direction="backward"` and `action_text=True`)."""
+    (for memories that learn the way back with its text, `direction="backward"` and `action_text=True`);
+    `callback_on_step_end` is `update_memory`'s."""
     for index, action in enumerate(actions):
         memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, config=config,
-                                    generator=generator, reverse_action=way_back)
+                                    generator=generator, reverse_action=way_back,
+                                    callback_on_step_end=callback_on_step_end)
         yield memory
 
 

@@ -190,7 +190,7 @@ def test_cancel_mid_episode_leaves_the_memory_intact(world, start):
     saved = comfy_dir_file("output/slowfast_vgen/before_cancel_00001_.safetensors")
 
     # Cancel pressed during the third chunk, after two Temp-LoRA updates of this episode.
-    comfy_services.set_progress_hook(lambda done, total: done == 5 and comfy_services.request_interrupt())
+    comfy_services.set_progress_hook(lambda done, total, preview: done == 10 and comfy_services.request_interrupt())
     try:
         with pytest.raises(comfy_services.Interrupted):
             run("RunEpisode", world_model=world, actions="move left\nmove up\nmove right\nmove down",
@@ -381,3 +381,51 @@ def test_plan_nodes_bad_input(world):
         NODE_CLASS_MAPPINGS["SlowFastVGen_LearnVideo"]().learn(world, frames, "move left\nstay", 4, 0)
     with pytest.raises(FileNotFoundError, match="models/inverse_dynamics"):
         NODE_CLASS_MAPPINGS["SlowFastVGen_LoadInverseDynamicsModel"]().load("../elsewhere")
+
+
+@pytest.fixture
+def progress():
+    """Every progress update the nodes send: (done, total, preview image or None)."""
+    updates = []
+    comfy_services.set_progress_hook(lambda done, total, preview: updates.append((done, total, preview)))
+    yield updates
+    comfy_services.set_progress_hook(None)
+
+
+def test_run_episode_progress_counts_denoising_and_temp_lora_steps_and_previews_every_chunk(world, start, progress):
+    settings = run("TempLoRASettings", rank=4, alpha=0.0, learning_rate=1e-4, target="all-attention",
+                   steps_per_update=3, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)[0]
+    images = run("RunEpisode", world_model=world, actions="move right\nmove left", temp_lora="learn", image=start,
+                 settings=settings, **SAMPLING)[0]
+    per_chunk = SAMPLING["steps"] + 3 + 1  # denoising steps, Temp-LoRA steps, the decoded chunk
+    total = 1 + 2 * per_chunk
+    assert [done for done, _, _ in progress] == list(range(1, total + 1))  # one unit at a time, no gap
+    assert {t for _, t, _ in progress} == {total}
+    previews = [(done, preview) for done, _, preview in progress if preview is not None]
+    assert [done for done, _ in previews] == [1, 1 + per_chunk, total]  # the start, then each chunk when made
+    assert all(p.height == 256 and p.width > 2 * 256 for _, p in previews[1:])  # a strip of the chunk's 2 frames
+    assert len(images) == 1 + 2 * SAMPLING["num_frames"]
+
+
+def test_cancel_during_a_temp_lora_update_stops_within_one_step(world, start, progress):
+    settings = run("TempLoRASettings", rank=4, alpha=0.0, learning_rate=1e-4, target="all-attention",
+                   steps_per_update=50, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)[0]
+    chunk = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    progress.clear()
+    comfy_services.set_progress_hook(
+        lambda done, total, preview: (progress.append(done), done == 2 and comfy_services.request_interrupt()))
+    with pytest.raises(comfy_services.Interrupted):
+        run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0, settings=settings)
+    assert progress == [1, 2]  # of 50 steps: stopped right after the one during which Cancel was pressed
+
+
+def test_temp_lora_update_and_decode_report_progress(world, start, progress):
+    chunk = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    assert [(d, t) for d, t, _ in progress] == [(1, 3), (2, 3), (3, 3)]  # 2 steps, then the preview
+    assert progress[-1][2] is not None
+    progress.clear()
+    run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0)
+    assert [(d, t) for d, t, _ in progress] == [(1, 1)]
+    progress.clear()
+    run("DecodeChunk", world_model=world, chunk=chunk, frames="episode")
+    assert [(d, t) for d, t, _ in progress] == [(1, 2), (2, 2)]  # the start frame, then the chunk
