@@ -4,6 +4,10 @@ Imported by ComfyUI as a custom-node package (it reads NODE_CLASS_MAPPINGS), and
 `slowfast_vgen` once installed with `pip install -e .`. Nothing here needs ComfyUI.
 """
 
+from .host_compat import hide_broken_optional_packages
+
+hide_broken_optional_packages()  # before transformers' models are imported (see host_compat)
+
 from .pipelines import (
     EpisodicMemory,
     SlowFastVGenPipeline,
