@@ -19,6 +19,7 @@ from ..pipelines import EpisodicMemory, TempLoRAConfig
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from ..planning.planner import execute, learn_trip
 from . import comfy_services
+from .validation import linked_type_problem, problem_of, verdict
 from .nodes_slowfast import CATEGORY, CHUNK, MEMORY, SEED_MAX, SETTINGS_INPUT, WORLD_MODEL_INPUT
 from .world_model import (Chunk, WorldModel, generator_for, image_to_frames, memory_with_settings, parse_actions,
                           update_step_callback, update_steps)
@@ -134,6 +135,15 @@ class ToyWorldWalk:
                                         "tooltip": "Actions to walk instead of the typed ones, one per line."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types: dict[str, str], actions: str | None = None,
+                        way_there: str | None = None) -> bool | str:
+        typed = None if actions is None or "plan_actions" in input_types else problem_of(
+            lambda: [check_toyworld_action(a, "actions") for a in parse_actions(actions)])
+        there = None if way_there is None else problem_of(
+            lambda: [check_toyworld_action(a, "way_there") for a in way_there.splitlines() if a.strip()])
+        return verdict(linked_type_problem(cls, input_types), typed, there)
+
     def walk(self, seed: int, size: int, actions: str, frames_per_action: int, way_there: str,
              plan_actions: str | None = None) -> tuple[torch.Tensor]:
         source = "plan_actions" if plan_actions is not None else "actions"
@@ -182,6 +192,11 @@ class LearnVideo:
             "optional": {"memory": (MEMORY, {"tooltip": "A memory to add to; empty: a new one."}),
                          "settings": SETTINGS_INPUT},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types: dict[str, str], actions: str | None = None) -> bool | str:
+        return verdict(linked_type_problem(cls, input_types),
+                       None if actions is None else problem_of(parse_actions, actions))
 
     def learn(self, world_model: WorldModel, images: torch.Tensor, actions: str, num_frames: int, seed: int,
               memory: EpisodicMemory | None = None,

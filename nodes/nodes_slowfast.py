@@ -22,13 +22,16 @@ from ..pipelines import (
     EpisodicMemory,
     TempLoRAConfig,
 )
+from ..pipelines.temp_lora import memory_file_problem
 from . import comfy_services
+from .validation import linked_type_problem, problem_of, start_problem, verdict
 from .world_model import (
     BUILTIN_MODEL_NAME,
     DEVICES,
     DTYPES,
     Chunk,
     WorldModel,
+    check_action,
     decode_and_preview,
     generator_for,
     list_world_models,
@@ -147,21 +150,25 @@ class ActionChunk:
             "optional": {**START_INPUTS, "memory": MEMORY_INPUT},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types: dict[str, str], action: str | None = None) -> bool | str:
+        return verdict(linked_type_problem(cls, input_types), start_problem(input_types),
+                       None if action is None else problem_of(check_action, action))
+
     def generate(self, world_model: WorldModel, action: str, num_frames: int, steps: int, guidance: float,
                  seed: int, conditioning: str, image: torch.Tensor | None = None, chunk: Chunk | None = None,
                  memory: EpisodicMemory | None = None) -> tuple[Chunk]:
-        if not action.strip():
-            raise ValueError("The action is empty: type what happens in this chunk, e.g. 'move right'.")
+        action = check_action(action)
         bar = comfy_services.ProgressBar(steps + 1)
         with world_model.running() as pipe:
             state = start_chunk(pipe, image, chunk)
             latents = pipe(
-                action.strip(), context_latents=state.last, num_frames=num_frames, conditioning=conditioning,
+                action, context_latents=state.last, num_frames=num_frames, conditioning=conditioning,
                 memory=memory, num_inference_steps=steps, guidance_scale=guidance, generator=generator_for(seed),
                 output_type="latent", callback_on_step_end=step_callback(bar),
             ).latents
             decode_and_preview(pipe, latents, bar)  # what the chunk shows, on the node
-        return (state.extended(latents, action.strip()),)
+        return (state.extended(latents, action),)
 
 
 class TempLoRASettings:
@@ -212,6 +219,12 @@ class TempLoRASettings:
                                           "the paper's update."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, timestep_low: float | None = None, timestep_high: float | None = None) -> bool | str:
+        if timestep_low is None or timestep_high is None:
+            return True
+        return verdict(problem_of(lambda: TempLoRAConfig(timestep_range=(timestep_low, timestep_high))))
+
     def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
              timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,
              direction: str | None = None, action_text: bool | None = None,
@@ -251,6 +264,10 @@ class TempLoRAUpdate:
                 "settings": SETTINGS_INPUT,
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types: dict[str, str]) -> bool | str:
+        return verdict(linked_type_problem(cls, input_types))
 
     def update(self, world_model: WorldModel, new_chunk: Chunk, seed: int, memory: EpisodicMemory | None = None,
                previous_chunk: Chunk | None = None, settings: TempLoRAConfig | None = None) -> tuple[EpisodicMemory]:
@@ -325,6 +342,11 @@ class RunEpisode:
             "optional": {**START_INPUTS, "memory": MEMORY_INPUT, "settings": SETTINGS_INPUT},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types: dict[str, str], actions: str | None = None) -> bool | str:
+        return verdict(linked_type_problem(cls, input_types), start_problem(input_types),
+                       None if actions is None else problem_of(parse_actions, actions))
+
     def run(self, world_model: WorldModel, actions: str, num_frames: int, steps: int, guidance: float, seed: int,
             conditioning: str, temp_lora: str, image: torch.Tensor | None = None, chunk: Chunk | None = None,
             memory: EpisodicMemory | None = None,
@@ -370,6 +392,11 @@ class SaveMemory:
                                                       "Absolute paths and '..' are refused."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None = None) -> bool | str:
+        return verdict(None if filename_prefix is None else
+                       problem_of(comfy_services.check_relative_name, filename_prefix))
+
     def save(self, memory: EpisodicMemory | None, filename_prefix: str) -> dict:
         if memory is None:
             raise ValueError("There is no memory to save: the connected memory is empty (Run Episode with temp_lora "
@@ -412,11 +439,12 @@ class LoadMemory:
     @classmethod
     def VALIDATE_INPUTS(cls, memory_name: str) -> bool | str:
         # Validated here rather than against the list, to say where memories come from when one is missing.
-        if memory_path(memory_name) is None:
+        path = memory_path(memory_name)
+        if path is None:
             return (f"Memory adapter {memory_name!r} not found. Save one with Save Memory (the long-episode example "
                     f"workflow saves {MEMORY_SAVE_FOLDER}/toyworld_memory_00001_.safetensors), or put a .safetensors "
                     "adapter in models/temp_lora_memories, then press R to refresh.")
-        return True
+        return verdict(memory_file_problem(path))
 
     @classmethod
     def IS_CHANGED(cls, memory_name: str) -> float:

@@ -215,6 +215,13 @@ def parse_actions(script: str) -> list[str]:
     return actions
 
 
+def check_action(action: str) -> str:
+    """The action of one chunk, stripped; empty text is an error."""
+    if not action.strip():
+        raise ValueError("The action is empty: type what happens in this chunk, e.g. 'move right'.")
+    return action.strip()
+
+
 def memory_with_settings(memory: EpisodicMemory | None, settings: TempLoRAConfig | None) -> EpisodicMemory | None:
     """The memory trained on with `settings` from now on (see `EpisodicMemory.with_config`)."""
     return memory if memory is None or settings is None else memory.with_config(settings)

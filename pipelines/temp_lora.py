@@ -306,13 +306,8 @@ class EpisodicMemory:
         if damaged is not None:
             raise ValueError(f"{path}: tensor {damaged} holds NaN or infinite values; the memory is damaged and "
                              "cannot be used.")
-        if metadata.get("format") != MEMORY_FORMAT:
-            raise ValueError(
-                f"{path} is not a SlowFast-VGen memory adapter (its metadata has no format={MEMORY_FORMAT!r}). "
-                "A peft adapter folder can be converted with `slowfast-vgen memory convert`."
-            )
+        config = config_from_metadata(path, metadata)
         try:
-            config = TempLoRAConfig.from_json(metadata["config"])
             clip_texts = json.loads(metadata.get("clips", "[]"))  # absent from memories made without replay
             clips = tuple(MemoryClip(tensors[f"clip.{i}"], int(new_frames), text, reverse_text)
                           for i, (new_frames, text, reverse_text) in enumerate(clip_texts))
@@ -343,6 +338,35 @@ class EpisodicMemory:
                                     or moment.shape != self.lora[lora_key].shape):
                 problem = f"optimizer tensor {key} matches no LoRA tensor of the same shape"
         return problem
+
+
+def config_from_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> TempLoRAConfig:
+    """The settings recorded in a memory file's metadata, or a ValueError saying why it is no memory."""
+    if metadata.get("format") != MEMORY_FORMAT:
+        raise ValueError(
+            f"{path} is not a SlowFast-VGen memory adapter (its metadata has no format={MEMORY_FORMAT!r}). "
+            "A peft adapter folder can be converted with `slowfast-vgen memory convert`."
+        )
+    try:
+        return TempLoRAConfig.from_json(metadata["config"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None
+
+
+def memory_file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` is no loadable memory, judged from its header alone (no tensor is read); None if it looks
+    like one. For checks before anything runs (ComfyUI's queue-time validation); `load` checks everything."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        config_from_metadata(path, metadata)
+    except (SafetensorError, OSError, RuntimeError) as error:
+        return f"{path} is not a readable safetensors file (truncated or corrupted?): {error}"
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def _package_version() -> str:

@@ -64,7 +64,9 @@ CORE_STUBS = {"CreateVideo": StubCreateVideo, "SaveVideo": StubSaveVideo}
 
 
 def validate_prompt(prompt: dict, classes: dict) -> None:
-    """The checks ComfyUI's validate_inputs makes before it runs anything (types, ranges, lists, VALIDATE_INPUTS)."""
+    """The checks ComfyUI's validate_inputs makes before it runs anything (types, ranges, lists, VALIDATE_INPUTS),
+    with its rules: inputs named by VALIDATE_INPUTS are not range-checked, and naming `input_types` turns off
+    the link type check; VALIDATE_INPUTS gets the named widget values and the linked inputs' types."""
     for node_id, node in prompt.items():
         cls = classes[node["class_type"]]
         declared = cls.INPUT_TYPES() if hasattr(cls, "INPUT_TYPES") else None
@@ -72,18 +74,21 @@ def validate_prompt(prompt: dict, classes: dict) -> None:
             continue
         specs = {**declared.get("required", {}), **declared.get("optional", {})}
         custom = getattr(cls, "VALIDATE_INPUTS", None)
+        named = set(inspect.signature(custom).parameters) if custom is not None else set()
         for name in declared.get("required", {}):
             assert name in node["inputs"], f"node {node_id}: required input {name} missing"
+        received_types, values = {}, {}
         for name, value in node["inputs"].items():
             spec = specs[name]
             if isinstance(value, list):
                 origin = prompt[value[0]]
                 received = classes[origin["class_type"]].RETURN_TYPES[value[1]]
-                assert received == input_type(spec), f"node {node_id}.{name}: {received} into {spec[0]}"
+                received_types[name] = received
+                if "input_types" not in named:
+                    assert received == input_type(spec), f"node {node_id}.{name}: {received} into {spec[0]}"
                 continue
-            if custom is not None and name in inspect.signature(custom).parameters:
-                result = custom(value)
-                assert result is True, f"node {node_id}.{name}: {result}"
+            if name in named:
+                values[name] = value
                 continue
             options = input_options(spec)
             if input_type(spec) == "COMBO":
@@ -92,6 +97,11 @@ def validate_prompt(prompt: dict, classes: dict) -> None:
                 assert value >= options["min"], f"node {node_id}.{name}: {value} < min"
             if "max" in options:
                 assert value <= options["max"], f"node {node_id}.{name}: {value} > max"
+        if named:
+            if "input_types" in named:
+                values["input_types"] = received_types
+            result = custom(**values)
+            assert result is True, f"node {node_id}: {result}"
 
 
 def run_prompt(prompt: dict) -> dict:

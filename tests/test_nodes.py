@@ -429,3 +429,63 @@ def test_temp_lora_update_and_decode_report_progress(world, start, progress):
     progress.clear()
     run("DecodeChunk", world_model=world, chunk=chunk, frames="episode")
     assert [(d, t) for d, t, _ in progress] == [(1, 2), (2, 2)]  # the start frame, then the chunk
+
+
+def validate(key: str, **values):
+    return NODE_CLASS_MAPPINGS[f"SlowFastVGen_{key}"].VALIDATE_INPUTS(**values)
+
+
+START = {"world_model": "SFV_WORLD_MODEL", "image": "IMAGE"}
+
+
+@pytest.mark.parametrize("key, values, message", [
+    ("ActionChunk", dict(input_types=START, action="  "), "The action is empty"),
+    ("ActionChunk", dict(input_types={**START, "chunk": "SFV_CHUNK"}, action="move right"),
+     "Both 'image' and 'chunk' are connected"),
+    ("ActionChunk", dict(input_types={"world_model": "SFV_WORLD_MODEL"}, action="move right"),
+     "Neither 'image' nor 'chunk' is connected"),
+    ("ActionChunk", dict(input_types={"world_model": "SFV_WORLD_MODEL", "image": "SFV_CHUNK"}),
+     "The input 'image' takes IMAGE, but the link brings SFV_CHUNK"),
+    ("RunEpisode", dict(input_types=START, actions=" \n\n "), "The action script is empty"),
+    ("RunEpisode", dict(input_types={**START, "memory": "SFV_TEMP_LORA"}, actions="stay"),
+     "The input 'memory' takes SFV_MEMORY"),
+    ("TempLoRAUpdate", dict(input_types={"world_model": "SFV_WORLD_MODEL", "new_chunk": "IMAGE"}),
+     "'new_chunk' takes SFV_CHUNK"),
+    ("TempLoRASettings", dict(timestep_low=0.6, timestep_high=0.2), "0 <= low < high <= 1"),
+    ("TempLoRASettings", dict(timestep_low=0.0, timestep_high=1.5), "0 <= low < high <= 1"),
+    ("SaveMemory", dict(filename_prefix="../outside/memory"), "contains '..'"),
+    ("SaveMemory", dict(filename_prefix="/tmp/memory"), "is an absolute path"),
+    ("SaveMemory", dict(filename_prefix="  "), "filename_prefix is empty"),
+    ("ToyWorldWalk", dict(input_types={}, actions="move left\njump", way_there=""), "actions: "),
+    ("ToyWorldWalk", dict(input_types={}, actions="move left", way_there="fly"), "way_there: "),
+    ("LearnVideo", dict(input_types={"world_model": "SFV_WORLD_MODEL", "images": "IMAGE"}, actions=""),
+     "The action script is empty"),
+])
+def test_bad_widgets_and_links_are_refused_at_queue_time(key, values, message):
+    result = validate(key, **values)
+    assert result is not True and message in result
+
+
+@pytest.mark.parametrize("key, values", [
+    ("ActionChunk", dict(input_types=START, action="move right")),
+    ("ActionChunk", dict(input_types={"world_model": "SFV_WORLD_MODEL", "chunk": "SFV_CHUNK"})),  # action linked
+    ("RunEpisode", dict(input_types={**START, "memory": "SFV_MEMORY", "settings": "SFV_TEMP_LORA"},
+                        actions="move right\n\nmove left")),
+    ("TempLoRASettings", dict(timestep_low=0.0, timestep_high=1.0)),
+    ("TempLoRASettings", dict()),
+    ("SaveMemory", dict(filename_prefix="slowfast_vgen/memory")),
+    ("ToyWorldWalk", dict(input_types={"plan_actions": "STRING"}, actions="jump", way_there="move up")),
+    ("LearnVideo", dict(input_types={"world_model": "SFV_WORLD_MODEL", "images": "IMAGE"}, actions="stay")),
+])
+def test_good_widgets_and_links_pass_queue_time_checks(key, values):
+    assert validate(key, **values) is True
+
+
+def test_a_file_that_is_no_memory_is_refused_at_queue_time(comfy_dir):
+    from safetensors.torch import save_file
+
+    folder = comfy_dir / "models" / "temp_lora_memories"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": torch.zeros(2)}, folder / "some_lora.safetensors", metadata={"format": "pt"})
+    message = validate("LoadMemory", memory_name="some_lora.safetensors")
+    assert "is not a SlowFast-VGen memory adapter" in message
