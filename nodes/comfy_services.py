@@ -11,7 +11,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -145,17 +145,21 @@ def offload_device() -> torch.device:
     return compute_device()
 
 
-def make_room(num_bytes: int, device: torch.device) -> None:
-    """Ask ComfyUI to unload its own models until `num_bytes` (plus its inference reserve) fit on `device`."""
-    if model_management is not None and device.type != "cpu":
-        model_management.free_memory(num_bytes + model_management.minimum_inference_memory(), device)
+def model_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device) -> Any:
+    """ComfyUI's `ModelPatcher` around `module`, through which its model manager loads, offloads and evicts
+    it with its other models; None outside ComfyUI."""
+    if not IN_COMFYUI:
+        return None
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
 
 
-def empty_cache() -> None:
-    if model_management is not None:
-        model_management.soft_empty_cache()
-    elif torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def load_models(patchers: list, memory_required: int = 0) -> None:
+    """Have ComfyUI load `patchers` onto their device, unloading its other models as needed.
+
+    Whole models: the pack's layers are plain torch ones, which ComfyUI cannot run partly offloaded."""
+    model_management.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """What travels on the pack's links, and the library calls the nodes delegate to.
 
-- `WorldModel` (SFV_WORLD_MODEL): a loaded pipeline, cached per (folder, dtype, device), moved to the
-  compute device for a run and offloaded after it, the way ComfyUI handles its own models.
+- `WorldModel` (SFV_WORLD_MODEL): a loaded pipeline. Inside ComfyUI its models are one module managed by
+  ComfyUI's `ModelPatcher`, so that ComfyUI loads them onto the device, evicts them when other models need
+  the room, and frees them with its "Unload models" action, like its own models; the loaded model is
+  kept by ComfyUI's node cache, not by the pack. Outside ComfyUI it moves to its device for a run.
 - `Chunk` (SFV_CHUNK): the clean latents of an episode so far, split into the segments it was made
   of (the start frame(s), then one segment per generated chunk), so that chunks chain without decoding.
 - `EpisodicMemory` (SFV_MEMORY) and `TempLoRAConfig` (SFV_TEMP_LORA) are the pipeline's own immutable
@@ -12,9 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -26,43 +27,68 @@ BUILTIN_MODEL_NAME = "toyworld (built-in)"
 BUILTIN_PLANNER_NAME = "toyworld-retrace (built-in)"  # the same world, trained for planning's retrace task
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu")
-# Enough for a graph that compares two models, without keeping every model ever picked in RAM.
-MAX_CACHED_MODELS = 2
+
+
+class PipelineModules(torch.nn.Module):
+    """The pipeline's models as one module: what ComfyUI's ModelPatcher moves, sizes and evicts."""
+
+    def __init__(self, pipe: SlowFastVGenPipeline):
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+        self.device = pipe.device  # kept up to date by the ModelPatcher as it moves the models
 
 
 @dataclass(eq=False)
 class WorldModel:
-    """A loaded world model: the pipeline, where it computes and where it waits between runs."""
+    """A loaded world model: the pipeline, where it computes and where it waits between runs, and inside
+    ComfyUI the ModelPatcher through which ComfyUI manages it."""
 
     pipe: SlowFastVGenPipeline
     name: str
     device: torch.device
     offload_device: torch.device
+    patcher: Any = None  # comfy.model_patcher.ModelPatcher inside ComfyUI, None outside
 
     def __repr__(self) -> str:  # not the whole pipeline: error reports print their inputs
         return f"WorldModel({self.name!r}, device={self.device}, offload_device={self.offload_device})"
 
     @contextlib.contextmanager
     def running(self) -> Iterator[SlowFastVGenPipeline]:
-        """The pipeline on its compute device for the block, offloaded afterwards (also on error or cancel).
+        """The pipeline on its compute device for the block.
+
+        Inside ComfyUI, its model manager loads it (unloading other models if room is needed) and keeps it
+        there afterwards until it needs the room, as for its own models. Outside ComfyUI it is moved back
+        to its offload device after the block (also on error or cancel).
 
         The block runs outside ComfyUI's `torch.inference_mode()`: tensors made inside it (moved weights,
         Temp-LoRA layers injected on first use, chunks) must stay usable by Temp-LoRA's gradient steps,
         which inference tensors are not. The pipeline's own `no_grad` keeps generation gradient-free.
         """
-        size = sum(p.numel() * p.element_size() for p in self.pipe.unet.parameters())
-        comfy_services.make_room(size * 2, self.device)
         with torch.inference_mode(False):
+            if self.patcher is not None:
+                # Room for the weights and as much again for activations (a Temp-LoRA step's backward pass).
+                comfy_services.load_models([self.patcher], memory_required=self.patcher.model_size())
+                usable_for_training(self.pipe, self.device)
+                yield self.pipe
+                return
             self.pipe.to(self.device)
             try:
                 yield self.pipe
             finally:
                 if self.offload_device != self.device:
                     self.pipe.to(self.offload_device)
-                    comfy_services.empty_cache()
 
 
-_cache: OrderedDict[tuple[str, torch.dtype, str], WorldModel] = OrderedDict()
+def usable_for_training(pipe: SlowFastVGenPipeline, device: torch.device) -> None:
+    """Weights moved by ComfyUI under its inference mode are inference tensors, through which Temp-LoRA
+    cannot backpropagate: copy those (only those) into ordinary tensors; with any weight left on another
+    device (ComfyUI's --novram loads nothing), move the models to the compute device."""
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_inference():
+                tensor.data = tensor.data.clone()
+    if pipe.unet.device != device:
+        pipe.to(device)
 
 
 def list_world_models() -> list[str]:
@@ -99,15 +125,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_world_model(name: str, dtype: str = "float32", device: str = "auto") -> WorldModel:
-    """Load a listed world model once per (folder, dtype, device) and hand out the cached one afterwards."""
+    """Load a listed world model; inside ComfyUI, hand it to ComfyUI's model manager (see `WorldModel`)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
     folder = os.path.realpath(world_model_folder(name))
     compute = resolve_device(device)
-    key = (folder, DTYPES[dtype], str(compute))
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key]
     offload = compute if device == "cpu" else comfy_services.offload_device()
     try:
         # Weights loaded under ComfyUI's inference_mode would be inference tensors, through which Temp-LoRA
@@ -121,11 +143,8 @@ def load_world_model(name: str, dtype: str = "float32", device: str = "auto") ->
             "diffusers SlowFastVGenPipeline (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."
         ) from error
     pipe.set_progress_bar_config(disable=True)  # the node's own progress bar reports instead
-    model = WorldModel(pipe=pipe, name=name, device=compute, offload_device=offload)
-    _cache[key] = model
-    while len(_cache) > MAX_CACHED_MODELS:
-        _cache.popitem(last=False)
-    return model
+    patcher = comfy_services.model_patcher(PipelineModules(pipe), compute, offload)
+    return WorldModel(pipe=pipe, name=name, device=compute, offload_device=offload, patcher=patcher)
 
 
 @dataclass(frozen=True)

@@ -135,10 +135,18 @@ def test_episode_returns_every_frame_and_continues(world, start):
     assert none is None
 
 
-def test_the_model_is_loaded_once_per_dtype_and_device(world):
-    assert run("LoadWorldModel", model_name=TINY, dtype="float32", device="cpu")[0] is world
+def test_the_pack_keeps_no_model_of_its_own(world):
+    """ComfyUI's node cache and model manager hold loaded models; once ComfyUI drops one, it is freed."""
+    import gc
+    import weakref
+
     other = run("LoadWorldModel", model_name=TINY, dtype="bfloat16", device="cpu")[0]
     assert other is not world and other.pipe.unet.dtype == torch.bfloat16
+    assert other.patcher is None  # outside ComfyUI: no model manager to hand it to
+    unet = weakref.ref(other.pipe.unet)
+    del other
+    gc.collect()
+    assert unet() is None
 
 
 def test_temp_lora_update_changes_no_input(world, start):

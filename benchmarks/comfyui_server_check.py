@@ -1,0 +1,296 @@
+"""Check the node pack in a running ComfyUI server as a user meets it: previews, progress, queue-time
+refusals, Cancel and error payloads. The figures go in docs/comfyui.md.
+
+    # in ComfyUI's own environment, which has aiohttp (this script needs nothing else, not even the pack)
+    ComfyUI/venv/bin/python benchmarks/comfyui_server_check.py --server http://127.0.0.1:8188 --out check.json
+
+What it does, over ComfyUI's HTTP API and websocket:
+1. runs every workflow of workflows/api/ and records each progress message and binary preview with its time:
+   previews per pack node, and the longest wait between two progress messages of a pack node against the
+   median wait (one denoising step or one Temp-LoRA step: one UNet forward, or forward and backward);
+2. queues graphs with one bad widget or link each and records the HTTP status (400 expected), the time
+   to the answer and its size;
+3. presses Cancel (`POST /interrupt`) during a denoising step and during a Temp-LoRA update of a long
+   episode, and records how long the server took to report `execution_interrupted`;
+4. makes a node fail while running and records the size of the `execution_error` message and history entry.
+Exit status 1 if any expectation fails (a workflow fails, a bad graph is accepted, no previews, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import statistics
+import struct
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+API_DIR = Path(__file__).resolve().parent.parent / "workflows" / "api"
+PACK_PREFIX = "SlowFastVGen_"
+
+
+class Session:
+    """One websocket client of the server, with a log of (time, kind, data) of everything it receives."""
+
+    def __init__(self, http: aiohttp.ClientSession, server: str):
+        self.http, self.server, self.client_id = http, server.rstrip("/"), uuid.uuid4().hex
+        self.events: list[tuple[float, str, object]] = []
+
+    async def __aenter__(self) -> "Session":
+        self.ws = await self.http.ws_connect(f"{self.server}/ws?clientId={self.client_id}".replace("http", "ws", 1))
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.reader.cancel()
+        await self.ws.close()
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            now = time.monotonic()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                data = json.loads(message.data)
+                self.events.append((now, data["type"], data.get("data", {}), len(message.data)))
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                kind = struct.unpack(">I", message.data[:4])[0]
+                self.events.append((now, "binary", kind, len(message.data)))
+
+    async def queue(self, graph: dict) -> tuple[int, dict, float, int]:
+        """POST /prompt: (HTTP status, JSON answer, seconds to the answer, bytes of the answer)."""
+        started = time.monotonic()
+        async with self.http.post(f"{self.server}/prompt", json={"prompt": graph, "client_id": self.client_id}) as r:
+            body = await r.read()
+            return r.status, json.loads(body), time.monotonic() - started, len(body)
+
+    async def wait_for(self, kinds: set[str], prompt_id: str, timeout: float = 900) -> tuple[float, str, dict]:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            for event in self.events[seen:]:
+                if event[1] in kinds and isinstance(event[2], dict) and event[2].get("prompt_id") == prompt_id:
+                    return event[0], event[1], event[2]
+            seen = len(self.events)
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no {kinds} for {prompt_id} in {timeout} s")
+
+    async def history(self, prompt_id: str) -> bytes:
+        async with self.http.get(f"{self.server}/history/{prompt_id}") as r:
+            return await r.read()
+
+
+def node_timeline(events: list, graph: dict) -> dict[str, dict]:
+    """Per executed pack node: its progress times, previews, and the longest and median waits between updates."""
+    nodes: dict[str, dict] = {}
+    current = None
+    for when, kind, data, _ in events:
+        if kind == "executing":
+            current = data.get("node")
+            if current is not None and graph.get(current, {}).get("class_type", "").startswith(PACK_PREFIX):
+                nodes[current] = {"class_type": graph[current]["class_type"], "start": when, "progress": [],
+                                  "previews": 0}
+        elif kind == "progress" and data.get("node") in nodes:
+            nodes[data["node"]]["progress"].append(when)
+        elif kind == "binary" and current in nodes:
+            nodes[current]["previews"] += 1
+    summary = {}
+    for node_id, node in nodes.items():
+        times = [node["start"]] + node["progress"]
+        gaps = [b - a for a, b in zip(times[1:], times[2:])]  # between updates (the first includes set-up)
+        longest_at = gaps.index(max(gaps)) + 2 if gaps else None  # the progress value the longest wait ended at
+        summary[node_id] = {
+            "class_type": node["class_type"], "progress_messages": len(node["progress"]),
+            "previews": node["previews"], "first_update_s": round(times[1] - times[0], 3) if len(times) > 1 else None,
+            "longest_gap_s": round(max(gaps), 3) if gaps else None,
+            "median_gap_s": round(statistics.median(gaps), 4) if gaps else None, "longest_gap_ends_at": longest_at,
+        }
+    return summary
+
+
+async def run_workflows(http, server: str) -> list[dict]:
+    results = []
+    for path in sorted(API_DIR.glob("*.json")):
+        graph = json.loads(path.read_text())
+        async with Session(http, server) as session:
+            started = time.monotonic()
+            status, answer, _, _ = await session.queue(graph)
+            if status != 200:
+                results.append({"workflow": path.name, "ok": False, "error": answer})
+                continue
+            _, kind, _ = await session.wait_for({"execution_success", "execution_error"}, answer["prompt_id"])
+            await asyncio.sleep(0.2)
+            results.append({"workflow": path.name, "ok": kind == "execution_success",
+                            "seconds": round(time.monotonic() - started, 2),
+                            "nodes": node_timeline(session.events, graph)})
+    return results
+
+
+def find(graph: dict, class_type: str) -> str:
+    return next(k for k, v in graph.items() if v["class_type"] == PACK_PREFIX + class_type)
+
+
+def bad_graphs() -> dict[str, dict]:
+    """Graphs with one thing wrong each, all decidable before anything runs."""
+    one = json.loads((API_DIR / "1_long_episode_with_memory.json").read_text())
+    three = json.loads((API_DIR / "3_step_by_step_memory_flow.json").read_text())
+    cases = {}
+    graph = copy.deepcopy(one)
+    graph[find(graph, "RunEpisode")]["inputs"]["actions"] = " \n \n"
+    cases["empty action script"] = graph
+    # Save Memory as the graph's only output: with another valid output, ComfyUI answers 200, runs that
+    # one and lists the refused node in `node_errors` (its rule for graphs with several outputs).
+    memory_only = {k: v for k, v in one.items() if not v["class_type"].startswith(("SaveVideo", "CreateVideo"))}
+    graph = copy.deepcopy(memory_only)
+    graph[find(graph, "SaveMemory")]["inputs"]["filename_prefix"] = "../../outside/memory"
+    cases["save name with '..'"] = graph
+    graph = copy.deepcopy(memory_only)
+    graph[find(graph, "SaveMemory")]["inputs"]["filename_prefix"] = "/tmp/memory"
+    cases["absolute save name"] = graph
+    graph = copy.deepcopy(one)
+    graph[find(graph, "SaveMemory")]["inputs"]["filename_prefix"] = "/tmp/memory"
+    cases["absolute save name, beside a valid Save Video"] = graph
+    graph = copy.deepcopy(three)
+    chunks = [k for k, v in graph.items() if v["class_type"] == PACK_PREFIX + "ActionChunk" and "chunk" in v["inputs"]]
+    start = find(graph, "ToyWorldStartFrame")
+    graph[chunks[0]]["inputs"]["image"] = [start, 0]
+    cases["image and chunk both connected"] = graph
+    graph = copy.deepcopy(three)
+    first = next(k for k, v in graph.items() if v["class_type"] == PACK_PREFIX + "ActionChunk" and "image" in v["inputs"])
+    graph[first]["inputs"]["action"] = "   "
+    cases["empty action"] = graph
+    graph = copy.deepcopy(three)
+    graph[first]["inputs"]["image"] = [chunks[0], 0]  # a chunk into an image input
+    cases["chunk linked into image"] = graph
+    graph = copy.deepcopy(one)
+    graph["900"] = {"class_type": PACK_PREFIX + "TempLoRASettings", "inputs": {
+        "rank": 8, "alpha": 0.0, "learning_rate": 1e-4, "target": "all-attention", "steps_per_update": 1,
+        "timestep_low": 0.8, "timestep_high": 0.2, "keep_optimizer_state": True}}
+    graph[find(graph, "RunEpisode")]["inputs"]["settings"] = ["900", 0]
+    cases["timestep_low above timestep_high"] = graph
+    return cases
+
+
+async def queue_time_refusals(http, server: str) -> list[dict]:
+    results = []
+    async with Session(http, server) as session:
+        for name, graph in bad_graphs().items():
+            status, answer, seconds, size = await session.queue(graph)
+            errors = [e.get("details", "") for node in answer.get("node_errors", {}).values()
+                      for e in node.get("errors", [])]
+            results.append({"case": name, "status": status, "seconds": round(seconds, 3), "bytes": size,
+                            "refused_nodes": sorted(answer.get("node_errors", {})),
+                            "message": (errors or [answer.get("error", {}).get("message", "")])[0][:300]})
+            if status == 200:  # the valid part runs: wait for it, so that it does not overlap the next checks
+                await session.wait_for({"execution_success", "execution_error"}, answer["prompt_id"])
+    return results
+
+
+def long_episode(steps_per_update: int) -> dict:
+    graph = json.loads((API_DIR / "1_long_episode_with_memory.json").read_text())
+    episode = find(graph, "RunEpisode")
+    graph[episode]["inputs"]["actions"] = "\n".join(["move right", "move left"] * 10)
+    graph["900"] = {"class_type": PACK_PREFIX + "TempLoRASettings", "inputs": {
+        "rank": 32, "alpha": 0.0, "learning_rate": 1e-4, "target": "all-attention",
+        "steps_per_update": steps_per_update, "timestep_low": 0.0, "timestep_high": 1.0,
+        "keep_optimizer_state": True}}
+    graph[episode]["inputs"]["settings"] = ["900", 0]
+    graph[episode]["inputs"]["seed"] = int(time.time())  # not cached from an earlier run
+    return graph
+
+
+async def cancel_latency(http, server: str, phase: str) -> dict:
+    """Cancel during the third chunk's denoising ('denoising') or its Temp-LoRA update ('temp-lora')."""
+    updates = 20
+    graph = long_episode(updates)
+    episode = find(graph, "RunEpisode")
+    steps = graph[episode]["inputs"]["steps"]
+    per_chunk = steps + updates + 1
+    target = 1 + 2 * per_chunk + (steps // 2 if phase == "denoising" else steps + updates // 2)
+    async with Session(http, server) as session:
+        status, answer, _, _ = await session.queue(graph)
+        prompt_id = answer["prompt_id"]
+        pressed = None
+        while pressed is None:
+            progress = [e for e in session.events if e[1] == "progress" and e[2].get("node") == episode]
+            if progress and progress[-1][2]["value"] >= target:
+                async with http.post(f"{server}/interrupt") as r:
+                    await r.read()
+                pressed = time.monotonic()
+            await asyncio.sleep(0.005)
+        when, kind, _ = await session.wait_for({"execution_interrupted", "execution_success", "execution_error"},
+                                               prompt_id)
+        progress = [e[0] for e in session.events if e[1] == "progress" and e[2].get("node") == episode]
+        gaps = [b - a for a, b in zip(progress, progress[1:])]
+        return {"phase": phase, "result": kind, "seconds_to_stop": round(when - pressed, 3),
+                "median_progress_gap_s": round(statistics.median(gaps), 4),
+                "value_at_press": target, "of": 1 + 20 * per_chunk}
+
+
+async def error_payload(http, server: str) -> dict:
+    """Save Memory fed an empty memory (Run Episode with temp_lora 'off'): known only once it runs."""
+    graph = json.loads((API_DIR / "1_long_episode_with_memory.json").read_text())
+    episode = find(graph, "RunEpisode")
+    graph[episode]["inputs"]["temp_lora"] = "off"
+    graph[episode]["inputs"]["actions"] = "move right"
+    graph[episode]["inputs"]["seed"] = int(time.time())
+    async with Session(http, server) as session:
+        status, answer, _, _ = await session.queue(graph)
+        await session.wait_for({"execution_error", "execution_success"}, answer["prompt_id"])
+        error = next(e for e in session.events if e[1] == "execution_error")
+        history = await session.history(answer["prompt_id"])
+        return {"status": status, "execution_error_bytes": error[3], "history_entry_bytes": len(history),
+                "message": error[2].get("exception_message", "")[:300]}
+
+
+async def main_async(server: str) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server}/system_stats") as r:
+            stats = (await r.json())["system"]
+        report = {"comfyui_version": stats.get("comfyui_version"), "pytorch_version": stats.get("pytorch_version"),
+                  "argv": stats.get("argv")}
+        report["workflows"] = await run_workflows(http, server)
+        report["queue_time"] = await queue_time_refusals(http, server)
+        report["cancel"] = [await cancel_latency(http, server, "denoising"),
+                            await cancel_latency(http, server, "temp-lora")]
+        report["error_payload"] = await error_payload(http, server)
+    return report
+
+
+def failures(report: dict) -> list[str]:
+    found = [f"{w['workflow']} failed" for w in report["workflows"] if not w["ok"]]
+    for w in report["workflows"]:
+        for node in w.get("nodes", {}).values():
+            if node["class_type"].endswith(("RunEpisode", "ActionChunk", "DecodeChunk")) and not node["previews"]:
+                found.append(f"{w['workflow']}: no preview from {node['class_type']}")
+    found += [f"queue time: {c['case']} answered {c['status']}" for c in report["queue_time"]
+              if c["status"] != 400 and "beside" not in c["case"]]
+    found += [f"queue time: {c['case']}: no node refused" for c in report["queue_time"] if not c["refused_nodes"]]
+    found += [f"cancel during {c['phase']}: {c['result']}" for c in report["cancel"]
+              if c["result"] != "execution_interrupted"]
+    if report["error_payload"]["execution_error_bytes"] > 10_000:
+        found.append(f"error payload of {report['error_payload']['execution_error_bytes']} bytes")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", default="http://127.0.0.1:8188")
+    parser.add_argument("--out", type=Path, help="write the whole report here (JSON)")
+    args = parser.parse_args(argv)
+    report = asyncio.run(main_async(args.server.rstrip("/")))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    problems = failures(report)
+    for problem in problems:
+        print("FAILED:", problem)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
