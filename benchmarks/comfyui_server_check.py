@@ -136,8 +136,8 @@ def find(graph: dict, class_type: str) -> str:
 
 def bad_graphs() -> dict[str, dict]:
     """Graphs with one thing wrong each, all decidable before anything runs."""
-    one = json.loads((API_DIR / "1_long_episode_with_memory.json").read_text())
-    three = json.loads((API_DIR / "3_step_by_step_memory_flow.json").read_text())
+    one = json.loads((API_DIR / "1 Long episode with memory.json").read_text())
+    three = json.loads((API_DIR / "3 Step by step memory flow.json").read_text())
     cases = {}
     graph = copy.deepcopy(one)
     graph[find(graph, "RunEpisode")]["inputs"]["actions"] = " \n \n"
@@ -191,7 +191,7 @@ async def queue_time_refusals(http, server: str) -> list[dict]:
 
 
 def long_episode(steps_per_update: int) -> dict:
-    graph = json.loads((API_DIR / "1_long_episode_with_memory.json").read_text())
+    graph = json.loads((API_DIR / "1 Long episode with memory.json").read_text())
     episode = find(graph, "RunEpisode")
     graph[episode]["inputs"]["actions"] = "\n".join(["move right", "move left"] * 10)
     graph["900"] = {"class_type": PACK_PREFIX + "TempLoRASettings", "inputs": {
@@ -233,7 +233,7 @@ async def cancel_latency(http, server: str, phase: str) -> dict:
 
 async def error_payload(http, server: str) -> dict:
     """Save Memory fed an empty memory (Run Episode with temp_lora 'off'): known only once it runs."""
-    graph = json.loads((API_DIR / "1_long_episode_with_memory.json").read_text())
+    graph = json.loads((API_DIR / "1 Long episode with memory.json").read_text())
     episode = find(graph, "RunEpisode")
     graph[episode]["inputs"]["temp_lora"] = "off"
     graph[episode]["inputs"]["actions"] = "move right"

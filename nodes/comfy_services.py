@@ -7,6 +7,7 @@ import and run without ComfyUI (tests, diffusers users) and follow ComfyUI's set
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -172,13 +173,19 @@ def _models_dir() -> str:
 
 def register_model_folders() -> None:
     """Register `world_models`, `temp_lora_memories` and `inverse_dynamics` with folder_paths, unless the
-    user already did (extra_model_paths.yaml is read before custom nodes are imported)."""
+    user already did (extra_model_paths.yaml is read before custom nodes are imported), and create them in
+    ComfyUI's models folder, so that a user sees where to put files."""
     if not IN_COMFYUI:
         return
     for name, extensions in ((WORLD_MODELS_FOLDER, set()), (MEMORIES_FOLDER, MEMORY_EXTENSIONS),
                              (INVERSE_DYNAMICS_FOLDER, set())):
         if name not in folder_paths.folder_names_and_paths:
-            folder_paths.folder_names_and_paths[name] = ([os.path.join(_models_dir(), name)], extensions)
+            path = os.path.join(_models_dir(), name)
+            folder_paths.folder_names_and_paths[name] = ([path], extensions)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as error:  # a read-only install: the folder can still be made by hand
+                logging.getLogger(__name__).warning("SlowFast-VGen: could not create %s: %s", path, error)
 
 
 def model_folders(name: str) -> list[str]:

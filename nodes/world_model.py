@@ -187,7 +187,8 @@ class Chunk:
 
 
 def image_to_frames(image: torch.Tensor, pipe: SlowFastVGenPipeline) -> torch.Tensor:
-    """A ComfyUI IMAGE (B,H,W,C in [0,1]) -> frames B,C,H,W for `encode_frames`, refusing sizes the model cannot take.
+    """A ComfyUI IMAGE (B,H,W,C in [0,1]) -> frames B,C,H,W for `encode_frames`, refusing sizes the model was
+    not trained at (it would make poor frames there, silently).
 
     ComfyUI keeps transparency in a separate MASK, so a 4th channel is dropped here, and values a resampling
     node overshot are clipped to IMAGE's [0, 1]; `encode_frames` does the rest of the conversion and checks.
@@ -195,12 +196,12 @@ def image_to_frames(image: torch.Tensor, pipe: SlowFastVGenPipeline) -> torch.Te
     if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"image must be a ComfyUI IMAGE batch (frames, height, width, channels), got {tuple(image.shape)}.")
     height, width = image.shape[1:3]
-    multiple, native = pipe.size_multiple, pipe.native_size
-    if height % multiple or width % multiple:
+    native = pipe.native_size
+    if (height, width) != (native, native):
         raise ValueError(
-            f"The start image is {width}x{height}, but this world model needs a width and height that are multiples "
-            f"of {multiple} (it was trained at {native}x{native}). Resize it first, e.g. with the core "
-            f"'Upscale Image' node set to {native}x{native}."
+            f"The image is {width}x{height}, but this world model was trained on {native}x{native} frames and "
+            f"makes poor frames at other sizes. Resize it first, e.g. with the core 'Upscale Image' node set to "
+            f"{native}x{native} (crop: center)."
         )
     return image[..., :3].permute(0, 3, 1, 2).float().clamp(0, 1)
 

@@ -329,9 +329,11 @@ def test_a_start_image_is_read_like_any_float_image(world, start):
                                atol=1e-5, rtol=0)
 
 
-def test_a_start_image_of_the_wrong_size_is_refused(world):
-    with pytest.raises(ValueError, match="multiples of 4.*Upscale Image"):
-        run("ActionChunk", world_model=world, action="move up", image=torch.rand(1, 30, 30, 3), **SAMPLING)
+@pytest.mark.parametrize("size", [(30, 30), (64, 64), (32, 64)])
+def test_a_start_image_of_another_size_than_the_models_is_refused(world, size):
+    native = world.pipe.native_size
+    with pytest.raises(ValueError, match=f"is {size[1]}x{size[0]}.*trained on {native}x{native}.*Upscale Image"):
+        run("ActionChunk", world_model=world, action="move up", image=torch.rand(1, *size, 3), **SAMPLING)
 
 
 @pytest.mark.parametrize("prefix", ["../escape", "slowfast_vgen/../../escape", "/tmp/escape", "\\escape"])

@@ -41,6 +41,33 @@ def test_at_least_the_five_workflows_ship():
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_every_template_has_a_readable_title_and_a_thumbnail(path):
+    import cv2
+
+    number, _, title = path.stem.partition(" ")  # ComfyUI shows the file name as the template's title
+    assert number.isdigit() and title[:1].isupper() and "_" not in title
+    thumbnail = cv2.imread(str(path.with_suffix(".jpg")))  # what its template browser asks for
+    assert thumbnail is not None and min(thumbnail.shape[:2]) >= 384
+
+
+def test_thumbnails_are_four_frames_of_the_run_video_enlarged(tmp_path):
+    import cv2
+    import numpy as np
+
+    from slowfast_vgen.workflows.submit import thumbnail_from_video
+
+    path = tmp_path / "run.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (64, 64))
+    for value in range(0, 240, 10):  # 24 frames, each one grey level
+        writer.write(np.full((64, 64, 3), value, np.uint8))
+    writer.release()
+    grid = thumbnail_from_video(path.read_bytes())
+    assert grid.shape == (384, 384, 3)  # 2x2 frames of 64, enlarged 3x
+    levels = [int(grid[y:y + 192, x:x + 192].mean()) for y in (0, 192) for x in (0, 192)]
+    assert levels == sorted(levels) and levels[0] > 20 and levels[-1] > 200  # a quarter in, ..., the last
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_ui_workflow_is_valid(path):
     workflow = load(path)
     for key in ("nodes", "links", "last_node_id", "last_link_id", "version"):
@@ -98,7 +125,7 @@ def check_widget_value(node, name, spec, value):
 
 def test_widget_values_map_to_names_in_order():
     """An independent spot check of the converter's pairing, seed control slot included."""
-    workflow = load(WORKFLOWS_DIR / "3_step_by_step_memory_flow.json")
+    workflow = load(WORKFLOWS_DIR / "3 Step by step memory flow.json")
     chunk = next(n for n in workflow["nodes"] if n.get("title") == "Action Chunk 2")
     assert chunk["widgets_values"] == ["move right", 4, 4, 2.0, 2, "fixed", "mask"]
     api = ui_to_api(workflow)[str(chunk["id"])]["inputs"]
@@ -166,7 +193,7 @@ def test_api_graph_runs_on_the_tiny_model(path, comfy_dir, tiny_model_dir):
 
 def test_memory_vs_no_memory_workflow_compares_memory_alone(comfy_dir, tiny_model_dir):
     """Workflow 2's two episodes share seed and noise: their first chunks are bit-identical."""
-    prompt = for_tiny_model(load(api_path(WORKFLOWS_DIR / "2_memory_vs_no_memory.json")))
+    prompt = for_tiny_model(load(api_path(WORKFLOWS_DIR / "2 Memory vs no memory.json")))
     episodes = {node["inputs"]["temp_lora"]: node_id for node_id, node in prompt.items()
                 if node["class_type"] == "SlowFastVGen_RunEpisode"}
     assert set(episodes) == {"learn", "off"}
