@@ -5,6 +5,8 @@ refusals, Cancel and error payloads. The figures go in docs/comfyui.md.
     ComfyUI/venv/bin/python benchmarks/comfyui_server_check.py --server http://127.0.0.1:8188 --out check.json
 
 What it does, over ComfyUI's HTTP API and websocket:
+0. checks that the shipped UI workflows (saved graphs) fit the server's node definitions: ids, inputs, and
+   a widget for each stored value, in order;
 1. runs every workflow of workflows/api/ and records each progress message and binary preview with its time:
    previews per pack node, and the longest wait between two progress messages of a pack node against the
    median wait (one denoising step or one Temp-LoRA step: one UNet forward, or forward and backward);
@@ -164,7 +166,8 @@ def bad_graphs() -> dict[str, dict]:
     graph[first]["inputs"]["action"] = "   "
     cases["empty action"] = graph
     graph = copy.deepcopy(three)
-    graph[first]["inputs"]["image"] = [chunks[0], 0]  # a chunk into an image input
+    graph["901"] = copy.deepcopy(graph[first])  # another chunk, made from the start frame
+    graph[first]["inputs"]["image"] = ["901", 0]  # a chunk into an image input
     cases["chunk linked into image"] = graph
     graph = copy.deepcopy(one)
     graph["900"] = {"class_type": PACK_PREFIX + "TempLoRASettings", "inputs": {
@@ -173,6 +176,55 @@ def bad_graphs() -> dict[str, dict]:
     graph[find(graph, "RunEpisode")]["inputs"]["settings"] = ["900", 0]
     cases["timestep_low above timestep_high"] = graph
     return cases
+
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def widget_names(info: dict) -> list[str]:
+    """The node's widgets in the order a saved UI graph stores their values (`widgets_values`); a seed
+    widget with control_after_generate stores its control mode right after its value."""
+    names = []
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            kind, options = (info["input"][section][name] + [{}])[:2]
+            if (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput"):
+                names.append(name)
+                if options.get("control_after_generate"):
+                    names.append(f"{name} (control after generate)")
+    return names
+
+
+async def saved_graphs_load(http, server: str) -> list[dict]:
+    """Every pack node of the shipped UI workflows, against the server's node definitions: the same id, a
+    widget for every stored value in the same order, and every linked input name known."""
+    async with http.get(f"{server}/object_info") as r:
+        definitions = await r.json()
+    results = []
+    for path in sorted(API_DIR.parent.glob("*.json")):
+        problems = []
+        for node in json.loads(path.read_text())["nodes"]:
+            if not node["type"].startswith(PACK_PREFIX):
+                continue
+            info = definitions.get(node["type"])
+            if info is None:
+                problems.append(f"{node['type']}: unknown to the server")
+                continue
+            names = widget_names(info)
+            values = node.get("widgets_values", [])
+            if len(values) != len(names):
+                problems.append(f"{node['type']}: {len(values)} stored widget values for widgets {names}")
+            known = set(info["input"].get("required", {})) | set(info["input"].get("optional", {}))
+            problems += [f"{node['type']}: input {i['name']!r} unknown" for i in node.get("inputs", [])
+                         if i["name"] not in known]
+            for name, value in zip(names, values):
+                section = "required" if name in info["input"].get("required", {}) else "optional"
+                kind, options = (info["input"].get(section, {}).get(name, ["?"]) + [{}])[:2]
+                choices = kind if isinstance(kind, list) else options.get("options") if kind == "COMBO" else None
+                if choices is not None and value not in choices and node["type"] != PACK_PREFIX + "LoadMemory":
+                    problems.append(f"{node['type']}.{name}: stored {value!r} is not one of {choices}")
+        results.append({"workflow": path.name, "problems": problems})
+    return results
 
 
 async def queue_time_refusals(http, server: str) -> list[dict]:
@@ -253,6 +305,7 @@ async def main_async(server: str) -> dict:
             stats = (await r.json())["system"]
         report = {"comfyui_version": stats.get("comfyui_version"), "pytorch_version": stats.get("pytorch_version"),
                   "argv": stats.get("argv")}
+        report["saved_graphs"] = await saved_graphs_load(http, server)
         report["workflows"] = await run_workflows(http, server)
         report["queue_time"] = await queue_time_refusals(http, server)
         report["cancel"] = [await cancel_latency(http, server, "denoising"),
@@ -263,6 +316,7 @@ async def main_async(server: str) -> dict:
 
 def failures(report: dict) -> list[str]:
     found = [f"{w['workflow']} failed" for w in report["workflows"] if not w["ok"]]
+    found += [f"saved graph {g['workflow']}: {p}" for g in report["saved_graphs"] for p in g["problems"]]
     for w in report["workflows"]:
         for node in w.get("nodes", {}).values():
             if node["class_type"].endswith(("RunEpisode", "ActionChunk", "DecodeChunk")) and not node["previews"]:

@@ -27,6 +27,13 @@ except ImportError:
 
 IN_COMFYUI = folder_paths is not None
 
+try:  # ComfyUI's V3 node schema, in the ComfyUI versions that have it
+    from comfy_api.latest import io
+
+    V3_SCHEMA = IN_COMFYUI and hasattr(io, "ComfyNode")
+except ImportError:
+    V3_SCHEMA = False
+
 WORLD_MODELS_FOLDER = "world_models"
 MEMORIES_FOLDER = "temp_lora_memories"
 INVERSE_DYNAMICS_FOLDER = "inverse_dynamics"

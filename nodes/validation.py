@@ -28,9 +28,9 @@ def linked_type_problem(node_class: type, input_types: dict[str, str] | None) ->
     declared = node_class.INPUT_TYPES()
     expected = {**declared.get("required", {}), **declared.get("optional", {})}
     for name, received in (input_types or {}).items():
-        kind = expected.get(name, ("*",))[0]
-        if isinstance(kind, str) and "*" not in (kind, received) and received != kind:
-            return f"The input '{name}' takes {kind}, but the link brings {received}. Connect a {kind} output."
+        kind = expected.get(name, ("*",))[0]  # a list of options, or "COMBO" in V3's form: any value may come
+        if isinstance(kind, str) and kind != "COMBO" and "*" not in (kind, received) and received != kind:
+            return f"The input '{name}' takes {kind}, but the link brings {received}. Connect an output of type {kind}."
     return None
 
 

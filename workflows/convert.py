@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from ..nodes import NODE_CLASSES
 
 WORKFLOWS_DIR = Path(__file__).resolve().parent
 API_DIR = WORKFLOWS_DIR / "api"
@@ -93,9 +93,9 @@ CORE_NODES = {
 def node_definitions() -> dict[str, NodeDefinition]:
     """The pack's nodes (from their classes) and the core nodes the workflows use."""
     pack = {
-        name: NodeDefinition(cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), NODE_DISPLAY_NAME_MAPPINGS[name],
+        name: NodeDefinition(cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), display_name,
                              getattr(cls, "OUTPUT_NODE", False))
-        for name, cls in NODE_CLASS_MAPPINGS.items()
+        for name, (cls, display_name) in NODE_CLASSES.items()
     }
     return {**CORE_NODES, **pack}
 
