@@ -280,6 +280,7 @@ async def cancel_latency(http, server: str, phase: str) -> dict:
         gaps = [b - a for a, b in zip(progress, progress[1:])]
         return {"phase": phase, "result": kind, "seconds_to_stop": round(when - pressed, 3),
                 "median_progress_gap_s": round(statistics.median(gaps), 4),
+                "longest_progress_gap_s": round(max(gaps), 4),
                 "value_at_press": target, "of": 1 + 20 * per_chunk}
 
 
@@ -326,6 +327,10 @@ def failures(report: dict) -> list[str]:
     found += [f"queue time: {c['case']}: no node refused" for c in report["queue_time"] if not c["refused_nodes"]]
     found += [f"cancel during {c['phase']}: {c['result']}" for c in report["cancel"]
               if c["result"] != "execution_interrupted"]
+    # Within the UNet call that was running: no longer than the longest wait between two progress
+    # messages (each is one denoising or Temp-LoRA step), plus the messages' own latency.
+    found += [f"cancel during {c['phase']} took {c['seconds_to_stop']} s" for c in report["cancel"]
+              if c["seconds_to_stop"] > c["longest_progress_gap_s"] + 0.05]
     if report["error_payload"]["execution_error_bytes"] > 10_000:
         found.append(f"error payload of {report['error_payload']['execution_error_bytes']} bytes")
     return found
