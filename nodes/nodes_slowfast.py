@@ -1,4 +1,5 @@
-"""The SlowFast-VGen nodes: small classes in ComfyUI's classic style that delegate to the library.
+"""The SlowFast-VGen nodes: small classes that delegate to the library, declared in ComfyUI's classic
+form (which runs without ComfyUI) and offered to a ComfyUI with the V3 schema as V3 nodes (`nodes/v3.py`).
 
 ComfyUI caches node outputs and hands the same objects to every node linked to them, so no node here
 changes an input: chunks are extended into new chunks, memories are updated into new memories (the
@@ -78,8 +79,8 @@ class LoadWorldModel:
     """Load a SlowFast-VGen world model (a diffusers folder) once, and reuse it across runs."""
 
     DESCRIPTION = ("Loads a SlowFast-VGen world model: the built-in ToyWorld model, or a diffusers-format folder "
-                   "put in models/world_models. Loaded once per model, dtype and device, and moved off the GPU "
-                   "between runs unless ComfyUI runs with --highvram.")
+                   "put in models/world_models. ComfyUI's model manager loads it onto the GPU when a node needs it "
+                   "and unloads it when other models need the room, as for its own models.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (WORLD_MODEL,)
     RETURN_NAMES = ("world_model",)
