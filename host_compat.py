@@ -21,20 +21,6 @@ logger = logging.getLogger(__name__)
 
 OPTIONAL_PACKAGES = ("torchvision", "torchaudio")
 
-# Where transformers and diffusers cache "is this package installed": flag variables read by their
-# is_*_available() functions. Names differ by library version, so every known one is set when present.
-_FLAGS = {
-    "torchvision": {
-        "transformers.utils.import_utils": ("_torchvision_available",),
-        "diffusers.utils.import_utils": ("_torchvision_available",),
-    },
-    "torchaudio": {
-        "transformers.utils.import_utils": ("_torchaudio_available",),
-        "diffusers.utils.import_utils": ("_torchaudio_available",),
-    },
-}
-_CHECKERS = {"torchvision": "is_torchvision_available", "torchaudio": "is_torchaudio_available"}
-
 
 def import_problem(package: str) -> str | None:
     """Why `package` is installed but does not import; None if it imports or is not installed."""
@@ -55,17 +41,17 @@ def _unavailable() -> bool:
 
 
 def mark_unavailable(package: str) -> None:
-    """Make transformers and diffusers treat `package` as not installed."""
-    checker = _CHECKERS[package]
+    """Make transformers and diffusers treat `package` as not installed: their `_<package>_available` flags
+    and `is_<package>_available()` checks, wherever a module of theirs holds one."""
+    flag, checker = f"_{package}_available", f"is_{package}_available"
     for module_name in ("transformers.utils.import_utils", "transformers.utils", "transformers",
                         "diffusers.utils.import_utils", "diffusers.utils", "diffusers"):
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        for flag in _FLAGS[package].get(module_name, ()):
-            if hasattr(module, flag):
-                setattr(module, flag, False)
+        if hasattr(module, flag):
+            setattr(module, flag, False)
         if hasattr(module, checker):
             setattr(module, checker, _unavailable)
 

@@ -101,8 +101,8 @@ def preview_image(frames: torch.Tensor) -> Image.Image:
     frames = frames[..., :3].clamp(0, 1)
     height = frames.shape[1]
     scale = max(1, PREVIEW_MIN_HEIGHT // height)
-    gap = frames.new_ones(frames.shape[0], height, max(1, frames.shape[2] // 32), 3)
-    strip = torch.cat([torch.cat([frame, spacer], dim=1) for frame, spacer in zip(frames, gap)], dim=1)[:, :-gap.shape[2]]
+    gap = frames.new_ones(height, max(1, frames.shape[2] // 32), 3)  # a white line between frames
+    strip = torch.cat([part for frame in frames for part in (gap, frame)][1:], dim=1)
     pixels = (strip * 255).round().to(torch.uint8).cpu().numpy()
     image = Image.fromarray(pixels)
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)

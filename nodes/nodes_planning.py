@@ -139,21 +139,26 @@ class ToyWorldWalk:
     def VALIDATE_INPUTS(cls, input_types: dict[str, str], actions: str | None = None,
                         way_there: str | None = None) -> bool | str:
         typed = None if actions is None or "plan_actions" in input_types else problem_of(
-            lambda: [check_toyworld_action(a, "actions") for a in parse_actions(actions)])
-        there = None if way_there is None else problem_of(
-            lambda: [check_toyworld_action(a, "way_there") for a in way_there.splitlines() if a.strip()])
+            toyworld_actions, actions, "actions")
+        there = None if way_there is None else problem_of(toyworld_actions, way_there, "way_there", True)
         return verdict(linked_type_problem(cls, input_types), typed, there)
 
     def walk(self, seed: int, size: int, actions: str, frames_per_action: int, way_there: str,
              plan_actions: str | None = None) -> tuple[torch.Tensor]:
         source = "plan_actions" if plan_actions is not None else "actions"
-        steps = [check_toyworld_action(a, source) for a in parse_actions(plan_actions or actions)]
-        there = [check_toyworld_action(a, "way_there") for a in way_there.splitlines() if a.strip()]
+        steps = toyworld_actions(plan_actions or actions, source)
+        there = toyworld_actions(way_there, "way_there", may_be_empty=True)
         world = ToyWorld(seed=seed, view_size=size)
         start = world.path(there, 4)[-1]
         positions = [start] + execute(world, start, [a for a in steps for _ in range(frames_per_action)])
         frames = np.stack([world.render(*p) for p in positions])
         return (torch.from_numpy(frames).float().div(255.0),)
+
+
+def toyworld_actions(script: str, where: str, may_be_empty: bool = False) -> list[str]:
+    """The ToyWorld actions of a script, one per line (blank lines skipped); an unknown one is an error."""
+    lines = [line for line in script.splitlines() if line.strip()] if may_be_empty else parse_actions(script)
+    return [check_toyworld_action(line, where) for line in lines]
 
 
 def check_toyworld_action(action: str, where: str) -> str:
