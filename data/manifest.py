@@ -3,6 +3,11 @@
 Each line is one clip: `{"video": "clips/a.mp4", "start": 0, "end": 24, "action": "open the drawer",
 "context": 8}`. Frames `start` to `end` (exclusive) form the clip; its first `context` frames (default 1,
 an image start) condition and the rest are generated. Paths are relative to the manifest's folder.
+
+For the slow-fast stage, consecutive clips of one video form an episode (`manifest_episodes`): lines in a
+row whose video is the same and whose `start` is the previous line's `end`. An optional `"episode": "name"`
+groups clips explicitly; the clips of one name must then follow each other in one video, without gap or
+overlap, or the manifest is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class ManifestRecord:
     action: str
     context: int
     line: int
+    episode: str | None = None
 
 
 def read_manifest(path: str, on_bad_record: str = "skip") -> list[ManifestRecord]:
@@ -62,6 +68,9 @@ def _parse_record(line: str, root: str, where: str, number: int) -> ManifestReco
         fields = json.loads(line)
         video, start, end = fields["video"], int(fields["start"]), int(fields["end"])
         action, context = str(fields.get("action", "")), int(fields.get("context", 1))
+        episode = fields.get("episode")
+        if episode is not None and (not isinstance(episode, str) or not episode.strip()):
+            raise ValueError(f"episode must be a non-empty name, got {episode!r}")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise BadRecordError(f"{where}: not a valid record ({error!r}); need video, start, end, action.") from None
     if not action.strip():
@@ -80,24 +89,129 @@ def _parse_record(line: str, root: str, where: str, number: int) -> ManifestReco
         raise BadRecordError(f"{where}: frames {start}..{end} are out of range for {full_path!r} ({frame_count} frames).")
     if not 1 <= context < end - start:
         raise BadRecordError(f"{where}: context={context} must leave at least one frame of the {end - start} to generate.")
-    return ManifestRecord(full_path, start, end, action.strip(), context, number)
+    return ManifestRecord(full_path, start, end, action.strip(), context, number, episode and episode.strip())
 
 
 def load_clip(record: ManifestRecord, size: int) -> Sample:
     """Read a record's frames (RGB, centre-cropped and resized to `size`) as a training sample."""
-    capture = cv2.VideoCapture(record.video)
+    clip = read_frames(record.video, record.start, record.end, size, f"line {record.line}")
+    return Sample(context=clip[:record.context], action=record.action, target=clip[record.context:])
+
+
+def read_frames(video: str, start: int, end: int, size: int, where: str) -> np.ndarray:
+    """Frames `start`..`end` (exclusive) of `video` as (F, size, size, 3) uint8 RGB, centre-cropped."""
+    capture = cv2.VideoCapture(video)
     try:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, record.start)
+        capture.set(cv2.CAP_PROP_POS_FRAMES, start)
         frames = []
-        for _ in range(record.end - record.start):
+        for _ in range(end - start):
             ok, frame = capture.read()
             if not ok:
-                raise BadRecordError(f"line {record.line}: {record.video!r} ended before frame {record.end}.")
+                raise BadRecordError(f"{where}: {video!r} ended before frame {end}.")
             frames.append(_square(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), size))
     finally:
         capture.release()
-    clip = np.stack(frames)
-    return Sample(context=clip[:record.context], action=record.action, target=clip[record.context:])
+    return np.stack(frames)
+
+
+@dataclass
+class ManifestEpisode:
+    """Consecutive clips of one video: frame `clips[0].start` is the start frame X_0, and the frames after
+    it are cut into chunks of `chunk_frames` (trailing frames that fill no chunk are left out). Each chunk's
+    action is the action of the clip its first frame lies in."""
+
+    clips: list[ManifestRecord]
+    chunk_frames: int
+
+    @property
+    def video(self) -> str:
+        return self.clips[0].video
+
+    @property
+    def start(self) -> int:
+        return self.clips[0].start
+
+    @property
+    def num_chunks(self) -> int:
+        return (self.clips[-1].end - self.start - 1) // self.chunk_frames
+
+    @property
+    def lines(self) -> str:
+        return f"lines {self.clips[0].line}-{self.clips[-1].line}" if len(self.clips) > 1 else f"line {self.clips[0].line}"
+
+    def chunk_actions(self) -> list[str]:
+        actions = []
+        for index in range(self.num_chunks):
+            first = self.start + 1 + index * self.chunk_frames
+            actions.append(next(c.action for c in self.clips if c.start <= first < c.end))
+        return actions
+
+    def straddling_chunks(self) -> int:
+        """Chunks whose frames come from two clips of different actions (labelled by their first frame's)."""
+        count = 0
+        for index in range(self.num_chunks):
+            first = self.start + 1 + index * self.chunk_frames
+            last = first + self.chunk_frames - 1
+            actions = {c.action for c in self.clips if c.start <= last and first < c.end}
+            count += len(actions) > 1
+        return count
+
+    def frames(self, first_chunk: int, num_chunks: int, size: int) -> np.ndarray:
+        """X_0 .. X_n of the window of `num_chunks` chunks from chunk `first_chunk` (its X_0 is the frame
+        before it), as (1 + num_chunks * chunk_frames, size, size, 3) floats in [0, 1]."""
+        start = self.start + first_chunk * self.chunk_frames
+        frames = read_frames(self.video, start, start + 1 + num_chunks * self.chunk_frames, size, self.lines)
+        return frames.astype(np.float32) / 255.0
+
+
+def manifest_episodes(records: list[ManifestRecord], chunk_frames: int, min_chunks: int = 2,
+                      on_bad_record: str = "skip") -> list[ManifestEpisode]:
+    """Group `records` into episodes (see the module's docstring) of at least `min_chunks` chunks.
+
+    Named episodes whose clips do not follow each other raise `BadRecordError`; episodes too short for
+    `min_chunks` are skipped with a warning, or raise with `on_bad_record="fatal"`."""
+    groups: list[list[ManifestRecord]] = []
+    named: dict[str, list[ManifestRecord]] = {}
+    for record in records:
+        if record.episode is not None:
+            if record.episode not in named:
+                named[record.episode] = []
+                groups.append(named[record.episode])
+            named[record.episode].append(record)
+        elif groups and groups[-1][-1].episode is None and _follows(groups[-1][-1], record):
+            groups[-1].append(record)
+        else:
+            groups.append([record])
+    for name, clips in named.items():
+        clips.sort(key=lambda record: record.start)
+        for before, after in zip(clips, clips[1:]):
+            if after.video != before.video:
+                raise BadRecordError(f"episode {name!r}: line {after.line} is from {after.video!r} but line "
+                                     f"{before.line} from {before.video!r}; an episode is one video's consecutive clips.")
+            if after.start != before.end:
+                raise BadRecordError(
+                    f"episode {name!r}: line {after.line} starts at frame {after.start} but line {before.line} ends at "
+                    f"frame {before.end}; an episode's clips must follow each other without gap or overlap "
+                    "(each start = the previous clip's end). Fix the frames or give the clips different episode names.")
+    episodes = []
+    for clips in groups:
+        episode = ManifestEpisode(clips, chunk_frames)
+        if episode.num_chunks < min_chunks:
+            frames = clips[-1].end - clips[0].start
+            error = BadRecordError(
+                f"{clips[0].video!r}, {episode.lines}: an episode of {frames} frames holds {episode.num_chunks} "
+                f"chunk(s) of {chunk_frames} frames after its start frame; the slow-fast loop needs at least "
+                f"{min_chunks} (1 + {min_chunks * chunk_frames} frames). Join it with the clips that follow it in the video.")
+            if on_bad_record == "fatal":
+                raise error
+            warnings.warn(f"skipped: {error}", stacklevel=2)
+            continue
+        episodes.append(episode)
+    return episodes
+
+
+def _follows(before: ManifestRecord, after: ManifestRecord) -> bool:
+    return after.video == before.video and after.start == before.end
 
 
 def _square(frame: np.ndarray, size: int) -> np.ndarray:

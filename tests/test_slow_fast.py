@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -177,10 +178,123 @@ def test_a_nan_step_is_skipped_and_never_written(tmp_path, monkeypatch):
     (["--episode-chunks", "1", "1"], "at least 2 chunks"),
     (["--temp-lora", '{"rank": 0}'], "TempLoRAConfig.rank"),
     (["--temp-lora", "[1, 2]"], "expected a JSON object"),
-    (["--data", "manifest", "--manifest", "x.jsonl"], "ToyWorld episodes"),
+    (["--data", "manifest"], "needs --manifest PATH"),
+    (["--data", "manifest", "--manifest", "missing.jsonl"], "No manifest at"),
+    (["--train-text-encoder"], "drop --train-text-encoder"),
     (["--stage", "unet", "--families", "retrace"], "use it with --stage slow-fast"),
 ])
 def test_bad_slow_fast_settings_are_refused_before_training(tmp_path, extra, match):
     with pytest.raises(SystemExit, match=match):
         train_main([*ENV_RUN, "--output-dir", str(tmp_path / "out"), "--max-steps", "1", *extra])
     assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+# ------------------------------------------------------------------------------------------ manifest episodes
+
+
+def write_walk(path, frames: int, size: int = 32) -> None:
+    """A ToyWorld walk to the right as an MP4 (real content, so chunks differ)."""
+    import cv2
+
+    from slowfast_vgen.data.toyworld import ToyWorld
+
+    views = ToyWorld(3, view_size=size).rollout(["move right"], frames - 1)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (size, size))
+    assert writer.isOpened()
+    for view in views:
+        writer.write(cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def write_manifest(path, lines) -> str:
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return str(path)
+
+
+def test_consecutive_clips_of_one_video_form_an_episode(tmp_path):
+    from slowfast_vgen.data.manifest import manifest_episodes, read_manifest
+
+    write_walk(tmp_path / "walk.mp4", 30)
+    write_walk(tmp_path / "other.mp4", 30)
+    manifest = write_manifest(tmp_path / "clips.jsonl", [
+        {"video": "walk.mp4", "start": 0, "end": 9, "action": "move right"},    # X_0 + 2 chunks of 4
+        {"video": "walk.mp4", "start": 9, "end": 17, "action": "move left"},    # 2 more chunks: one episode
+        {"video": "walk.mp4", "start": 20, "end": 29, "action": "stay"},        # a gap: a second episode
+        {"video": "other.mp4", "start": 0, "end": 5, "action": "go"},           # one chunk only: skipped
+    ])
+    with pytest.warns(UserWarning, match="line 4: an episode of 5 frames holds 1 chunk"):
+        episodes = manifest_episodes(read_manifest(manifest), chunk_frames=4)
+    assert [e.num_chunks for e in episodes] == [4, 2] and [e.lines for e in episodes] == ["lines 1-2", "line 3"]
+    assert episodes[0].chunk_actions() == ["move right"] * 2 + ["move left"] * 2
+    assert episodes[0].straddling_chunks() == 0
+    window = episodes[0].frames(1, 2, size=32)
+    assert window.shape == (9, 32, 32, 3) and window.dtype == np.float32 and 0 <= window.min() <= window.max() <= 1
+    whole = episodes[0].frames(0, 4, size=32)
+    assert np.array_equal(window, whole[4:13]), "a window's start frame is the last frame of the chunk before it"
+
+
+def test_a_named_episode_must_be_consecutive_clips_of_one_video(tmp_path):
+    from slowfast_vgen.data.manifest import BadRecordError, manifest_episodes, read_manifest
+
+    write_walk(tmp_path / "walk.mp4", 30)
+    write_walk(tmp_path / "other.mp4", 30)
+    gap = write_manifest(tmp_path / "gap.jsonl", [
+        {"video": "walk.mp4", "start": 12, "end": 20, "action": "move left", "episode": "a"},
+        {"video": "walk.mp4", "start": 0, "end": 9, "action": "move right", "episode": "a"},
+    ])
+    with pytest.raises(BadRecordError, match="episode 'a': line 1 starts at frame 12 but line 2 ends at frame 9"):
+        manifest_episodes(read_manifest(gap), chunk_frames=4)
+    two_videos = write_manifest(tmp_path / "two.jsonl", [
+        {"video": "walk.mp4", "start": 0, "end": 9, "action": "move right", "episode": "a"},
+        {"video": "other.mp4", "start": 9, "end": 17, "action": "move right", "episode": "a"},
+    ])
+    with pytest.raises(BadRecordError, match="one video's consecutive clips"):
+        manifest_episodes(read_manifest(two_videos), chunk_frames=4)
+    named = write_manifest(tmp_path / "named.jsonl", [  # out of order in the file, consecutive in the video
+        {"video": "walk.mp4", "start": 9, "end": 17, "action": "move left", "episode": "a"},
+        {"video": "walk.mp4", "start": 0, "end": 9, "action": "move right", "episode": "a"},
+        {"video": "walk.mp4", "start": 17, "end": 26, "action": "stay", "episode": "b"},
+    ])
+    episodes = manifest_episodes(read_manifest(named), chunk_frames=4)  # b: 9 frames, 2 chunks, kept
+    assert [e.chunk_actions() for e in episodes] == [["move right"] * 2 + ["move left"] * 2, ["stay"] * 2]
+
+
+def test_chunks_across_clips_of_different_actions_are_counted(tmp_path):
+    from slowfast_vgen.data.manifest import manifest_episodes, read_manifest
+
+    write_walk(tmp_path / "walk.mp4", 30)
+    manifest = write_manifest(tmp_path / "clips.jsonl", [
+        {"video": "walk.mp4", "start": 0, "end": 8, "action": "move right"},
+        {"video": "walk.mp4", "start": 8, "end": 17, "action": "move left"},
+    ])
+    episode, = manifest_episodes(read_manifest(manifest), chunk_frames=4)
+    assert episode.chunk_actions() == ["move right", "move right", "move left", "move left"]
+    assert episode.straddling_chunks() == 1  # frames 5-8: three of the first clip, one of the second
+
+
+def test_the_loop_trains_on_a_manifest_of_consecutive_clips(tmp_path):
+    write_walk(tmp_path / "walk.mp4", 40)
+    manifest = write_manifest(tmp_path / "clips.jsonl", [
+        {"video": "walk.mp4", "start": 0, "end": 17, "action": "move right"},
+        {"video": "walk.mp4", "start": 17, "end": 33, "action": "move right"},
+    ])
+    run = [*ENV_RUN, "--world-seeds", "1", "--data", "manifest", "--manifest", manifest, "--max-steps", "2",
+           "--checkpointing-steps", "1", "--checkpoints-total-limit", "0"]
+    assert train_main([*run, "--output-dir", str(tmp_path / "whole")]) == 0
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "whole" / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and all(loss > 0 for loss in losses)
+    train_main([*run, "--output-dir", str(tmp_path / "resumed"), "--resume-from-checkpoint",
+                str(tmp_path / "whole" / "checkpoint-1")])
+    assert rank_report(tmp_path / "resumed")["weights_sha256"] == rank_report(tmp_path / "whole")["weights_sha256"]
+
+
+def test_bad_manifest_episodes_are_refused_before_training(tmp_path):
+    write_walk(tmp_path / "walk.mp4", 30)
+    short = write_manifest(tmp_path / "short.jsonl", [{"video": "walk.mp4", "start": 0, "end": 6, "action": "go"}])
+    with pytest.warns(UserWarning, match="holds 1 chunk"), pytest.raises(SystemExit, match="no episode of at least 2 chunks"):
+        train_main([*ENV_RUN, "--data", "manifest", "--manifest", short, "--output-dir", str(tmp_path / "out"),
+                    "--max-steps", "1"])
+    with pytest.raises(SystemExit, match="drop --families"):
+        train_main([*ENV_RUN, "--data", "manifest", "--manifest", short, "--families", "loop",
+                    "--output-dir", str(tmp_path / "out"), "--max-steps", "1"])
+    assert not (tmp_path / "out").exists()

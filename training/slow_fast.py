@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.episodes import PATH_FAMILIES, make_episode
+from ..data.manifest import ManifestEpisode, manifest_episodes, read_manifest
 from ..data.retrace import make_retrace_task
 from ..pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for
 from ..pipelines.temp_lora import memory_applied
@@ -134,6 +135,50 @@ class EpisodeStream:
             return task.episode.frames(), task.training_labels(self.rng), path_seed
         episode = make_episode(world, family, chunks, self.chunk_frames, self.view_size, rng_seed=path_seed)
         return episode.frames(), list(episode.actions), path_seed
+
+
+class ManifestEpisodeStream:
+    """Episodes from the user's own videos: consecutive clips of one video in a manifest
+    (`data.manifest.manifest_episodes`). Each step takes one episode at random and a window of
+    `min_chunks`..`max_chunks` of its chunks at a random place in it (whole, when it is shorter), so that
+    long recordings cost a bounded step and every part of them is learned. Same interface as `EpisodeStream`."""
+
+    def __init__(self, manifest: str, on_bad_record: str, min_chunks: int, max_chunks: int, chunk_frames: int,
+                 view_size: int, seed: int):
+        if min_chunks < 2 or max_chunks < min_chunks:
+            raise SystemExit(f"--episode-chunks {min_chunks} {max_chunks}: an episode needs at least 2 chunks, and "
+                             "the longest may not be shorter than the shortest.")
+        try:
+            self.episodes: list[ManifestEpisode] = manifest_episodes(read_manifest(manifest, on_bad_record),
+                                                                     chunk_frames, 2, on_bad_record)
+        except (OSError, ValueError) as error:  # the manifest's own messages name the file and line
+            raise SystemExit(f"--manifest: {error}") from None
+        if not self.episodes:
+            raise SystemExit(f"{manifest}: no episode of at least 2 chunks ({2 * chunk_frames + 1} consecutive frames "
+                             "of one video); the slow-fast stage learns from consecutive clips of one video.")
+        for episode in self.episodes:
+            if episode.straddling_chunks():
+                warnings.warn(f"{episode.video!r}, {episode.lines}: {episode.straddling_chunks()} of its "
+                              f"{episode.num_chunks} chunks hold frames of two clips with different actions and take "
+                              f"the action of their first frame; clips that end 1 + k x {chunk_frames} frames after "
+                              "the episode's start give every chunk one action.", stacklevel=2)
+        self.rng = random.Random(seed)
+        self.min_chunks, self.max_chunks, self.view_size = min_chunks, max_chunks, view_size
+
+    def state(self) -> list:
+        return json.loads(json.dumps(self.rng.getstate()))
+
+    def load_state(self, state: list) -> None:
+        self.rng.setstate((state[0], tuple(state[1]), state[2]))
+
+    def next_episode(self) -> tuple[np.ndarray, list[str], int]:
+        """Frames (F, H, W, 3) in [0, 1], one action per chunk, and a seed for the episode's memory."""
+        episode = self.rng.choice(self.episodes)
+        length = min(self.rng.randint(self.min_chunks, self.max_chunks), episode.num_chunks)
+        first = self.rng.randint(0, episode.num_chunks - length)
+        path_seed = self.rng.getrandbits(32)
+        actions = episode.chunk_actions()[first:first + length]
+        return episode.frames(first, length, self.view_size), actions, path_seed
 
 
 def episode_chunks(pipe: SlowFastVGenPipeline, frames: np.ndarray, chunk_frames: int, device) -> list[torch.Tensor]:

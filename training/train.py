@@ -13,8 +13,9 @@ For planning (paper section 3.4):
                 VAE and blurred so that it reads generated frames too; saved to `<output-dir>/inverse_dynamics`.
 Then, to teach the UNet to use its memory:
   --stage slow-fast  the slow-fast learning loop (Algorithm 1 (b), `training/slow_fast.py`): ToyWorld
-                episodes with revisits; Temp-LoRA runs over each, and the UNet learns with each chunk's
-                memory applied and frozen. One step is one episode per process.
+                episodes with revisits, or with --data manifest the consecutive clips of your videos; Temp-LoRA
+                runs over each, and the UNet learns with each chunk's memory applied and frozen. One step is
+                one episode per process.
 Each run writes `checkpoint-<step>/` folders (exact resume), `loss.jsonl`, `loss.png` and the final
 pipeline as a diffusers folder in `<output-dir>/model`.
 """
@@ -69,7 +70,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="slow-fast: path families of the episodes (default: "
                              f"{' '.join(slow_fast.PATH_FAMILIES)}); 'retrace' is planning's task")
     parser.add_argument("--episode-chunks", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
-                        help="slow-fast: chunks per ToyWorld episode (default: 4 8, beyond the context window)")
+                        help="slow-fast: chunks per ToyWorld episode, or per window of a manifest episode "
+                             "(default: 4 8, beyond the context window)")
     parser.add_argument("--data", choices=("toyworld", "manifest"), default="toyworld")
     parser.add_argument("--manifest", help="JSON Lines manifest of videos (with --data manifest)")
     parser.add_argument("--on-bad-record", choices=("skip", "fatal"), default="skip")
@@ -225,9 +227,14 @@ def run(args: argparse.Namespace) -> int:
     if args.families and args.stage != "slow-fast":
         raise SystemExit("--families chooses the slow-fast stage's episodes: use it with --stage slow-fast.")
     if args.stage == "slow-fast":
-        if args.data != "toyworld" or args.train_text_encoder:
-            raise SystemExit("--stage slow-fast trains the UNet on ToyWorld episodes: drop --data manifest and "
+        if args.train_text_encoder:
+            raise SystemExit("--stage slow-fast trains the UNet only (the memory's texts must not move): drop "
                              "--train-text-encoder.")
+        if args.data == "manifest" and args.families:
+            raise SystemExit("--families chooses ToyWorld's paths; with --data manifest the episodes are the "
+                             "manifest's consecutive clips: drop --families.")
+        if args.data == "manifest" and not args.manifest:
+            raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
         temp_lora = slow_fast.parse_temp_lora(args.temp_lora)
         with memory_applied(pipe.unet, pipe.new_memory(temp_lora)):
             pass  # the LoRA layers are put in once, before accelerate wraps the UNet; Θ is never trained here
@@ -267,7 +274,10 @@ def run(args: argparse.Namespace) -> int:
     pipe.to(device)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     stream_seed = args.seed * 1000 + accelerator.process_index
-    if args.stage == "slow-fast":
+    if args.stage == "slow-fast" and args.data == "manifest":
+        stream = slow_fast.ManifestEpisodeStream(args.manifest, args.on_bad_record, *args.episode_chunks,
+                                                 pipe.context_window // 2, pipe.native_size, seed=stream_seed)
+    elif args.stage == "slow-fast":
         stream = slow_fast.EpisodeStream(args.world_seeds, *args.episode_chunks, pipe.context_window // 2,
                                          pipe.native_size, seed=stream_seed,
                                          families=tuple(args.families or slow_fast.PATH_FAMILIES))
