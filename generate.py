@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -37,6 +38,7 @@ from .pipelines import (
     SCHEDULERS,
     TEMP_LORA_DIRECTIONS,
     TEMP_LORA_OBJECTIVES,
+    TEMP_LORA_PRESETS,
     EpisodicMemory,
     SlowFastVGenPipeline,
     TempLoRAConfig,
@@ -69,17 +71,20 @@ def add_generate_command(commands) -> None:
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                         help="classifier-free guidance scale (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lora-rank", type=int, default=TempLoRAConfig.rank)
-    parser.add_argument("--lora-lr", type=float, default=TempLoRAConfig.learning_rate)
-    parser.add_argument("--lora-steps", type=int, default=TempLoRAConfig.steps_per_update)
-    parser.add_argument("--lora-target", default=TempLoRAConfig.target)
-    parser.add_argument("--lora-objective", default=TempLoRAConfig.objective, choices=TEMP_LORA_OBJECTIVES,
+    parser.add_argument("--lora-preset", choices=tuple(TEMP_LORA_PRESETS), default="paper",
+                        help="named Temp-LoRA settings (default: paper, Algorithm 1 (a)); the --lora-* flags below "
+                             "change single fields of it")
+    parser.add_argument("--lora-rank", type=int, help="default: the preset's (the paper's 32)")
+    parser.add_argument("--lora-lr", type=float, help="default: the preset's (the paper's 1e-4)")
+    parser.add_argument("--lora-steps", type=int, help="default: the preset's (the paper's 1)")
+    parser.add_argument("--lora-target", help="default: the preset's (all-attention)")
+    parser.add_argument("--lora-objective", choices=TEMP_LORA_OBJECTIVES,
                         help="trajectory: the paper's update; transition: learn each chunk from the one before")
-    parser.add_argument("--lora-direction", default=TempLoRAConfig.direction, choices=TEMP_LORA_DIRECTIONS,
+    parser.add_argument("--lora-direction", choices=TEMP_LORA_DIRECTIONS,
                         help="learn each clip as played, the way back through it (what a return sees) or both")
-    parser.add_argument("--lora-action-text", action="store_true",
+    parser.add_argument("--lora-action-text", action=argparse.BooleanOptionalAction, default=None,
                         help="learn each clip with its action's text (the model's reverse action played backward)")
-    parser.add_argument("--lora-replay", type=int, default=TempLoRAConfig.replay,
+    parser.add_argument("--lora-replay", type=int,
                         help="earlier clips of the episode rehearsed at every update step (0: the paper's update)")
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--contact-sheet", help="also write a PNG grid of every 4th frame here")
@@ -197,11 +202,11 @@ def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
         raise SystemExit(f"--frames-per-chunk must be at least 1, got {args.frames_per_chunk}.")
     if not os.path.isfile(os.path.join(args.model, "model_index.json")):
         raise SystemExit(f"--model {args.model!r} is not a world model folder (no model_index.json).")
+    flags = {"rank": args.lora_rank, "learning_rate": args.lora_lr, "steps_per_update": args.lora_steps,
+             "target": args.lora_target, "objective": args.lora_objective, "direction": args.lora_direction,
+             "action_text": args.lora_action_text, "replay": args.lora_replay}
     try:
-        return TempLoRAConfig(rank=args.lora_rank, learning_rate=args.lora_lr, steps_per_update=args.lora_steps,
-                              target=args.lora_target, objective=args.lora_objective,
-                              direction=args.lora_direction, action_text=args.lora_action_text,
-                              replay=args.lora_replay)
+        return replace(TEMP_LORA_PRESETS[args.lora_preset], **{k: v for k, v in flags.items() if v is not None})
     except ValueError as error:
         field_name = re.search(r"TempLoRAConfig\.(\w+)", str(error))
         flag = LORA_FLAGS.get(field_name.group(1), "--lora-*") if field_name else "--lora-*"

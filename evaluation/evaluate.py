@@ -40,21 +40,17 @@ from tqdm.auto import tqdm
 from ..data.episodes import PATH_FAMILIES, EpisodePath, RevisitMap, load_path_file, make_episode, place_path
 from ..data.toyworld import DIRECTIONS, HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld
 from ..paths import DEFAULT_MODEL_DIR
-from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for, scheduler_from_name
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, TEMP_LORA_PRESETS, SlowFastVGenPipeline, TempLoRAConfig
+from ..pipelines import memory_generator_for, scheduler_from_name
 from . import metrics
 
-# Named memory settings: a Temp-LoRA config (None: no memory) and chunk arguments. The paper's ablations
-# (Table 4) are rows here: "transition" is the original Temp-LoRA (input -> output), "global" learns
-# clips drawn from the whole sequence instead of the newest (no local learning rule), "no-chunk-input"
-# conditions every chunk on one frame instead of the previous chunk.
+# Named memory settings: a Temp-LoRA config (None: no memory) and chunk arguments. Every Temp-LoRA preset
+# (`TEMP_LORA_PRESETS`: the paper's Table 4 ablations "transition" and "global" among them), and "wo chunk
+# input" (Table 4), which conditions every chunk on one frame instead of the previous chunk.
 SETTINGS: dict[str, tuple[TempLoRAConfig | None, dict]] = {
     "none": (None, {}),
-    "paper": (TempLoRAConfig(), {}),
-    "transition": (TempLoRAConfig(objective="transition"), {}),
-    "replay": (TempLoRAConfig(objective="transition", direction="backward", action_text=True, replay=3,
-                              learning_rate=3e-3, steps_per_update=32), {}),
-    "global": (TempLoRAConfig(local=False), {}),
-    "no-chunk-input": (TempLoRAConfig(), {"num_context_frames": 1}),
+    **{name: (config, {}) for name, config in TEMP_LORA_PRESETS.items()},
+    "no-chunk-input": (TEMP_LORA_PRESETS["paper"], {"num_context_frames": 1}),
     "none-no-chunk-input": (None, {"num_context_frames": 1}),
 }
 BASELINE = "none"

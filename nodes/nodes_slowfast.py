@@ -20,8 +20,10 @@ from ..pipelines import (
     TARGET_PRESETS,
     TEMP_LORA_DIRECTIONS,
     TEMP_LORA_OBJECTIVES,
+    TEMP_LORA_PRESETS,
     EpisodicMemory,
     TempLoRAConfig,
+    temp_lora_preset,
 )
 from ..pipelines.temp_lora import memory_file_problem
 from . import comfy_services
@@ -235,6 +237,29 @@ class TempLoRASettings:
         return (TempLoRAConfig(rank=rank, alpha=alpha or None, learning_rate=learning_rate, target=target,
                                steps_per_update=steps_per_update, timestep_range=(timestep_low, timestep_high),
                                keep_optimizer_state=keep_optimizer_state, **given),)
+
+
+class TempLoRAPreset:
+    """Named fast-learning settings (`TEMP_LORA_PRESETS`), for Temp-LoRA Update and Run Episode."""
+
+    DESCRIPTION = ("Named Temp-LoRA settings: paper (Algorithm 1 (a), the default), transition and global (the "
+                   "paper's Table 4 ablations), strong (lr 3e-3, 2 steps), way-back (learns the way back through each "
+                   "chunk; planning's memory) and replay (the strongest measured on out-and-back paths, about 30 "
+                   "times the paper's cost). Temp-LoRA Settings sets every field by hand.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (TEMP_LORA,)
+    RETURN_NAMES = ("settings",)
+    OUTPUT_TOOLTIPS = ("Temp-LoRA settings.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "preset": (list(TEMP_LORA_PRESETS), {"default": "paper", "tooltip": "Which named settings to use."}),
+        }}
+
+    def make(self, preset: str) -> tuple[TempLoRAConfig]:
+        return (temp_lora_preset(preset),)
 
 
 class TempLoRAUpdate:
@@ -494,6 +519,7 @@ NODE_CLASSES = {
     "ToyWorldStartFrame": (ToyWorldStartFrame, "ToyWorld Start Frame"),
     "ActionChunk": (ActionChunk, "Action Chunk"),
     "TempLoRASettings": (TempLoRASettings, "Temp-LoRA Settings"),
+    "TempLoRAPreset": (TempLoRAPreset, "Temp-LoRA Preset"),
     "TempLoRAUpdate": (TempLoRAUpdate, "Temp-LoRA Update"),
     "DecodeChunk": (DecodeChunk, "Decode Chunk"),
     "RunEpisode": (RunEpisode, "Run Episode"),

@@ -20,9 +20,11 @@ from .temp_lora import (
     TARGET_PRESETS,
     TEMP_LORA_DIRECTIONS,
     TEMP_LORA_OBJECTIVES,
+    TEMP_LORA_PRESETS,
     EpisodicMemory,
     MemoryMismatchError,
     TempLoRAConfig,
+    temp_lora_preset,
 )
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "TARGET_PRESETS",
     "TEMP_LORA_DIRECTIONS",
     "TEMP_LORA_OBJECTIVES",
+    "TEMP_LORA_PRESETS",
     "TempLoRAConfig",
     "WorldModelSpec",
     "build_pipeline",
@@ -47,5 +50,6 @@ __all__ = [
     "memory_generator_for",
     "model_fingerprint",
     "scheduler_from_name",
+    "temp_lora_preset",
     "scheduler_name",
 ]

@@ -183,6 +183,36 @@ def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# Named settings, one table for the CLI (`generate --lora-preset`, `evaluate --settings`, `plan
+# --memory-setting`), the Temp-LoRA Preset node and the benchmarks. What each does on ToyWorld is measured
+# in docs/evaluation.md and the model card.
+TEMP_LORA_PRESETS: dict[str, TempLoRAConfig] = {
+    # Algorithm 1 (a) as the paper gives it (appendix D.1): rank 32, lr 1e-4, one step, no text. The default.
+    "paper": TempLoRAConfig(),
+    # Table 4's "original Temp-LoRA": input -> output, the previous chunk clean as conditioning.
+    "transition": TempLoRAConfig(objective="transition"),
+    # Table 4's "wo local learning rule": each step learns a clip drawn from the whole episode so far.
+    "global": TempLoRAConfig(local=False),
+    # The paper's update, stronger: 2 steps at lr 3e-3 (the first slow-fast loop screens).
+    "strong": TempLoRAConfig(learning_rate=3e-3, steps_per_update=2),
+    # Each chunk also learned as the way back through it, with the reverse action's text: 4 steps of 2
+    # examples (8 UNet passes a chunk). Planning's retrace memory; needs the model's reverse actions.
+    "way-back": TempLoRAConfig(objective="transition", direction="backward", action_text=True,
+                               learning_rate=3e-3, steps_per_update=4),
+    # The strongest memory measured on out-and-back paths: the way back, 3 earlier clips rehearsed at each
+    # of 32 steps (about 30 times the paper's update).
+    "replay": TempLoRAConfig(objective="transition", direction="backward", action_text=True, replay=3,
+                             learning_rate=3e-3, steps_per_update=32),
+}
+
+
+def temp_lora_preset(name: str) -> TempLoRAConfig:
+    """The `TEMP_LORA_PRESETS` entry `name`, or a clear error listing the names."""
+    if name not in TEMP_LORA_PRESETS:
+        raise ValueError(f"Unknown Temp-LoRA preset {name!r}; known presets: {', '.join(TEMP_LORA_PRESETS)}.")
+    return TEMP_LORA_PRESETS[name]
+
+
 def lora_layout_problem(shapes: Mapping[str, tuple[int, ...]], rank: int) -> str | None:
     """What is wrong with a memory's LoRA tensor shapes for its own `rank`, or None: every module must
     have an A (rank x in) and a B (out x rank), and nothing else may be there."""

@@ -50,10 +50,12 @@ def add_plan_commands(commands) -> None:
     parser.add_argument("--instruction", default=RETRACE_INSTRUCTIONS[0], help="where to go (default: %(default)s)")
     parser.add_argument("--closed-loop", action="store_true",
                         help="re-plan after every executed chunk from the true observation (default: open loop)")
-    parser.add_argument("--memory-setting", choices=("way-back", "memory", "paper"), default="way-back",
-                        help="the Temp-LoRA memory to plan with: way-back (default: learns the way back through "
+    parser.add_argument("--memory-setting", choices=[name for name in MEMORY_SETTINGS if name != "none"],
+                        default="way-back",
+                        help="the Temp-LoRA preset to plan with: way-back (default: learns the way back through "
                              "each chunk with the instruction's text, the one that helps, docs/planning.md), memory "
-                             "(the paper's update at a higher rate), paper (the paper's update)")
+                             "(= strong: the paper's update at a higher rate), paper (the paper's update), or any "
+                             "other preset of TEMP_LORA_PRESETS")
     parser.add_argument("--no-temp-lora", action="store_true", help="plan without memory")
     parser.add_argument("--chunks", type=int, default=None, help="planning horizon (default: the way out's + 1)")
     parser.add_argument("--seed", type=int, default=0)

@@ -26,21 +26,18 @@ import torch
 from ..data.retrace import RETRACE_INSTRUCTIONS, HELD_OUT_INSTRUCTIONS, RetraceTask, retrace_scores
 from ..data.toyworld import ToyWorld, parse_action
 from ..evaluation.evaluate import decode
-from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS, EpisodicMemory, SlowFastVGenPipeline
+from ..pipelines import TempLoRAConfig
 from ..pipelines import memory_generator_for
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 
 Decomposer = Callable[[str], list[str]]
 KNOWN_INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
 
-# The memories to plan with (docs/planning.md). "memory": the paper's update, stronger (what the first
-# loop-trained task model learned with). "way-back": each chunk also learned as the way back through it,
-# with the instruction's text; 4 steps of 2 examples, 8 UNet passes a chunk.
-PLANNING_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 2}
-WAY_BACK_TEMP_LORA = {"learning_rate": 3e-3, "steps_per_update": 4, "objective": "transition",
-                      "direction": "backward", "action_text": True}
-MEMORY_SETTINGS = {"none": None, "memory": TempLoRAConfig(**PLANNING_TEMP_LORA),
-                   "way-back": TempLoRAConfig(**WAY_BACK_TEMP_LORA), "paper": TempLoRAConfig()}
+# The memories to plan with (docs/planning.md): no memory, or a Temp-LoRA preset. "memory" is the name
+# the first planning runs gave the "strong" preset (what the first loop-trained task model learned with).
+MEMORY_SETTINGS: dict[str, TempLoRAConfig | None] = {"none": None, **TEMP_LORA_PRESETS,
+                                                     "memory": TEMP_LORA_PRESETS["strong"]}
 
 
 def scripted_decomposer(instruction: str) -> list[str]:

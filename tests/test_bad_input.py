@@ -415,3 +415,23 @@ def test_the_packs_objects_print_as_short_summaries(tiny_pipe, tiny_pipe_dir):
     chunk = Chunk(torch.zeros(1, 4, 5, 16, 16), (1, 4), ("move left",))
     for value, words in ((memory, "rank=4"), (world, "'tiny'"), (chunk, "(1, 4, 5, 16, 16)")):
         assert len(repr(value)) < 300 and words in repr(value), repr(value)
+
+
+def test_generate_presets_and_single_field_overrides(tiny_pipe_dir):
+    import argparse
+
+    from slowfast_vgen.generate import add_generate_command, check_arguments
+    from slowfast_vgen.pipelines import TEMP_LORA_PRESETS
+
+    commands = argparse.ArgumentParser().add_subparsers()
+    add_generate_command(commands)
+    parser = commands.choices["generate"]
+    model = ["--model", str(tiny_pipe_dir)]
+    assert check_arguments(parser.parse_args(model)) == TempLoRAConfig(), "the paper's update by default"
+    assert check_arguments(parser.parse_args([*model, "--lora-preset", "replay"])) == TEMP_LORA_PRESETS["replay"]
+    tuned = check_arguments(parser.parse_args([*model, "--lora-preset", "way-back", "--lora-steps", "2",
+                                               "--no-lora-action-text"]))
+    assert tuned == TempLoRAConfig(objective="transition", direction="backward", action_text=False,
+                                   learning_rate=3e-3, steps_per_update=2)
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parser.parse_args([*model, "--lora-preset", "fast"])

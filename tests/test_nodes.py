@@ -179,6 +179,17 @@ def test_settings_carry_the_objective_and_default_to_the_papers_update():
     assert (tuned.objective, tuned.direction, tuned.action_text, tuned.replay) == ("transition", "both", True, 3)
 
 
+def test_the_preset_node_gives_the_librarys_presets():
+    from slowfast_vgen.pipelines import TEMP_LORA_PRESETS
+
+    cls = NODE_CLASS_MAPPINGS["SlowFastVGen_TempLoRAPreset"]
+    assert cls.INPUT_TYPES()["required"]["preset"][0] == list(TEMP_LORA_PRESETS)
+    for name, config in TEMP_LORA_PRESETS.items():
+        assert run("TempLoRAPreset", preset=name)[0] == config
+    with pytest.raises(ValueError, match="Unknown Temp-LoRA preset 'fast'; known presets: paper, transition"):
+        run("TempLoRAPreset", preset="fast")
+
+
 def test_branches_from_one_memory_do_not_disturb_each_other(world, start):
     images, memory, chunk = run("RunEpisode", world_model=world, actions="move right", temp_lora="learn",
                                 image=start, **SAMPLING)

@@ -635,3 +635,15 @@ def test_base_fingerprint_cache_follows_weight_changes():
     assert pipe.base_fingerprint != before
     with pytest.raises(MemoryMismatchError, match="fingerprint"):
         pipe.update_memory(memory, torch.zeros(1, 4, 1, 16, 16), torch.zeros(1, 4, 1, 16, 16))
+
+
+def test_presets_are_checked_configs_and_the_paper_is_the_default():
+    from slowfast_vgen.pipelines import TEMP_LORA_PRESETS, temp_lora_preset
+
+    assert temp_lora_preset("paper") == TempLoRAConfig()
+    assert temp_lora_preset("transition").objective == "transition" and temp_lora_preset("global").local is False
+    way_back = temp_lora_preset("way-back")
+    assert (way_back.direction, way_back.action_text, way_back.steps_per_update) == ("backward", True, 4)
+    assert all(isinstance(config, TempLoRAConfig) for config in TEMP_LORA_PRESETS.values())
+    with pytest.raises(ValueError, match="known presets: paper, transition, global, strong, way-back, replay"):
+        temp_lora_preset("Paper")
