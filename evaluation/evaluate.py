@@ -75,6 +75,7 @@ class EvaluationOptions:
     settings: tuple[str, ...] = ("none", "paper")
     custom_settings: dict[str, dict] = field(default_factory=dict)
     oracle: bool = False
+    teacher_forced: bool = False
     resnet18: str | None = None
     scuts_threshold: float = metrics.SCUTS_THRESHOLD
     strips: bool = True
@@ -143,6 +144,8 @@ class EvaluationOptions:
             described.pop(key)
         if described["scheduler"] is None:  # as runs from before the option recorded it
             described.pop("scheduler")
+        if not described["teacher_forced"]:  # likewise
+            described.pop("teacher_forced")
         described["families"] = list(self.families)
         described["settings"] = list(self.settings)
         return described
@@ -191,6 +194,34 @@ def oracle_revisit(pipe: SlowFastVGenPipeline, episode: EpisodePath, name: str, 
     frames = np.concatenate([video[episode.chunk_slice(i)] for i in range(half, episode.num_chunks)])
     reference = np.concatenate([truth[episode.chunk_slice(i)] for i in range(half, episode.num_chunks)])
     return {"oracle_revisit_psnr_truth": metrics.masked_psnr(frames, reference, np.concatenate(masks))}
+
+
+def teacher_forced_revisit(pipe: SlowFastVGenPipeline, episode: EpisodePath, name: str, options: EvaluationOptions,
+                           truth: np.ndarray, revisits: RevisitMap) -> dict:
+    """Memory read without drift: every chunk generated from the TRUE previous chunk, with the memory of the
+    true chunks so far (updated after each chunk as the episode loop does), revisit PSNR against the truth.
+    What memory brings back when the context is right; the real loop adds the model's own drift."""
+    config, chunk_kwargs = options.memory_setting(name)
+    encoded = [pipe.encode_frames(truth[:1])] + [pipe.encode_frames(truth[episode.chunk_slice(i)])
+                                                 for i in range(episode.num_chunks)]
+    generator = torch.Generator().manual_seed(episode.world.seed)
+    updates = memory_generator_for(generator)
+    memory, frames, reference, masks = None, [], [], []
+    for index, action in enumerate(episode.actions):
+        chunk = pipe(action, context_latents=encoded[index], num_frames=episode.chunk_frames, memory=memory,
+                     generator=generator, num_inference_steps=options.steps, guidance_scale=options.guidance,
+                     output_type="latent", **chunk_kwargs).latents
+        if revisits.masks(index).any():
+            frames.append(decode(pipe, chunk))
+            reference.append(truth[episode.chunk_slice(index)])
+            masks.append(revisits.masks(index))
+        if config is not None and index + 1 < episode.num_chunks:
+            memory = pipe.update_memory(memory, encoded[index], encoded[index + 1], action=action, config=config,
+                                        generator=updates)
+    if not frames:
+        return {}
+    psnr = metrics.masked_psnr(np.concatenate(frames), np.concatenate(reference), np.concatenate(masks))
+    return {"teacher_forced_revisit_psnr_truth": psnr}
 
 
 def score_video(episode: EpisodePath, video: np.ndarray, truth: np.ndarray, revisits: RevisitMap,
@@ -268,6 +299,8 @@ def evaluate_episode(pipe: SlowFastVGenPipeline, episode: EpisodePath, options: 
         scores = score_video(episode, videos[name], truth, revisits, resnet, options.scuts_threshold)
         if options.oracle:
             scores.update(oracle_revisit(pipe, episode, name, options, truth, revisits))
+        if options.teacher_forced:
+            scores.update(teacher_forced_revisit(pipe, episode, name, options, truth, revisits))
         scores["seconds"] = round(time.perf_counter() - setting_started, 2)
         row["settings"][name] = scores
     if resnet is not None:
@@ -398,8 +431,9 @@ def evaluate(options: EvaluationOptions) -> dict | None:
 
 
 SCALARS = ("revisit_psnr", "revisit_psnr_truth", "revisit_ssim", "revisit_ssim_truth", "src", "scuts",
-           "scuts_per_100_frames", "oracle_revisit_psnr_truth", "seconds")
-GAINS = ("revisit_psnr", "revisit_psnr_truth", "revisit_ssim", "src", "oracle_revisit_psnr_truth")
+           "scuts_per_100_frames", "oracle_revisit_psnr_truth", "teacher_forced_revisit_psnr_truth", "seconds")
+GAINS = ("revisit_psnr", "revisit_psnr_truth", "revisit_ssim", "src", "oracle_revisit_psnr_truth",
+         "teacher_forced_revisit_psnr_truth")
 
 
 def spread(values: list[float]) -> dict:
@@ -492,8 +526,9 @@ def summary_markdown(summary: dict, options: EvaluationOptions, plots: list[str]
     for group, data in summary["groups"].items():
         lines += [f"## {group} ({data['episodes']} episodes)", "",
                   "| setting | revisit PSNR, first visit (dB) | gain | improved | revisit PSNR, truth | gain | "
-                  "revisit SSIM | SRC | SCuts | oracle PSNR, truth | s / episode |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "revisit SSIM | SRC | SCuts | oracle PSNR, truth | gain | teacher-forced PSNR, truth | gain | "
+                  "s / episode |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, entry in data["settings"].items():
             gain = entry.get("gain", {})
             improved = gain.get("revisit_psnr", {}).get("episodes_improved")
@@ -503,7 +538,9 @@ def summary_markdown(summary: dict, options: EvaluationOptions, plots: list[str]
                 f"{improved} | "
                 f"{fmt(entry.get('revisit_psnr_truth'))} | {fmt(gain.get('revisit_psnr_truth'))} | "
                 f"{fmt(entry.get('revisit_ssim'), 3)} | {fmt(entry.get('src'), 3)} | {fmt(entry.get('scuts'))} | "
-                f"{fmt(entry.get('oracle_revisit_psnr_truth'))} | {fmt(entry.get('seconds'), 1)} |")
+                f"{fmt(entry.get('oracle_revisit_psnr_truth'))} | {fmt(gain.get('oracle_revisit_psnr_truth'))} | "
+                f"{fmt(entry.get('teacher_forced_revisit_psnr_truth'))} | "
+                f"{fmt(gain.get('teacher_forced_revisit_psnr_truth'))} | {fmt(entry.get('seconds'), 1)} |")
         lines.append(f"\nSCuts of the true frames (the floor): {fmt(data['truth_scuts'])}.")
         if "truth_src" in data:
             lines.append(f"SRC of the true frames (the ceiling): {fmt(data['truth_src'], 3)}.")
@@ -692,6 +729,9 @@ def add_evaluate_command(commands) -> None:
                         help="define a setting from TempLoRAConfig fields (and num_context_frames; "
                              "\"memory\": false for none), e.g. fast='{\"learning_rate\": 1e-3}'")
     parser.add_argument("--oracle", action="store_true", help="also the memory of the true first half (gate 2)")
+    parser.add_argument("--teacher-forced", action="store_true",
+                        help="also every chunk from the true previous chunk, with the memory of the true chunks so far "
+                             "(memory read without drift)")
     parser.add_argument("--resnet18", help="ResNet-18 weights for SRC (folder, .safetensors or torchvision .pth)")
     parser.add_argument("--scuts-threshold", type=float, default=defaults.scuts_threshold)
     parser.add_argument("--no-strips", action="store_true", help="write no first-visit / revisit pictures")
@@ -735,7 +775,8 @@ def run(args: argparse.Namespace) -> int:
             first_seed=args.first_seed, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
             scheduler=args.scheduler,
             settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
-            custom_settings=parse_custom_settings(args.setting), oracle=args.oracle, resnet18=args.resnet18,
+            custom_settings=parse_custom_settings(args.setting), oracle=args.oracle, teacher_forced=args.teacher_forced,
+            resnet18=args.resnet18,
             scuts_threshold=args.scuts_threshold, strips=not args.no_strips,
         )
         summary = evaluate(options)

@@ -205,6 +205,26 @@ def test_evaluation_runs_the_products_loop(tiny_pipe, tiny_world_dir, tmp_path):
     assert not torch.equal(latents, plain)
 
 
+def test_teacher_forced_reads_memory_from_the_true_context(tiny_pipe, tiny_world_dir, tmp_path):
+    """Same noise in every setting: a memory that changes nothing scores exactly what no memory scores, and
+    each chunk is generated from the true chunk before it, so the figure does not depend on earlier chunks."""
+    from slowfast_vgen.evaluation.evaluate import teacher_forced_revisit
+    from slowfast_vgen.data.episodes import RevisitMap
+
+    options = tiny_options(tmp_path, tiny_world_dir, settings=("none", "idle", "fast"), teacher_forced=True,
+                           custom_settings={"idle": {"rank": 4, "learning_rate": 1e-30},
+                                            "fast": {"rank": 4, "learning_rate": 1e-2, "steps_per_update": 2}})
+    episode = options.plan(tiny_pipe.native_size, tiny_pipe.context_window // 2)[0]  # out-and-back: revisits
+    truth, revisits = episode.frames(), RevisitMap(episode)
+    scores = {name: teacher_forced_revisit(tiny_pipe, episode, name, options, truth, revisits)
+              ["teacher_forced_revisit_psnr_truth"] for name in options.settings}
+    assert scores["idle"] == scores["none"] and scores["fast"] != scores["none"]
+    summary = evaluate(options)
+    gain = summary["groups"]["all"]["settings"]["fast"]["gain"]["teacher_forced_revisit_psnr_truth"]
+    assert gain["n"] == 2
+    assert "teacher-forced PSNR, truth" in (tmp_path / "summary.md").read_text()
+
+
 def test_a_stopped_evaluation_resumes_to_the_same_summary(tiny_world_dir, tmp_path):
     whole = evaluate(tiny_options(tmp_path / "whole", tiny_world_dir))
     assert whole["episodes"] == 2 and set(whole["groups"]) == {"all", "out-and-back", "loop"}
