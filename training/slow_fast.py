@@ -101,7 +101,25 @@ def gradients_finite(accelerator, parameters: list[torch.nn.Parameter]) -> bool:
 TRAINING_FAMILIES = PATH_FAMILIES + ("retrace",)
 
 
-class EpisodeStream:
+class _SeededEpisodes:
+    """What every episode stream shares: `min_chunks`..`max_chunks` chunks an episode, and a seeded random
+    state that saves with the checkpoint for exact resume."""
+
+    def __init__(self, min_chunks: int, max_chunks: int, seed: int):
+        if min_chunks < 2 or max_chunks < min_chunks:
+            raise SystemExit(f"--episode-chunks {min_chunks} {max_chunks}: an episode needs at least 2 chunks, and "
+                             "the longest may not be shorter than the shortest.")
+        self.rng = random.Random(seed)
+        self.min_chunks, self.max_chunks = min_chunks, max_chunks
+
+    def state(self) -> list:
+        return json.loads(json.dumps(self.rng.getstate()))
+
+    def load_state(self, state: list) -> None:
+        self.rng.setstate((state[0], tuple(state[1]), state[2]))
+
+
+class EpisodeStream(_SeededEpisodes):
     """Seeded ToyWorld episodes with revisits (every path family, lengths `min_chunks`..`max_chunks`) from
     training worlds 1..`world_seeds`; its state saves with the checkpoint for exact resume.
 
@@ -110,18 +128,8 @@ class EpisodeStream:
 
     def __init__(self, world_seeds: int, min_chunks: int, max_chunks: int, chunk_frames: int, view_size: int,
                  seed: int, families: tuple[str, ...] = PATH_FAMILIES):
-        if min_chunks < 2 or max_chunks < min_chunks:
-            raise SystemExit(f"--episode-chunks {min_chunks} {max_chunks}: an episode needs at least 2 chunks, and "
-                             "the longest may not be shorter than the shortest.")
-        self.rng = random.Random(seed)
-        self.world_seeds, self.min_chunks, self.max_chunks = world_seeds, min_chunks, max_chunks
-        self.chunk_frames, self.view_size, self.families = chunk_frames, view_size, families
-
-    def state(self) -> list:
-        return json.loads(json.dumps(self.rng.getstate()))
-
-    def load_state(self, state: list) -> None:
-        self.rng.setstate((state[0], tuple(state[1]), state[2]))
+        super().__init__(min_chunks, max_chunks, seed)
+        self.world_seeds, self.chunk_frames, self.view_size, self.families = world_seeds, chunk_frames, view_size, families
 
     def next_episode(self) -> tuple[np.ndarray, list[str], int]:
         """Frames (F, H, W, 3) in [0, 1], one action per chunk, and the episode's own seed (for its memory)."""
@@ -137,7 +145,7 @@ class EpisodeStream:
         return episode.frames(), list(episode.actions), path_seed
 
 
-class ManifestEpisodeStream:
+class ManifestEpisodeStream(_SeededEpisodes):
     """Episodes from the user's own videos: consecutive clips of one video in a manifest
     (`data.manifest.manifest_episodes`). Each step takes one episode at random and a window of
     `min_chunks`..`max_chunks` of its chunks at a random place in it (whole, when it is shorter), so that
@@ -145,9 +153,7 @@ class ManifestEpisodeStream:
 
     def __init__(self, manifest: str, on_bad_record: str, min_chunks: int, max_chunks: int, chunk_frames: int,
                  view_size: int, seed: int):
-        if min_chunks < 2 or max_chunks < min_chunks:
-            raise SystemExit(f"--episode-chunks {min_chunks} {max_chunks}: an episode needs at least 2 chunks, and "
-                             "the longest may not be shorter than the shortest.")
+        super().__init__(min_chunks, max_chunks, seed)
         try:
             self.episodes: list[ManifestEpisode] = manifest_episodes(read_manifest(manifest, on_bad_record),
                                                                      chunk_frames, 2, on_bad_record)
@@ -162,14 +168,7 @@ class ManifestEpisodeStream:
                               f"{episode.num_chunks} chunks hold frames of two clips with different actions and take "
                               f"the action of their first frame; clips that end 1 + k x {chunk_frames} frames after "
                               "the episode's start give every chunk one action.", stacklevel=2)
-        self.rng = random.Random(seed)
-        self.min_chunks, self.max_chunks, self.view_size = min_chunks, max_chunks, view_size
-
-    def state(self) -> list:
-        return json.loads(json.dumps(self.rng.getstate()))
-
-    def load_state(self, state: list) -> None:
-        self.rng.setstate((state[0], tuple(state[1]), state[2]))
+        self.view_size = view_size
 
     def next_episode(self) -> tuple[np.ndarray, list[str], int]:
         """Frames (F, H, W, 3) in [0, 1], one action per chunk, and a seed for the episode's memory."""
