@@ -184,8 +184,10 @@ def recover_killed_runs(video: Path) -> list[tuple[Path, int]]:
     return recovered
 
 
+# TempLoRAConfig field -> the generate flag that sets it (over the --lora-preset's value).
 LORA_FLAGS = {"rank": "--lora-rank", "learning_rate": "--lora-lr", "steps_per_update": "--lora-steps",
-              "target": "--lora-target", "replay": "--lora-replay"}
+              "target": "--lora-target", "objective": "--lora-objective", "direction": "--lora-direction",
+              "action_text": "--lora-action-text", "replay": "--lora-replay"}
 
 
 def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
@@ -202,11 +204,9 @@ def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
         raise SystemExit(f"--frames-per-chunk must be at least 1, got {args.frames_per_chunk}.")
     if not os.path.isfile(os.path.join(args.model, "model_index.json")):
         raise SystemExit(f"--model {args.model!r} is not a world model folder (no model_index.json).")
-    flags = {"rank": args.lora_rank, "learning_rate": args.lora_lr, "steps_per_update": args.lora_steps,
-             "target": args.lora_target, "objective": args.lora_objective, "direction": args.lora_direction,
-             "action_text": args.lora_action_text, "replay": args.lora_replay}
+    given = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag in LORA_FLAGS.items()}
     try:
-        return replace(TEMP_LORA_PRESETS[args.lora_preset], **{k: v for k, v in flags.items() if v is not None})
+        return replace(TEMP_LORA_PRESETS[args.lora_preset], **{k: v for k, v in given.items() if v is not None})
     except ValueError as error:
         field_name = re.search(r"TempLoRAConfig\.(\w+)", str(error))
         flag = LORA_FLAGS.get(field_name.group(1), "--lora-*") if field_name else "--lora-*"

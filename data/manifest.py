@@ -139,22 +139,19 @@ class ManifestEpisode:
     def lines(self) -> str:
         return f"lines {self.clips[0].line}-{self.clips[-1].line}" if len(self.clips) > 1 else f"line {self.clips[0].line}"
 
+    def _chunk_span(self, index: int) -> tuple[int, int]:
+        """Video frames (first, last) of chunk `index`."""
+        first = self.start + 1 + index * self.chunk_frames
+        return first, first + self.chunk_frames - 1
+
     def chunk_actions(self) -> list[str]:
-        actions = []
-        for index in range(self.num_chunks):
-            first = self.start + 1 + index * self.chunk_frames
-            actions.append(next(c.action for c in self.clips if c.start <= first < c.end))
-        return actions
+        return [next(c.action for c in self.clips if c.start <= self._chunk_span(i)[0] < c.end)
+                for i in range(self.num_chunks)]
 
     def straddling_chunks(self) -> int:
         """Chunks whose frames come from two clips of different actions (labelled by their first frame's)."""
-        count = 0
-        for index in range(self.num_chunks):
-            first = self.start + 1 + index * self.chunk_frames
-            last = first + self.chunk_frames - 1
-            actions = {c.action for c in self.clips if c.start <= last and first < c.end}
-            count += len(actions) > 1
-        return count
+        spans = [self._chunk_span(i) for i in range(self.num_chunks)]
+        return sum(len({c.action for c in self.clips if c.start <= last and first < c.end}) > 1 for first, last in spans)
 
     def frames(self, first_chunk: int, num_chunks: int, size: int) -> np.ndarray:
         """X_0 .. X_n of the window of `num_chunks` chunks from chunk `first_chunk` (its X_0 is the frame

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from ..data.episodes import PATH_FAMILIES, EpisodePath, RevisitMap, load_path_file, make_episode, place_path
 from ..data.toyworld import DIRECTIONS, HELD_OUT_PARAPHRASES, TRAIN_PARAPHRASES, ToyWorld
 from ..paths import DEFAULT_MODEL_DIR
-from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, TEMP_LORA_PRESETS, SlowFastVGenPipeline, TempLoRAConfig
-from ..pipelines import memory_generator_for, scheduler_from_name
+from ..pipelines import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, TEMP_LORA_PRESETS, SlowFastVGenPipeline,
+                         TempLoRAConfig, memory_generator_for, scheduler_from_name)
 from . import metrics
 
 # Named memory settings: a Temp-LoRA config (None: no memory) and chunk arguments. Every Temp-LoRA preset
@@ -171,12 +171,17 @@ def decode(pipe: SlowFastVGenPipeline, latents: torch.Tensor) -> np.ndarray:
     return np.concatenate([part[0] for part in pipe.iter_decode([latents], output_type="np")])
 
 
+def true_latents(pipe: SlowFastVGenPipeline, episode: EpisodePath, truth: np.ndarray, chunks: int) -> list[torch.Tensor]:
+    """The true start frame and first `chunks` chunks as latents: X_0, X_1 ... (what an oracle memory learns)."""
+    return [pipe.encode_frames(truth[:1])] + [pipe.encode_frames(truth[episode.chunk_slice(i)]) for i in range(chunks)]
+
+
 def oracle_revisit(pipe: SlowFastVGenPipeline, episode: EpisodePath, name: str, options: EvaluationOptions,
                    truth: np.ndarray, revisits: RevisitMap) -> dict:
     """The memory of the true first half, then the second half generated with it frozen, against the truth."""
     config, chunk_kwargs = options.memory_setting(name)
     half = episode.num_chunks // 2
-    encoded = [pipe.encode_frames(truth[:1])] + [pipe.encode_frames(truth[episode.chunk_slice(i)]) for i in range(half)]
+    encoded = true_latents(pipe, episode, truth, half)
     memory, generator = None, torch.Generator().manual_seed(episode.world.seed)
     if config is not None:
         updates = memory_generator_for(generator)
@@ -202,8 +207,7 @@ def teacher_forced_revisit(pipe: SlowFastVGenPipeline, episode: EpisodePath, nam
     true chunks so far (updated after each chunk as the episode loop does), revisit PSNR against the truth.
     What memory brings back when the context is right; the real loop adds the model's own drift."""
     config, chunk_kwargs = options.memory_setting(name)
-    encoded = [pipe.encode_frames(truth[:1])] + [pipe.encode_frames(truth[episode.chunk_slice(i)])
-                                                 for i in range(episode.num_chunks)]
+    encoded = true_latents(pipe, episode, truth, episode.num_chunks)
     generator = torch.Generator().manual_seed(episode.world.seed)
     updates = memory_generator_for(generator)
     memory, frames, reference, masks = None, [], [], []

@@ -26,9 +26,8 @@ import torch
 from ..data.retrace import RETRACE_INSTRUCTIONS, HELD_OUT_INSTRUCTIONS, RetraceTask, retrace_scores
 from ..data.toyworld import ToyWorld, parse_action
 from ..evaluation.evaluate import decode
-from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS, EpisodicMemory, SlowFastVGenPipeline
-from ..pipelines import TempLoRAConfig
-from ..pipelines import memory_generator_for
+from ..pipelines import (DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS, EpisodicMemory, SlowFastVGenPipeline,
+                         TempLoRAConfig, memory_generator_for)
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 
 Decomposer = Callable[[str], list[str]]

@@ -163,8 +163,9 @@ class ManifestEpisodeStream(_SeededEpisodes):
             raise SystemExit(f"{manifest}: no episode of at least 2 chunks ({2 * chunk_frames + 1} consecutive frames "
                              "of one video); the slow-fast stage learns from consecutive clips of one video.")
         for episode in self.episodes:
-            if episode.straddling_chunks():
-                warnings.warn(f"{episode.video!r}, {episode.lines}: {episode.straddling_chunks()} of its "
+            straddling = episode.straddling_chunks()
+            if straddling:
+                warnings.warn(f"{episode.video!r}, {episode.lines}: {straddling} of its "
                               f"{episode.num_chunks} chunks hold frames of two clips with different actions and take "
                               f"the action of their first frame; clips that end 1 + k x {chunk_frames} frames after "
                               "the episode's start give every chunk one action.", stacklevel=2)
