@@ -18,8 +18,9 @@ import os
 import re
 import sys
 import warnings
+import zlib
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -45,6 +46,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .atomic_files import write_text_atomically
 from .fingerprint import model_fingerprint, weights_version
 from .image_input import ImageInput, frames_to_tensor
+from .panorama import Panorama, recall_mask
 from .temp_lora import (
     EpisodicMemory,
     MemoryClip,
@@ -558,17 +560,23 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             prompt_embeds = torch.cat([self.encode_action([negative_action] * batch, device, context.dtype),
                                        prompt_embeds])
 
-        # 3. Timesteps and noise for the new frames (and, in "replace" mode, for the context).
+        # 3. What the panorama memory knows of the new frames (None without one), kept at every step. Before
+        #    the timesteps are set: a probe chunk samples with the same scheduler.
+        recall = self.prepare_recall(memory, action, context, num_frames, num_context_frames, num_inference_steps,
+                                     guidance_scale, negative_action, conditioning)
+
+        # 4. Timesteps and noise for the new frames (and, in "replace" mode, for the context).
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(context, num_frames, generator, latents)
+        initial_noise = latents / self.scheduler.init_noise_sigma
         context_noise = None
         if conditioning == "replace":
             context_noise = randn_tensor(context.shape, generator=generator, device=device, dtype=context.dtype)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
-        # 4. Denoising loop: the UNet sees context + new frames, the scheduler steps the new frames only.
+        # 5. Denoising loop: the UNet sees context + new frames, the scheduler steps the new frames only.
         with memory_for_sampling(self.unet, memory), self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -589,6 +597,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                     unconditional, conditional = prediction.chunk(2)
                     prediction = unconditional + guidance_scale * (conditional - unconditional)
                 latents = self.scheduler.step(prediction, t, latents, **extra_step_kwargs).prev_sample
+                if recall is not None:
+                    latents = self.recall_places(latents, recall, initial_noise, i)
 
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "prompt_embeds": prompt_embeds}
@@ -688,8 +698,79 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         with torch.no_grad():  # the texts are inputs of the update, not trained
             text_embeds = dict(zip(texts, self.encode_action(texts, device, dtype).split(1)))
         noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
-        return update_memory(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator,
-                             callback_on_step_end)
+        updated = update_memory(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator,
+                                callback_on_step_end)
+        if updated.config.panorama:
+            updated = replace(updated, panorama=self.updated_panorama(memory.panorama, previous_latents,
+                                                                      new_latents, action))
+        return updated
+
+    def updated_panorama(self, panorama: Panorama | None, previous_latents: torch.Tensor,
+                         new_latents: torch.Tensor, action: str | None) -> Panorama:
+        """The panorama memory with the new chunk pasted in (started from the previous chunk if there is none)."""
+        if new_latents.shape[0] != 1:
+            raise ValueError(f"The panorama memory follows one episode at a time; got a batch of "
+                             f"{new_latents.shape[0]} chunks. Generate episodes one by one, or use a memory "
+                             "without `panorama`.")
+        if panorama is None:
+            return Panorama.start(self.postprocess(previous_latents, "np")[0]).with_frames(
+                self.postprocess(new_latents, "np")[0], action)
+        if not panorama.lost:
+            followed = panorama.following(self.postprocess(previous_latents[:, :, -1:], "np")[0, 0])
+            if followed is None:
+                warnings.warn("The previous chunk is nowhere in the panorama memory; it is lost (no longer read or "
+                              "written). Continue an episode from a chunk of it.", RuntimeWarning, stacklevel=3)
+                return replace(panorama, lost=True)
+            panorama = followed
+        return panorama.with_frames(self.postprocess(new_latents, "np")[0], action)
+
+    def prepare_recall(self, memory: EpisodicMemory | None, action, context_latents: torch.Tensor,
+                       num_frames: int, num_context_frames: int, num_inference_steps: int, guidance_scale: float,
+                       negative_action: str, conditioning: str):
+        """What the panorama memory knows of the frames `action` is about to show: (latents, mask) to keep
+        while sampling, or None. An action the episode has not played yet is first measured on a probe chunk
+        sampled without recall (its own fixed noise, so the caller's generator is not touched)."""
+        panorama = memory.panorama if memory is not None and memory.config.panorama else None
+        if panorama is None or panorama.lost:
+            return None
+        if not isinstance(action, str) or context_latents.shape[0] != 1:
+            raise ValueError("The panorama memory follows one episode at a time: give one action and a context "
+                             "of batch 1, or use a memory without `panorama`.")
+        panorama = panorama.following(self.postprocess(context_latents[:, :, -1:], "np")[0, 0])
+        if panorama is None:
+            warnings.warn("The context's last frame is nowhere in the panorama memory; nothing is recalled for this "
+                          "chunk. Continue an episode from one of its chunks, or from a place it has seen.",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        motion = panorama.motions.get(action)
+        if motion is None:
+            probe = self(action, context_latents=context_latents, num_frames=num_frames,
+                         num_context_frames=num_context_frames, conditioning=conditioning,
+                         memory=replace(memory, panorama=None), num_inference_steps=num_inference_steps,
+                         guidance_scale=guidance_scale, negative_action=negative_action,
+                         generator=torch.Generator().manual_seed(zlib.crc32(action.encode())), output_type="np")
+            motion = panorama.motion_of(probe.frames[0])
+            if motion is None:
+                return None
+        recalled = panorama.recall(motion, num_frames)
+        if recalled is None:
+            return None
+        frames, known = recalled
+        mask = recall_mask(known, tuple(context_latents.shape[-2:]))
+        if not mask.any():
+            return None
+        latents = self.encode_frames(frames).to(context_latents.device, context_latents.dtype)
+        return latents, mask.to(latents.device, latents.dtype)
+
+    def recall_places(self, latents: torch.Tensor, recall, noise: torch.Tensor, step: int) -> torch.Tensor:
+        """The sample after denoising step `step`, its known places replaced by the panorama's, noised to the
+        next timestep with the sample's own initial noise (clean after the last step), so that the UNet
+        blends the rest of the frame into them at every later step."""
+        known, mask = recall
+        timesteps = self.scheduler.timesteps
+        if step + 1 < len(timesteps):
+            known = self.scheduler.add_noise(known, noise, timesteps[step + 1:step + 2])
+        return mask * known + (1 - mask) * latents
 
     # ------------------------------------------------------------------ long videos (Algorithm 1 (a))
 
@@ -709,7 +790,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         """Yield the episode chunk by chunk; `actions` may be a lazy iterator that looks at the last chunk.
 
         With `temp_lora` true (or a `TempLoRAConfig`), the memory is updated after every chunk on the
-        previous chunk ⊕ the new one; with False, `memory` (if any) is used as it is and never updated.
+        previous chunk ⊕ the new one; with False, `memory` (if any) is used as it is and never updated
+        (a panorama memory still follows the camera, writing nothing: `Panorama.with_frames(paste=False)`).
         Only the current context stays on the device; each yielded chunk's latents are on the CPU.
 
         Sampling noise comes from `generator` only, and memory updates draw from `memory_generator` (by
@@ -737,6 +819,10 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             if temp_lora:
                 memory = self.update_memory(memory, context, chunk, action=action, config=config,
                                             generator=memory_generator, callback_on_step_end=callback_on_update_step)
+            elif memory is not None and memory.config.panorama and memory.panorama is not None:
+                # A frozen memory still follows the camera, so that it recalls places where the camera is now.
+                memory = replace(memory, panorama=memory.panorama.with_frames(
+                    self.postprocess(chunk, "np")[0], action, paste=False))
             context = chunk
             yield EpisodeChunk(index=index, action=action, latents=chunk.cpu(), memory=memory)
         if index < 0:

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic_files import partial_path, remove_stale_partials
+from .panorama import Panorama
 
 ADAPTER_NAME = "temp_lora"
 MEMORY_FORMAT = "slowfast-vgen-memory"
@@ -95,6 +96,12 @@ class TempLoRAConfig:
     - `local=True`: the paper's local learning rule, each update learns the clip just made. `local=False`
       is the paper's ablation "without local learning rule": the memory keeps its clips (as with replay)
       and each step learns one clip drawn at random from the whole sequence so far, the new one included.
+    - `panorama=False`: Temp-LoRA alone. With True the memory also keeps a panorama of what the episode
+      showed (`panorama.Panorama`: every chunk registered by phase correlation and pasted where the camera
+      saw it), and the sampler keeps the places it knows when the requested action brings them back into
+      view (`SlowFastVGenPipeline.__call__`, step 4). It reads places from any direction, with no training
+      pass; it assumes a panning camera and switches itself off (with a warning) when frames stop being
+      pans of each other. Not in the paper (docs/evaluation.md, "The panorama memory").
     - `gradient_checkpointing=None` (automatic): with True the update recomputes each UNet layer's
       activations in the backward pass instead of keeping them all (the UNet3D of diffusers has no
       checkpointing of its own). Same result; it halves the update's peak memory (measured: 2.1 GB ->
@@ -116,6 +123,7 @@ class TempLoRAConfig:
     action_text: bool = False
     replay: int = 0
     local: bool = True
+    panorama: bool = False
     gradient_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
@@ -131,7 +139,7 @@ class TempLoRAConfig:
             raise ValueError(f"TempLoRAConfig.alpha must be a positive finite number or None (= rank), got {self.alpha!r}.")
         if self.steps_per_update < 1:
             raise ValueError(f"TempLoRAConfig.steps_per_update must be at least 1, got {self.steps_per_update}.")
-        for name in ("keep_optimizer_state", "action_text", "local"):
+        for name in ("keep_optimizer_state", "action_text", "local", "panorama"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TempLoRAConfig.{name} must be true or false, got {getattr(self, name)!r}.")
         if self.gradient_checkpointing not in (None, True, False):
@@ -176,6 +184,7 @@ class TempLoRAConfig:
     def from_json(cls, text: str) -> "TempLoRAConfig":
         values = json.loads(text)
         values["timestep_range"] = tuple(values["timestep_range"])
+        values.setdefault("panorama", False)  # memories saved before the field existed
         return cls(**values)
 
 
@@ -203,6 +212,9 @@ TEMP_LORA_PRESETS: dict[str, TempLoRAConfig] = {
     # of 32 steps (about 30 times the paper's update).
     "replay": TempLoRAConfig(objective="transition", direction="backward", action_text=True, replay=3,
                              learning_rate=3e-3, steps_per_update=32),
+    # The paper's update plus a panorama of what the episode showed, read back at revisits from any
+    # direction (not in the paper; assumes a panning camera).
+    "panorama": TempLoRAConfig(panorama=True),
 }
 
 
@@ -269,6 +281,7 @@ class EpisodicMemory:
     frames_seen: int = 0
     actions: tuple[str, ...] = ()
     clips: tuple[MemoryClip, ...] = ()  # kept for replay (`TempLoRAConfig.replay`), else empty
+    panorama: Panorama | None = None  # with `TempLoRAConfig.panorama`, from the first update on
 
     @property
     def num_parameters(self) -> int:
@@ -279,7 +292,13 @@ class EpisodicMemory:
         c = self.config
         return (f"EpisodicMemory(rank={c.rank}, target={c.target!r}, objective={c.objective!r}, "
                 f"{self.num_parameters:,} parameters, {self.num_updates} updates, {self.frames_seen} frames seen, "
-                f"{len(self.clips)} clips, base {self.base_fingerprint})")
+                f"{len(self.clips)} clips, {self._panorama_summary()}, base {self.base_fingerprint})")
+
+    def _panorama_summary(self) -> str:
+        if self.panorama is None:
+            return "no panorama"
+        height, width = self.panorama.known.shape
+        return f"panorama {width}x{height}{' (lost)' if self.panorama.lost else ''}"
 
     def with_config(self, config: TempLoRAConfig) -> "EpisodicMemory":
         """This memory, trained with `config` from now on (a new object; tensors shared, never modified).
@@ -312,6 +331,8 @@ class EpisodicMemory:
         tensors = {key: t.detach().contiguous().cpu() for key, t in self.lora.items()}
         tensors.update({f"optimizer.{k}": t.detach().contiguous().cpu() for k, t in self.optimizer_state.items()})
         tensors.update({f"clip.{i}": clip.latents.detach().contiguous().cpu() for i, clip in enumerate(self.clips)})
+        if self.panorama is not None:
+            tensors.update(self.panorama.tensors())
         metadata = {
             "format": MEMORY_FORMAT,
             "format_version": MEMORY_FORMAT_VERSION,
@@ -324,6 +345,8 @@ class EpisodicMemory:
             "clips": json.dumps([[c.new_frames, c.text, c.reverse_text] for c in self.clips]),
             "created_with": _package_version(),
         }
+        if self.panorama is not None:
+            metadata["panorama"] = self.panorama.metadata()
         atomic_save_safetensors(tensors, path, metadata)
 
     @classmethod
@@ -343,7 +366,7 @@ class EpisodicMemory:
                           for i, (new_frames, text, reverse_text) in enumerate(clip_texts))
             memory = cls(
                 config=config,
-                lora={k: t for k, t in tensors.items() if not k.startswith(("optimizer.", "clip."))},
+                lora={k: t for k, t in tensors.items() if not k.startswith(("optimizer.", "clip.", "panorama."))},
                 base_fingerprint=metadata["base_fingerprint"],
                 optimizer_state={k[len("optimizer."):]: t for k, t in tensors.items() if k.startswith("optimizer.")},
                 optimizer_steps=int(metadata["optimizer_steps"]),
@@ -351,6 +374,7 @@ class EpisodicMemory:
                 frames_seen=int(metadata["frames_seen"]),
                 actions=tuple(json.loads(metadata["actions"])),
                 clips=clips,
+                panorama=Panorama.from_saved(tensors, metadata["panorama"]) if "panorama" in metadata else None,
             )
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None

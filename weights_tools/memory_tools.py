@@ -84,8 +84,8 @@ def _header_metadata(path: str | os.PathLike) -> tuple:
 
 
 def is_lora_key(key: str) -> bool:
-    """A memory file's LoRA tensors, as opposed to its optimizer moments and replay clips."""
-    return not key.startswith((OPTIMIZER_PREFIX, "clip."))
+    """A memory file's LoRA tensors, as opposed to its optimizer moments, replay clips and panorama."""
+    return not key.startswith((OPTIMIZER_PREFIX, "clip.", "panorama."))
 
 
 def check_finite(path: str | os.PathLike, keys) -> None:
@@ -138,6 +138,7 @@ def inspect_memory(path: str | os.PathLike, norms: bool = True) -> dict:
         "actions": json.loads(metadata.get("actions", "[]")),
         "created_with": metadata.get("created_with"),
         "config": json.loads(metadata["config"]),
+        "panorama": _panorama_summary(header),
         "bytes_read": header.header_bytes,
     }
     if norms:
@@ -198,13 +199,22 @@ class MergeResult:
     layer_errors: dict[str, float]
 
 
+def _panorama_summary(header) -> dict | None:
+    """Size, camera motions learned and state of a memory file's panorama (None without one)."""
+    if "panorama" not in header.metadata or "panorama.known" not in header.shapes:
+        return None
+    values = json.loads(header.metadata["panorama"])
+    height, width = header.shapes["panorama.known"]
+    return {"width": width, "height": height, "lost": values.get("lost", False), "motions": values.get("motions", {})}
+
+
 def merge_memories(memories: list[EpisodicMemory], weights: list[float] | None = None,
                    rank: int | None = None) -> MergeResult:
     """Sum the weighted low-rank updates of memories made on the same model with the same targets, and
     refactorise each module's sum to `rank` (default: the largest input rank) by truncated SVD.
 
-    The result has alpha = rank (scale 1) and no optimizer state (Adam's moments describe the old
-    factors, not the new ones), except that a single memory with weight 1 at its own rank is returned
+    The result has alpha = rank (scale 1), no optimizer state (Adam's moments describe the old factors,
+    not the new ones) and no panorama (places of different episodes do not share one map), except that a single memory with weight 1 at its own rank is returned
     as it is: there is nothing to refactorise.
     """
     if not memories:
