@@ -46,6 +46,11 @@ from .pipelines import (
     scheduler_name,
 )
 
+# The memory `generate` uses unless told otherwise: the paper's update, plus the panorama that brings places
+# back from any direction on ToyWorld (+17.5 dB at revisits, docs/evaluation.md). Nodes and the library keep
+# the paper's `TempLoRAConfig()`, so that saved workflows and scripts run as they were made.
+DEFAULT_PRESET = "panorama"
+
 DEMO_ACTIONS = out_and_back("right", 6) + out_and_back("down", 4) + loop(1) + ["stay", "stay"]
 
 
@@ -71,9 +76,10 @@ def add_generate_command(commands) -> None:
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                         help="classifier-free guidance scale (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lora-preset", choices=tuple(TEMP_LORA_PRESETS), default="paper",
-                        help="named Temp-LoRA settings (default: paper, Algorithm 1 (a)); the --lora-* flags below "
-                             "change single fields of it")
+    parser.add_argument("--lora-preset", choices=tuple(TEMP_LORA_PRESETS), default=DEFAULT_PRESET,
+                        help="named memory settings (default: panorama, the paper's Temp-LoRA update plus a "
+                             "panorama of the places seen; 'paper' is Algorithm 1 (a) alone); the --lora-* flags "
+                             "below change single fields of it")
     parser.add_argument("--lora-rank", type=int, help="default: the preset's (the paper's 32)")
     parser.add_argument("--lora-lr", type=float, help="default: the preset's (the paper's 1e-4)")
     parser.add_argument("--lora-steps", type=int, help="default: the preset's (the paper's 1)")
@@ -86,6 +92,9 @@ def add_generate_command(commands) -> None:
                         help="learn each clip with its action's text (the model's reverse action played backward)")
     parser.add_argument("--lora-replay", type=int,
                         help="earlier clips of the episode rehearsed at every update step (0: the paper's update)")
+    parser.add_argument("--panorama", action=argparse.BooleanOptionalAction, default=None,
+                        help="also keep a panorama of the places seen and bring them back when the camera returns "
+                             "(the 'panorama' preset; assumes a panning camera)")
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--contact-sheet", help="also write a PNG grid of every 4th frame here")
     parser.add_argument("--force", action="store_true",
@@ -187,7 +196,7 @@ def recover_killed_runs(video: Path) -> list[tuple[Path, int]]:
 # TempLoRAConfig field -> the generate flag that sets it (over the --lora-preset's value).
 LORA_FLAGS = {"rank": "--lora-rank", "learning_rate": "--lora-lr", "steps_per_update": "--lora-steps",
               "target": "--lora-target", "objective": "--lora-objective", "direction": "--lora-direction",
-              "action_text": "--lora-action-text", "replay": "--lora-replay"}
+              "action_text": "--lora-action-text", "replay": "--lora-replay", "panorama": "--panorama"}
 
 
 def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:

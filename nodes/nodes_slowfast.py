@@ -220,6 +220,10 @@ class TempLoRASettings:
                                "tooltip": "Earlier clips of the episode rehearsed at every step, so that later "
                                           "updates do not overwrite them (the memory keeps their latents); 0 is "
                                           "the paper's update."}),
+            "panorama": ("BOOLEAN", {"default": TempLoRAConfig.panorama,
+                                     "tooltip": "Also keep a panorama of what the episode showed and bring places "
+                                                "back from it when the camera returns, from any direction (no "
+                                                "training pass; assumes a panning camera; not in the paper)."}),
         }}
 
     @classmethod
@@ -231,8 +235,9 @@ class TempLoRASettings:
     def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
              timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,
              direction: str | None = None, action_text: bool | None = None,
-             replay: int | None = None) -> tuple[TempLoRAConfig]:
-        optional = {"objective": objective, "direction": direction, "action_text": action_text, "replay": replay}
+             replay: int | None = None, panorama: bool | None = None) -> tuple[TempLoRAConfig]:
+        optional = {"objective": objective, "direction": direction, "action_text": action_text, "replay": replay,
+                    "panorama": panorama}
         given = {name: value for name, value in optional.items() if value is not None}
         return (TempLoRAConfig(rank=rank, alpha=alpha or None, learning_rate=learning_rate, target=target,
                                steps_per_update=steps_per_update, timestep_range=(timestep_low, timestep_high),
@@ -244,8 +249,9 @@ class TempLoRAPreset:
 
     DESCRIPTION = ("Named Temp-LoRA settings: paper (Algorithm 1 (a), the default), transition and global (the "
                    "paper's Table 4 ablations), strong (lr 3e-3, 2 steps), way-back (learns the way back through each "
-                   "chunk; planning's memory) and replay (the strongest measured on out-and-back paths, about 30 "
-                   "times the paper's cost). Temp-LoRA Settings sets every field by hand.")
+                   "chunk; planning's memory), replay (the strongest Temp-LoRA measured on out-and-back paths, "
+                   "about 30 times the paper's cost) and panorama (the paper's update plus a panorama of the places "
+                   "seen, brought back from any direction). Temp-LoRA Settings sets every field by hand.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (TEMP_LORA,)
     RETURN_NAMES = ("settings",)

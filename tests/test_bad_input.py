@@ -427,7 +427,9 @@ def test_generate_presets_and_single_field_overrides(tiny_pipe_dir):
     add_generate_command(commands)
     parser = commands.choices["generate"]
     model = ["--model", str(tiny_pipe_dir)]
-    assert check_arguments(parser.parse_args(model)) == TempLoRAConfig(), "the paper's update by default"
+    assert check_arguments(parser.parse_args(model)) == TempLoRAConfig(panorama=True), "paper + panorama by default"
+    assert check_arguments(parser.parse_args([*model, "--lora-preset", "paper"])) == TempLoRAConfig()
+    assert check_arguments(parser.parse_args([*model, "--no-panorama"])) == TempLoRAConfig()
     assert check_arguments(parser.parse_args([*model, "--lora-preset", "replay"])) == TEMP_LORA_PRESETS["replay"]
     tuned = check_arguments(parser.parse_args([*model, "--lora-preset", "way-back", "--lora-steps", "2",
                                                "--no-lora-action-text"]))
