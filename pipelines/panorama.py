@@ -14,7 +14,8 @@ and top-down or side-scrolling games. A frame that is no such shift of the one b
 turn of a 3-D camera) loses the panorama: it warns once and is neither written nor read any more, and the
 memory carries on as Temp-LoRA alone. What an action does (its motion in pixels per frame) is learned from
 the episode: measured on every chunk the action played, or, for an action not played yet, on a probe chunk
-the pipeline samples once without recall. No table of actions is needed.
+the pipeline samples once without recall; an action that moved differently on different chunks is probed
+every time it is asked for. No table of actions is needed.
 """
 
 from __future__ import annotations
@@ -81,14 +82,14 @@ class Panorama:
 
     `pixels` (H,W,3 uint8) and `known` (H,W bool) cover every place seen; `position` is the top-left corner
     of the last frame in them; `motions` maps each action text to its measured motion (dx, dy) in pixels per
-    frame; `lost` is set when a frame could not be registered (the panorama is then neither read nor written).
+    frame, or to None when it moved differently on different chunks; `lost` is set when a frame could not be registered (the panorama is then neither read nor written).
     """
 
     pixels: np.ndarray
     known: np.ndarray
     position: tuple[int, int]
     last_frame: np.ndarray
-    motions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    motions: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     lost: bool = False
 
     @classmethod
@@ -156,7 +157,10 @@ class Panorama:
         motions = dict(self.motions)
         if action is not None:
             mean = total / len(frames)
-            motions[action] = (int(round(mean[0])), int(round(mean[1])))
+            measured = (int(round(mean[0])), int(round(mean[1])))
+            # An action whose motion depends on where it is played ("go back to the start") is marked None:
+            # it is measured afresh, on a probe chunk, every time it is asked for.
+            motions[action] = measured if motions.get(action, measured) == measured else None
         return Panorama(pixels=pixels, known=known, position=(x, y),
                         last_frame=(previous * 255).round().astype(np.uint8), motions=motions)
 
@@ -227,7 +231,7 @@ class Panorama:
 
     def metadata(self) -> str:
         return json.dumps({"position": list(self.position), "lost": self.lost,
-                           "motions": {text: list(m) for text, m in self.motions.items()}})
+                           "motions": {text: None if m is None else list(m) for text, m in self.motions.items()}})
 
     @classmethod
     def from_saved(cls, tensors: dict[str, torch.Tensor], metadata: str) -> "Panorama":
@@ -238,7 +242,7 @@ class Panorama:
             raise ValueError(f"panorama tensors of shapes {tuple(pixels.shape)}, {tuple(known.shape)} and "
                              f"{tuple(last.shape)} do not fit together")
         position = tuple(int(v) for v in values["position"])
-        motions = {str(text): (int(m[0]), int(m[1])) for text, m in values["motions"].items()}
+        motions = {str(text): None if m is None else (int(m[0]), int(m[1])) for text, m in values["motions"].items()}
         return cls(pixels=pixels, known=known, position=position, last_frame=last, motions=motions,
                    lost=bool(values["lost"]))
 

@@ -729,7 +729,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                        negative_action: str, conditioning: str):
         """What the panorama memory knows of the frames `action` is about to show: (latents, mask) to keep
         while sampling, or None. An action the episode has not played yet is first measured on a probe chunk
-        sampled without recall (its own fixed noise, so the caller's generator is not touched)."""
+        sampled without recall (its own fixed noise, so the caller's generator is not touched), as is, every
+        time, an action whose motion changed from chunk to chunk."""
         panorama = memory.panorama if memory is not None and memory.config.panorama else None
         if panorama is None or panorama.lost:
             return None

@@ -196,3 +196,16 @@ def test_following_finds_a_known_place_and_refuses_an_unknown_one(world):
     assert (moved.position[0] - panorama.position[0], moved.position[1] - panorama.position[1]) == (-20, -16)
     elsewhere = ToyWorld(99).rollout(["stay"], 1, (100, 100))[0].astype(np.float32) / 255
     assert panorama.following(elsewhere) is None
+
+
+def test_an_action_that_moves_differently_on_different_chunks_is_measured_afresh(world, tmp_path, tiny_pipe):
+    """'go back to the start' moves one way on one leg and another way on the next: no motion is trusted
+    for it (the pipeline then probes it every time), and that survives saving."""
+    frames = frames_of(world, ["move right", "move up"])
+    panorama = Panorama.start(frames[:1]).with_frames(frames[1:5], "go back to the start")
+    assert panorama.motions == {"go back to the start": (4, 0)}
+    panorama = panorama.with_frames(frames[5:], "go back to the start")
+    assert panorama.motions == {"go back to the start": None}
+    memory = replace(tiny_pipe.new_memory(temp_lora_preset("panorama")), panorama=panorama)
+    memory.save(tmp_path / "memory.safetensors")
+    assert EpisodicMemory.load(tmp_path / "memory.safetensors").panorama.motions == {"go back to the start": None}
