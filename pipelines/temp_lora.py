@@ -63,7 +63,7 @@ class TempLoRAConfig:
       (matched in full, as peft does; only `nn.Linear` modules may match).
     - `alpha=None` means alpha = rank, a LoRA scale of 1, so that the learning rate alone sets the step.
     - `steps_per_update=1`: Algorithm 1 (a) takes one gradient step per chunk; more steps store a chunk
-      more firmly at a proportional cost.
+      more firmly at a proportional cost; 0 trains nothing (with `panorama`, a memory of the panorama alone).
     - `timestep_range=(0.0, 1.0)`: fractions of the training timesteps to sample from, uniformly, as
       in the slow-learning objective; narrowing it to high noise stores layout, to low noise details.
     - `keep_optimizer_state=True`: Adam's moments carry over from chunk to chunk, as one optimizer
@@ -137,8 +137,9 @@ class TempLoRAConfig:
             raise ValueError(f"TempLoRAConfig.learning_rate must be a positive finite number, got {self.learning_rate!r}.")
         if self.alpha is not None and (not _finite_number(self.alpha) or not self.alpha > 0):
             raise ValueError(f"TempLoRAConfig.alpha must be a positive finite number or None (= rank), got {self.alpha!r}.")
-        if self.steps_per_update < 1:
-            raise ValueError(f"TempLoRAConfig.steps_per_update must be at least 1, got {self.steps_per_update}.")
+        if self.steps_per_update < 0:
+            raise ValueError(f"TempLoRAConfig.steps_per_update must be 0 (no training) or more, got "
+                             f"{self.steps_per_update}.")
         for name in ("keep_optimizer_state", "action_text", "local", "panorama"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TempLoRAConfig.{name} must be true or false, got {getattr(self, name)!r}.")
@@ -745,6 +746,30 @@ def update_memory(
         # cannot draw there, so derive a CPU one from it, reproducibly.
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator,
                                                                     device=generator.device).item()))
+    if config.steps_per_update == 0:  # no Temp-LoRA training: a memory of its panorama only
+        result = (dict(memory.lora), dict(memory.optimizer_state))
+    else:
+        result = _trained(unet, noise_scheduler, memory, clip, text_embeds, generator, callback_on_step_end)
+    if result is None:
+        return memory
+    lora, optimizer_state = result
+    keeps_clips = config.replay or not config.local
+    kept = clip._replace(latents=clip.latents.detach().clone()) if keeps_clips else None
+    return replace(
+        memory,
+        lora=lora,
+        optimizer_state=optimizer_state,
+        optimizer_steps=memory.optimizer_steps + config.steps_per_update if config.keep_optimizer_state else 0,
+        num_updates=memory.num_updates + 1,
+        frames_seen=memory.frames_seen + clip.new_frames,
+        actions=memory.actions + ((action,) if action is not None else ()),
+        clips=memory.clips + (kept,) if kept is not None else (),
+    )
+
+
+def _trained(unet, noise_scheduler, memory, clip, text_embeds, generator, callback_on_step_end):
+    """`update_memory`'s optimizer steps on `clip` (and replayed clips): (lora, optimizer_state), or None."""
+    config = memory.config
     num_train_timesteps = noise_scheduler.config.num_train_timesteps
     low = int(config.timestep_range[0] * (num_train_timesteps - 1))
     high = max(low + 1, int(config.timestep_range[1] * (num_train_timesteps - 1)) + 1)
@@ -776,21 +801,7 @@ def update_memory(
             for parameter in trainable:
                 parameter.requires_grad_(False)
                 parameter.grad = None
-    if result is None:
-        return memory
-    lora, optimizer_state = result
-    keeps_clips = config.replay or not config.local
-    kept = clip._replace(latents=clip.latents.detach().clone()) if keeps_clips else None
-    return replace(
-        memory,
-        lora=lora,
-        optimizer_state=optimizer_state,
-        optimizer_steps=memory.optimizer_steps + config.steps_per_update if config.keep_optimizer_state else 0,
-        num_updates=memory.num_updates + 1,
-        frames_seen=memory.frames_seen + clip.new_frames,
-        actions=memory.actions + ((action,) if action is not None else ()),
-        clips=memory.clips + (kept,) if kept is not None else (),
-    )
+    return result
 
 
 def _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator) -> torch.Tensor:

@@ -84,7 +84,7 @@ GENERATE_CASES = [
     (["--lora-lr", "nan"], "--lora-lr: TempLoRAConfig.learning_rate"),
     (["--lora-lr", "0"], "--lora-lr: TempLoRAConfig.learning_rate"),
     (["--lora-rank", "0"], "--lora-rank: TempLoRAConfig.rank must be at least 1"),
-    (["--lora-steps", "0"], "--lora-steps: TempLoRAConfig.steps_per_update must be at least 1"),
+    (["--lora-steps", "-1"], "--lora-steps: TempLoRAConfig.steps_per_update must be 0 (no training) or more"),
     (["--lora-replay", "-1"], "--lora-replay: TempLoRAConfig.replay"),
     (["--lora-target", "("], "--lora-target: TempLoRAConfig.target '(' is neither a preset"),
     (["--actions", " ; "], "No action given"),

@@ -209,3 +209,17 @@ def test_an_action_that_moves_differently_on_different_chunks_is_measured_afresh
     memory = replace(tiny_pipe.new_memory(temp_lora_preset("panorama")), panorama=panorama)
     memory.save(tmp_path / "memory.safetensors")
     assert EpisodicMemory.load(tmp_path / "memory.safetensors").panorama.motions == {"go back to the start": None}
+
+
+def test_zero_steps_trains_nothing_and_keeps_only_the_panorama(shipped):
+    world = ToyWorld(5)
+    frames = world.rollout(["move right"], 4, (300, 300)).astype(np.float32) / 255
+    config = replace(temp_lora_preset("panorama"), steps_per_update=0)
+    empty = shipped.new_memory(config)
+    memory = shipped.update_memory(empty, shipped.encode_frames(frames[:1]), shipped.encode_frames(frames[1:]),
+                                   action="move right", config=config)
+    assert memory.num_updates == 1 and memory.panorama.motions == {"move right": (4, 0)}
+    for key, tensor in empty.lora.items():
+        assert torch.equal(memory.lora[key], tensor), key
+    with pytest.raises(ValueError, match="steps_per_update must be 0"):
+        TempLoRAConfig(steps_per_update=-1)

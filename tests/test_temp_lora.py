@@ -440,7 +440,7 @@ def test_backward_transition_update_learns_the_way_back(tiny_pipe, tiny_context)
     [
         ({"rank": 0}, "rank"),
         ({"learning_rate": 0.0}, "learning_rate"),
-        ({"steps_per_update": 0}, "steps_per_update"),
+        ({"steps_per_update": -1}, "steps_per_update"),
         ({"timestep_range": (0.5, 0.2)}, "timestep_range"),
         ({"target": "(unclosed"}, "neither a preset"),
         ({"objective": "reconstruction"}, "objective"),
