@@ -525,7 +525,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             num_context_frames: how many of the last context frames condition (f_p); default: all given,
                 capped by what the context window leaves.
             conditioning: "mask" (clean context, the paper's) or "replace" (context re-noised every step).
-            memory: an `EpisodicMemory` (Temp-LoRA) to generate with; None runs the base model.
+            memory: an `EpisodicMemory` (Temp-LoRA; with `panorama`, also the places it brings back) to
+                generate with; None runs the base model.
             num_inference_steps, guidance_scale, negative_action, generator, latents, output_type,
             return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers.
             resize: resize `image` to the model's native size instead of refusing a size that does not fit.
