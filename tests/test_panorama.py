@@ -223,3 +223,15 @@ def test_zero_steps_trains_nothing_and_keeps_only_the_panorama(shipped):
         assert torch.equal(memory.lora[key], tensor), key
     with pytest.raises(ValueError, match="steps_per_update must be 0"):
         TempLoRAConfig(steps_per_update=-1)
+
+
+def test_frames_that_are_no_pans_lose_the_panorama_and_the_episode_goes_on(tiny_pipe, tiny_context):
+    """A random model's frames are no pans of each other (as a cut or a 3-D camera would be): one warning,
+    and the episode carries on with Temp-LoRA alone."""
+    with pytest.warns(RuntimeWarning, match="lost track of the camera"):
+        chunks = list(tiny_pipe.stream_episode(["move right"] * 3, start_latents=tiny_context,
+                                               temp_lora=temp_lora_preset("panorama"), num_frames=2,
+                                               num_inference_steps=2, generator=torch.Generator().manual_seed(0)))
+    memory = chunks[-1].memory
+    assert memory.panorama.lost and memory.num_updates == 3
+    assert memory.optimizer_steps == 3  # Temp-LoRA still learned every chunk
