@@ -76,7 +76,7 @@ def _as_float_frames(frames) -> np.ndarray:
     return frames.astype(np.float32) / 255 if frames.dtype == np.uint8 else frames.astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: equal by identity, not element-wise
 class Panorama:
     """What an episode showed, in world pixels. Immutable: `with_frames` returns a new panorama.
 
