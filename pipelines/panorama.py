@@ -6,8 +6,8 @@ comes back from other directions too (a loop, a detour) when the memory keeps th
 keeps it as a 2-D panorama: every generated frame is registered against the one before it (phase
 correlation, refined to the whole pixel of least error on the overlap) and pasted where the camera was,
 the first sighting of each pixel kept. Before a chunk is generated, the frames the requested action will
-show are cut from the panorama, and the sampler keeps the places they already know (`recall_latents` and
-`SlowFastVGenPipeline.__call__`, step 4).
+show are cut from the panorama, and the sampler keeps the places they already know (`SlowFastVGenPipeline.prepare_recall` and
+`recall_places`, steps 3 and 5 of `__call__`).
 
 What it assumes: the camera pans (every frame is its predecessor shifted by whole pixels), as in ToyWorld
 and top-down or side-scrolling games. A frame that is no such shift of the one before (a cut, a zoom, a
@@ -91,6 +91,9 @@ class Panorama:
     last_frame: np.ndarray
     motions: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     lost: bool = False
+    # The latent frame `last_frame` was decoded from, when the pipeline wrote it (not saved): a context that
+    # is that very frame continues the panorama without being decoded again.
+    last_latents: torch.Tensor | None = None
 
     @classmethod
     def start(cls, frames) -> "Panorama":
@@ -105,19 +108,22 @@ class Panorama:
     def view_size(self) -> tuple[int, int]:
         return self.last_frame.shape[:2]
 
+    def _registered(self, frames: np.ndarray) -> tuple[list[tuple[int, int]], float | None]:
+        """The camera shift of each of `frames` from the one before (the first from the last frame); stops at
+        the first frame that is no pan of its predecessor and returns its PSNR as the second value."""
+        previous, shifts = self.last_frame.astype(np.float32) / 255, []
+        for frame in frames:
+            shift, psnr = camera_shift(previous, frame)
+            if psnr < LOST_BELOW_DB:
+                return shifts, psnr
+            shifts.append(shift)
+            previous = frame
+        return shifts, None
+
     def motion_of(self, frames) -> tuple[int, int] | None:
         """The mean motion (dx, dy) per frame of `frames` continuing from the last frame (None if lost)."""
-        frames = _as_float_frames(frames)
-        previous = self.last_frame.astype(np.float32) / 255
-        total = np.zeros(2)
-        for frame in frames:
-            (dx, dy), psnr = camera_shift(previous, frame)
-            if psnr < LOST_BELOW_DB:
-                return None
-            total += (dx, dy)
-            previous = frame
-        mean = total / max(len(frames), 1)
-        return int(round(mean[0])), int(round(mean[1]))
+        shifts, failed = self._registered(_as_float_frames(frames))
+        return None if failed is not None or not shifts else _mean_motion(shifts)
 
     def with_frames(self, frames, action: str | None = None, paste: bool = True) -> "Panorama":
         """This panorama with `frames` (the episode's next frames) registered and pasted; with `action`, the
@@ -127,42 +133,34 @@ class Panorama:
         if self.lost or not len(frames):
             return self
         frames = _as_float_frames(frames)
+        shifts, failed = self._registered(frames)
+        if failed is not None:
+            warnings.warn(
+                f"The panorama memory lost track of the camera (a frame matches no pan of the one before it: "
+                f"{failed:.1f} dB < {LOST_BELOW_DB} dB). It is no longer read or written; the memory carries on "
+                "as Temp-LoRA alone. It assumes a panning camera (docs/evaluation.md).",
+                RuntimeWarning, stacklevel=2)
+            return replace(self, lost=True)
         pixels, known, (x, y) = self.pixels, self.known, self.position
-        previous = self.last_frame.astype(np.float32) / 255
         height, width = self.view_size
-        copied = False
-        total = np.zeros(2)
-        for frame in frames:
-            (dx, dy), psnr = camera_shift(previous, frame)
-            if psnr < LOST_BELOW_DB:
-                warnings.warn(
-                    f"The panorama memory lost track of the camera (a frame matches no pan of the one before it: "
-                    f"{psnr:.1f} dB < {LOST_BELOW_DB} dB). It is no longer read or written; the memory carries on "
-                    "as Temp-LoRA alone. It assumes a panning camera (docs/evaluation.md).",
-                    RuntimeWarning, stacklevel=2)
-                return replace(self, lost=True)
+        if paste:  # copied first: the panorama given stays as it was
+            pixels, known = pixels.copy(), known.copy()
+        for frame, (dx, dy) in zip(frames, shifts):
             x, y = x + dx, y + dy
-            total += (dx, dy)
-            if not paste:
-                previous = frame
-                continue
-            if not copied:  # copy on first write: the panorama given stays as it was
-                pixels, known, copied = pixels.copy(), known.copy(), True
-            pixels, known, (x, y) = _grown(pixels, known, x, y, width, height)
-            window = (slice(y, y + height), slice(x, x + width))
-            new = ~known[window]
-            pixels[window][new] = (frame[new] * 255).round().astype(np.uint8)
-            known[window] |= new
-            previous = frame
+            if paste:
+                pixels, known, (x, y) = _grown(pixels, known, x, y, width, height)
+                window = (slice(y, y + height), slice(x, x + width))
+                new = ~known[window]
+                pixels[window][new] = (frame[new] * 255).round().astype(np.uint8)
+                known[window] |= new
         motions = dict(self.motions)
         if action is not None:
-            mean = total / len(frames)
-            measured = (int(round(mean[0])), int(round(mean[1])))
+            measured = _mean_motion(shifts)
             # An action whose motion depends on where it is played ("go back to the start") is marked None:
             # it is measured afresh, on a probe chunk, every time it is asked for.
             motions[action] = measured if motions.get(action, measured) == measured else None
         return Panorama(pixels=pixels, known=known, position=(x, y),
-                        last_frame=(previous * 255).round().astype(np.uint8), motions=motions)
+                        last_frame=(frames[-1] * 255).round().astype(np.uint8), motions=motions)
 
     def following(self, frame) -> "Panorama | None":
         """This panorama with the camera at `frame` (H,W,3): itself when `frame` is its last frame, else the
@@ -176,7 +174,8 @@ class Panorama:
         position = self.locate(frame)
         if position is None:
             return None
-        return replace(self, position=position, last_frame=(frame * 255).round().astype(np.uint8))
+        return replace(self, position=position, last_frame=(frame * 255).round().astype(np.uint8),
+                       last_latents=None)
 
     def locate(self, frame: np.ndarray) -> tuple[int, int] | None:
         """Where in the panorama a view looks like `frame` (its top-left corner), among the places it knows
@@ -245,6 +244,11 @@ class Panorama:
         motions = {str(text): None if m is None else (int(m[0]), int(m[1])) for text, m in values["motions"].items()}
         return cls(pixels=pixels, known=known, position=position, last_frame=last, motions=motions,
                    lost=bool(values["lost"]))
+
+
+def _mean_motion(shifts: list[tuple[int, int]]) -> tuple[int, int]:
+    mean = np.mean(np.asarray(shifts, np.float64), axis=0)
+    return int(round(mean[0])), int(round(mean[1]))
 
 
 def _grown(pixels: np.ndarray, known: np.ndarray, x: int, y: int, width: int, height: int):

@@ -571,7 +571,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(context, num_frames, generator, latents)
-        initial_noise = latents / self.scheduler.init_noise_sigma
+        initial_noise = latents / self.scheduler.init_noise_sigma if recall is not None else None
         context_noise = None
         if conditioning == "replace":
             context_noise = randn_tensor(context.shape, generator=generator, device=device, dtype=context.dtype)
@@ -714,16 +714,30 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                              f"{new_latents.shape[0]} chunks. Generate episodes one by one, or use a memory "
                              "without `panorama`.")
         if panorama is None:
-            return Panorama.start(self.postprocess(previous_latents, "np")[0]).with_frames(
-                self.postprocess(new_latents, "np")[0], action)
-        if not panorama.lost:
-            followed = panorama.following(self.postprocess(previous_latents[:, :, -1:], "np")[0, 0])
+            panorama = Panorama.start(self.postprocess(previous_latents, "np")[0])
+        elif not panorama.lost:
+            followed = self.panorama_at(panorama, previous_latents)
             if followed is None:
                 warnings.warn("The previous chunk is nowhere in the panorama memory; it is lost (no longer read or "
                               "written). Continue an episode from a chunk of it.", RuntimeWarning, stacklevel=3)
                 return replace(panorama, lost=True)
             panorama = followed
-        return panorama.with_frames(self.postprocess(new_latents, "np")[0], action)
+        return self.panorama_with_chunk(panorama, new_latents, action)
+
+    def panorama_at(self, panorama: Panorama, latents: torch.Tensor) -> Panorama | None:
+        """`panorama` with its camera at the last frame of `latents` (`Panorama.following`), or None where it
+        shows that frame nowhere. The chunk the panorama last wrote is recognised without decoding it again."""
+        last = latents[:, :, -1:]
+        written = panorama.last_latents
+        if written is not None and written.shape == last.shape and torch.equal(written, last.detach().cpu()):
+            return panorama
+        return panorama.following(self.postprocess(last, "np")[0, 0])
+
+    def panorama_with_chunk(self, panorama: Panorama, latents: torch.Tensor, action: str | None,
+                            paste: bool = True) -> Panorama:
+        """`Panorama.with_frames` of the decoded chunk `latents`, remembering the latents of its last frame."""
+        updated = panorama.with_frames(self.postprocess(latents, "np")[0], action, paste=paste)
+        return replace(updated, last_latents=latents[:, :, -1:].detach().cpu().clone())
 
     def prepare_recall(self, memory: EpisodicMemory | None, action, context_latents: torch.Tensor,
                        num_frames: int, num_context_frames: int, num_inference_steps: int, guidance_scale: float,
@@ -738,7 +752,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if not isinstance(action, str) or context_latents.shape[0] != 1:
             raise ValueError("The panorama memory follows one episode at a time: give one action and a context "
                              "of batch 1, or use a memory without `panorama`.")
-        panorama = panorama.following(self.postprocess(context_latents[:, :, -1:], "np")[0, 0])
+        panorama = self.panorama_at(panorama, context_latents)
         if panorama is None:
             warnings.warn("The context's last frame is nowhere in the panorama memory; nothing is recalled for this "
                           "chunk. Continue an episode from one of its chunks, or from a place it has seen.",
@@ -823,8 +837,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                                             generator=memory_generator, callback_on_step_end=callback_on_update_step)
             elif memory is not None and memory.config.panorama and memory.panorama is not None:
                 # A frozen memory still follows the camera, so that it recalls places where the camera is now.
-                memory = replace(memory, panorama=memory.panorama.with_frames(
-                    self.postprocess(chunk, "np")[0], action, paste=False))
+                memory = replace(memory, panorama=self.panorama_with_chunk(memory.panorama, chunk, action,
+                                                                           paste=False))
             context = chunk
             yield EpisodeChunk(index=index, action=action, latents=chunk.cpu(), memory=memory)
         if index < 0:

@@ -99,7 +99,7 @@ class TempLoRAConfig:
     - `panorama=False`: Temp-LoRA alone. With True the memory also keeps a panorama of what the episode
       showed (`panorama.Panorama`: every chunk registered by phase correlation and pasted where the camera
       saw it), and the sampler keeps the places it knows when the requested action brings them back into
-      view (`SlowFastVGenPipeline.__call__`, step 4). It reads places from any direction, with no training
+      view (`SlowFastVGenPipeline.__call__`, steps 3 and 5). It reads places from any direction, with no training
       pass; it assumes a panning camera and switches itself off (with a warning) when frames stop being
       pans of each other. Not in the paper (docs/evaluation.md, "The panorama memory").
     - `gradient_checkpointing=None` (automatic): with True the update recomputes each UNet layer's
