@@ -197,8 +197,9 @@ class TempLoRASettings:
                                               "tooltip": "Which attention layers learn: all, only temporal (motion) "
                                                          "or only spatial (appearance)."}),
             "steps_per_update": ("INT", {"default": 1, "min": 0, "max": 100,
-                                         "tooltip": "Gradient steps per chunk; more remember more firmly, slower; 0 trains "
-                                                    "nothing (with panorama on: the panorama alone)."}),
+                                         "tooltip": "Gradient steps per chunk; more remember more firmly, "
+                                                    "slower; 0 trains nothing (with panorama on: the panorama "
+                                                    "alone)."}),
             "timestep_low": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                        "tooltip": "Lowest noise level trained on (fraction of the schedule)."}),
             "timestep_high": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,

@@ -6,8 +6,8 @@ comes back from other directions too (a loop, a detour) when the memory keeps th
 keeps it as a 2-D panorama: every generated frame is registered against the one before it (phase
 correlation, refined to the whole pixel of least error on the overlap) and pasted where the camera was,
 the first sighting of each pixel kept. Before a chunk is generated, the frames the requested action will
-show are cut from the panorama, and the sampler keeps the places they already know (`SlowFastVGenPipeline.prepare_recall` and
-`recall_places`, steps 3 and 5 of `__call__`).
+show are cut from the panorama, and the sampler keeps the places they already know
+(`SlowFastVGenPipeline.prepare_recall` and `recall_places`, steps 3 and 5 of `__call__`).
 
 What it assumes: the camera pans (every frame is its predecessor shifted by whole pixels), as in ToyWorld
 and top-down or side-scrolling games. A frame that is no such shift of the one before (a cut, a zoom, a
@@ -82,7 +82,8 @@ class Panorama:
 
     `pixels` (H,W,3 uint8) and `known` (H,W bool) cover every place seen; `position` is the top-left corner
     of the last frame in them; `motions` maps each action text to its measured motion (dx, dy) in pixels per
-    frame, or to None when it moved differently on different chunks; `lost` is set when a frame could not be registered (the panorama is then neither read nor written).
+    frame, or to None when it moved differently on different chunks; `lost` is set when a frame could not be
+    registered (the panorama is then neither read nor written).
     """
 
     pixels: np.ndarray
