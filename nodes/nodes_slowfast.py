@@ -25,6 +25,7 @@ from ..pipelines import (
     TempLoRAConfig,
     temp_lora_preset,
 )
+from ..pipelines.pipeline_slowfast_vgen import RECALL_MODES
 from ..pipelines.temp_lora import memory_file_problem
 from . import comfy_services
 from .validation import linked_type_problem, problem_of, start_problem, verdict
@@ -73,6 +74,11 @@ SAMPLER_INPUTS = {
                                                       "context is re-noised every step (plain text-to-video models)."}),
 }
 MEMORY_INPUT = (MEMORY, {"tooltip": "Episodic memory (Temp-LoRA) to generate with. Leave empty for the base model."})
+RECALL_INPUT = (list(RECALL_MODES), {"default": "action",
+                                     "tooltip": "With a panorama memory: where the camera goes in the places it "
+                                                "brings back. action: as the action moved it earlier in the episode. "
+                                                "way back: back the way the episode came, to its start (planning "
+                                                "a return). Needs a memory made with the panorama on."})
 SETTINGS_INPUT = (TEMP_LORA, {"tooltip": "Fast-learning settings, from Temp-LoRA Settings. Leave empty for the "
                                          "memory's own settings (defaults for a new memory)."})
 
@@ -150,7 +156,7 @@ class ActionChunk:
                 "action": ("STRING", {"default": "move right", "tooltip": "What to do in this chunk, e.g. 'move left'."}),
                 **SAMPLER_INPUTS,
             },
-            "optional": {**START_INPUTS, "memory": MEMORY_INPUT},
+            "optional": {**START_INPUTS, "memory": MEMORY_INPUT, "recall": RECALL_INPUT},
         }
 
     @classmethod
@@ -160,15 +166,15 @@ class ActionChunk:
 
     def generate(self, world_model: WorldModel, action: str, num_frames: int, steps: int, guidance: float,
                  seed: int, conditioning: str, image: torch.Tensor | None = None, chunk: Chunk | None = None,
-                 memory: EpisodicMemory | None = None) -> tuple[Chunk]:
+                 memory: EpisodicMemory | None = None, recall: str | None = None) -> tuple[Chunk]:
         action = check_action(action)
         bar = comfy_services.ProgressBar(steps + 1)
         with world_model.running() as pipe:
             state = start_chunk(pipe, image, chunk)
             latents = pipe(
                 action, context_latents=state.last, num_frames=num_frames, conditioning=conditioning,
-                memory=memory, num_inference_steps=steps, guidance_scale=guidance, generator=generator_for(seed),
-                output_type="latent", callback_on_step_end=step_callback(bar),
+                memory=memory, recall=recall or "action", num_inference_steps=steps, guidance_scale=guidance,
+                generator=generator_for(seed), output_type="latent", callback_on_step_end=step_callback(bar),
             ).latents
             decode_and_preview(pipe, latents, bar)  # what the chunk shows, on the node
         return (state.extended(latents, action),)
@@ -373,7 +379,7 @@ class RunEpisode:
                                                                       "frozen: use the connected memory as it is. "
                                                                       "off: the base model only, no memory."}),
             },
-            "optional": {**START_INPUTS, "memory": MEMORY_INPUT, "settings": SETTINGS_INPUT},
+            "optional": {**START_INPUTS, "memory": MEMORY_INPUT, "settings": SETTINGS_INPUT, "recall": RECALL_INPUT},
         }
 
     @classmethod
@@ -383,8 +389,8 @@ class RunEpisode:
 
     def run(self, world_model: WorldModel, actions: str, num_frames: int, steps: int, guidance: float, seed: int,
             conditioning: str, temp_lora: str, image: torch.Tensor | None = None, chunk: Chunk | None = None,
-            memory: EpisodicMemory | None = None,
-            settings: TempLoRAConfig | None = None) -> tuple[torch.Tensor, EpisodicMemory | None, Chunk]:
+            memory: EpisodicMemory | None = None, settings: TempLoRAConfig | None = None,
+            recall: str | None = None) -> tuple[torch.Tensor, EpisodicMemory | None, Chunk]:
         script = parse_actions(actions)
         memory = None if temp_lora == "off" else memory_with_settings(memory, settings)
         learning = (settings or True) if temp_lora == "learn" else False
@@ -398,7 +404,7 @@ class RunEpisode:
             episode = pipe.stream_episode(
                 script, start_latents=state.last, memory=memory, temp_lora=learning, num_frames=num_frames,
                 generator=generator_for(seed), num_inference_steps=steps, guidance_scale=guidance,
-                conditioning=conditioning, callback_on_step_end=step_callback(bar),
+                conditioning=conditioning, recall=recall or "action", callback_on_step_end=step_callback(bar),
                 callback_on_update_step=update_step_callback(bar),
             )
             for step in episode:

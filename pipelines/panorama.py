@@ -81,7 +81,8 @@ class Panorama:
     """What an episode showed, in world pixels. Immutable: `with_frames` returns a new panorama.
 
     `pixels` (H,W,3 uint8) and `known` (H,W bool) cover every place seen; `position` is the top-left corner
-    of the last frame in them; `motions` maps each action text to its measured motion (dx, dy) in pixels per
+    of the last frame in them; `trail` is the corner of every frame pasted, the start first (the way the
+    camera came, which `way_back` retraces); `motions` maps each action text to its measured motion (dx, dy) in pixels per
     frame, or to None when it moved differently on different chunks; `lost` is set when a frame could not be
     registered (the panorama is then neither read nor written).
     """
@@ -92,6 +93,7 @@ class Panorama:
     last_frame: np.ndarray
     motions: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     lost: bool = False
+    trail: tuple[tuple[int, int], ...] = ()
     # The latent frame `last_frame` was decoded from, when the pipeline wrote it (not saved): a context that
     # is that very frame continues the panorama without being decoded again.
     last_latents: torch.Tensor | None = None
@@ -102,7 +104,7 @@ class Panorama:
         frames = _as_float_frames(frames)
         first = (frames[0] * 255).round().astype(np.uint8)
         panorama = cls(pixels=first.copy(), known=np.ones(first.shape[:2], bool), position=(0, 0),
-                       last_frame=first)
+                       last_frame=first, trail=((0, 0),))
         return panorama.with_frames(frames[1:]) if len(frames) > 1 else panorama
 
     @property
@@ -142,14 +144,18 @@ class Panorama:
                 "as Temp-LoRA alone. It assumes a panning camera (docs/evaluation.md).",
                 RuntimeWarning, stacklevel=2)
             return replace(self, lost=True)
-        pixels, known, (x, y) = self.pixels, self.known, self.position
+        pixels, known, (x, y), trail = self.pixels, self.known, self.position, list(self.trail)
         height, width = self.view_size
         if paste:  # copied first: the panorama given stays as it was
             pixels, known = pixels.copy(), known.copy()
         for frame, (dx, dy) in zip(frames, shifts):
             x, y = x + dx, y + dy
             if paste:
-                pixels, known, (x, y) = _grown(pixels, known, x, y, width, height)
+                pixels, known, (grown_x, grown_y) = _grown(pixels, known, x, y, width, height)
+                if (grown_x, grown_y) != (x, y):  # the canvas grew up or left: every place moved with it
+                    trail = [(tx + grown_x - x, ty + grown_y - y) for tx, ty in trail]
+                x, y = grown_x, grown_y
+                trail.append((x, y))
                 window = (slice(y, y + height), slice(x, x + width))
                 new = ~known[window]
                 pixels[window][new] = (frame[new] * 255).round().astype(np.uint8)
@@ -161,7 +167,7 @@ class Panorama:
             # it is measured afresh, on a probe chunk, every time it is asked for.
             motions[action] = measured if motions.get(action, measured) == measured else None
         return Panorama(pixels=pixels, known=known, position=(x, y),
-                        last_frame=(frames[-1] * 255).round().astype(np.uint8), motions=motions)
+                        last_frame=(frames[-1] * 255).round().astype(np.uint8), motions=motions, trail=tuple(trail))
 
     def following(self, frame) -> "Panorama | None":
         """This panorama with the camera at `frame` (H,W,3): itself when `frame` is its last frame, else the
@@ -203,16 +209,20 @@ class Panorama:
         return int(x), int(y)
 
     def recall(self, motion: tuple[int, int], num_frames: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The next `num_frames` frames of a camera moving `motion` pixels a frame, as far as the panorama
+        """The next `num_frames` frames of a camera moving `motion` pixels a frame (`recall_along`)."""
+        return self.recall_along([motion] * num_frames)
+
+    def recall_along(self, steps: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The next frames of a camera moving `steps[i]` pixels (dx, dy) before frame i, as far as the panorama
         knows them: (frames F,H,W,3 float in [0, 1], known F,H,W bool), or None when it knows none of them."""
         if self.lost:
             return None
         height, width = self.view_size
-        frames = np.zeros((num_frames, height, width, 3), np.float32)
-        known = np.zeros((num_frames, height, width), bool)
+        frames = np.zeros((len(steps), height, width, 3), np.float32)
+        known = np.zeros((len(steps), height, width), bool)
         x, y = self.position
-        for index in range(num_frames):
-            x, y = x + motion[0], y + motion[1]
+        for index, (dx, dy) in enumerate(steps):
+            x, y = x + dx, y + dy
             top, left = max(y, 0), max(x, 0)
             bottom, right = min(y + height, self.known.shape[0]), min(x + width, self.known.shape[1])
             if top >= bottom or left >= right:
@@ -222,6 +232,23 @@ class Panorama:
             known[index][inside] = self.known[top:bottom, left:right]
         return (frames, known) if known.any() else None
 
+    def way_back(self, num_frames: int) -> list[tuple[int, int]]:
+        """The camera's steps (dx, dy) for the next `num_frames` frames going back the way the episode came: to
+        the nearest place of the trail (the earliest of those as near), then back along the trail to the start,
+        then still. The steps off the trail are as long as the trail's own (its median step)."""
+        trail = np.asarray(self.trail or (self.position,))
+        moves = np.abs(np.diff(trail, axis=0)).max(axis=1) if len(trail) > 1 else np.zeros(0)
+        speed = int(np.median(moves[moves > 0])) if (moves > 0).any() else 1
+        nearest = int(np.argmin(np.abs(trail - np.asarray(self.position)).sum(axis=1)))  # in whole steps
+        route, (x, y) = [], self.position
+        for target in map(tuple, trail[nearest::-1].tolist()):
+            while (x, y) != target and len(route) < num_frames:  # whole steps, along x first
+                dx = int(np.clip(target[0] - x, -speed, speed))
+                dy = 0 if dx else int(np.clip(target[1] - y, -speed, speed))
+                route.append((dx, dy))
+                x, y = x + dx, y + dy
+        return route[:num_frames] + [(0, 0)] * (num_frames - len(route))
+
     # ---------------------------------------------------------------- saving with the memory
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -230,7 +257,7 @@ class Panorama:
                 "panorama.last_frame": torch.from_numpy(np.ascontiguousarray(self.last_frame))}
 
     def metadata(self) -> str:
-        return json.dumps({"position": list(self.position), "lost": self.lost,
+        return json.dumps({"position": list(self.position), "lost": self.lost, "trail": [list(p) for p in self.trail],
                            "motions": {text: None if m is None else list(m) for text, m in self.motions.items()}})
 
     @classmethod
@@ -243,8 +270,9 @@ class Panorama:
                              f"{tuple(last.shape)} do not fit together")
         position = tuple(int(v) for v in values["position"])
         motions = {str(text): None if m is None else (int(m[0]), int(m[1])) for text, m in values["motions"].items()}
+        trail = tuple((int(p[0]), int(p[1])) for p in values.get("trail", [position]))  # older saves: none
         return cls(pixels=pixels, known=known, position=position, last_frame=last, motions=motions,
-                   lost=bool(values["lost"]))
+                   lost=bool(values["lost"]), trail=trail)
 
 
 def _mean_motion(shifts: list[tuple[int, int]]) -> tuple[int, int]:

@@ -21,7 +21,7 @@ import warnings
 import zlib
 from pathlib import Path
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
@@ -59,6 +59,8 @@ from .temp_lora import (
 )
 
 CONDITIONING_MODES = ("mask", "replace")
+# Where a panorama memory's camera goes in the places it brings back (`__call__`'s `recall`).
+RECALL_MODES = ("action", "way back")
 
 # Where the command line, the nodes, `evaluate` and the benchmarks start: the shipped model's sampling
 # settings, picked by measurement (docs/benchmarks.md, "Sampling steps"): its x0-predicting UNet is at its
@@ -427,7 +429,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
     def check_inputs(self, action, context_latents, num_frames, num_context_frames, conditioning,
                      output_type, callback_on_step_end_tensor_inputs, memory, num_inference_steps: int = 1,
-                     guidance_scale: float = 1.0) -> None:
+                     guidance_scale: float = 1.0, recall: str | Sequence[tuple[int, int]] = "action") -> None:
         if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}.")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
@@ -476,6 +478,17 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                              f"not {sorted(unknown)}.")
         if memory is not None:
             check_memory(self.unet, memory, self.base_fingerprint)
+        if isinstance(recall, str):
+            if recall not in RECALL_MODES:
+                raise ValueError(f"recall must be one of {RECALL_MODES} or the camera's steps (dx, dy), one per new "
+                                 f"frame; got {recall!r}.")
+        elif (len(recall) != num_frames or not all(len(step) == 2 and all(isinstance(v, int) for v in step)
+                                                   for step in recall)):
+            raise ValueError(f"recall as camera steps needs {num_frames} (dx, dy) pairs of whole pixels, one per new "
+                             f"frame; got {recall!r}.")
+        if recall != "action" and (memory is None or not memory.config.panorama):
+            raise ValueError(f"recall={recall!r} reads the panorama memory: pass a memory made with "
+                             "TempLoRAConfig(panorama=True) (the 'panorama' preset), or leave recall='action'.")
 
     # ------------------------------------------------------------------ one chunk
 
@@ -503,6 +516,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         num_context_frames: int | None = None,
         conditioning: str = "mask",
         memory: EpisodicMemory | None = None,
+        recall: str | Sequence[tuple[int, int]] = "action",
         num_inference_steps: int = 20,
         guidance_scale: float = 3.0,
         negative_action: str = "",
@@ -527,6 +541,10 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             conditioning: "mask" (clean context, the paper's) or "replace" (context re-noised every step).
             memory: an `EpisodicMemory` (Temp-LoRA; with `panorama`, also the places it brings back) to
                 generate with; None runs the base model.
+            recall: with a panorama memory, where the camera goes in the places it brings back: "action" (as
+                the action moved the camera earlier in the episode), "way back" (back along the way the episode
+                came, to its start: `Panorama.way_back`), or the camera's step (dx, dy) in pixels before each
+                new frame.
             num_inference_steps, guidance_scale, negative_action, generator, latents, output_type,
             return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs: as in diffusers.
             resize: resize `image` to the model's native size instead of refusing a size that does not fit.
@@ -545,7 +563,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if num_context_frames is None and context_latents is not None:
             num_context_frames = max(1, min(context_latents.shape[2], self.context_window - num_frames))
         self.check_inputs(action, context_latents, num_frames, num_context_frames, conditioning, output_type,
-                          callback_on_step_end_tensor_inputs, memory, num_inference_steps, guidance_scale)
+                          callback_on_step_end_tensor_inputs, memory, num_inference_steps, guidance_scale, recall)
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device = self._execution_device
@@ -564,7 +582,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         # 3. What the panorama memory knows of the new frames (None without one), kept at every step. Before
         #    the timesteps are set: a probe chunk samples with the same scheduler.
         recall = self.prepare_recall(memory, action, context, num_frames, num_context_frames, num_inference_steps,
-                                     guidance_scale, negative_action, conditioning)
+                                     guidance_scale, negative_action, conditioning, recall)
 
         # 4. Timesteps and noise for the new frames (and, in "replace" mode, for the context).
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -741,11 +759,12 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
     def prepare_recall(self, memory: EpisodicMemory | None, action, context_latents: torch.Tensor,
                        num_frames: int, num_context_frames: int, num_inference_steps: int, guidance_scale: float,
-                       negative_action: str, conditioning: str):
-        """What the panorama memory knows of the frames `action` is about to show: (latents, mask) to keep
-        while sampling, or None. An action the episode has not played yet is first measured on a probe chunk
-        sampled without recall (its own fixed noise, so the caller's generator is not touched), as is, every
-        time, an action whose motion changed from chunk to chunk."""
+                       negative_action: str, conditioning: str, recall: str | Sequence[tuple[int, int]] = "action"):
+        """What the panorama memory knows of the frames about to be shown: (latents, mask) to keep while
+        sampling, or None. The camera goes as `recall` says (see `__call__`); with "action", an action the
+        episode has not played yet is first measured on a probe chunk sampled without recall (its own fixed
+        noise, so the caller's generator is not touched), as is, every time, an action whose motion changed
+        from chunk to chunk."""
         panorama = memory.panorama if memory is not None and memory.config.panorama else None
         if panorama is None or panorama.lost:
             return None
@@ -758,8 +777,13 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                           "chunk. Continue an episode from one of its chunks, or from a place it has seen.",
                           RuntimeWarning, stacklevel=3)
             return None
-        motion = panorama.motions.get(action)
-        if motion is None:
+        if recall == "way back":
+            steps = panorama.way_back(num_frames)
+        elif recall != "action":
+            steps = [tuple(step) for step in recall]
+        elif panorama.motions.get(action) is not None:
+            steps = [panorama.motions[action]] * num_frames
+        else:
             probe = self(action, context_latents=context_latents, num_frames=num_frames,
                          num_context_frames=num_context_frames, conditioning=conditioning,
                          memory=replace(memory, panorama=None), num_inference_steps=num_inference_steps,
@@ -768,7 +792,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             motion = panorama.motion_of(probe.frames[0])
             if motion is None:
                 return None
-        recalled = panorama.recall(motion, num_frames)
+            steps = [motion] * num_frames
+        recalled = panorama.recall_along(steps)
         if recalled is None:
             return None
         frames, known = recalled

@@ -30,7 +30,8 @@ from ..paths import DEFAULT_IDM_DIR, DEFAULT_PLANNER_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
-from .planner import MEMORY_SETTINGS, plan_from_image, plan_retrace, scripted_decomposer, untrained_instruction
+from .planner import (DEFAULT_MEMORY_SETTING, MEMORY_SETTINGS, plan_from_image, plan_retrace, scripted_decomposer,
+                      untrained_instruction)
 
 DEMO_OUTWARD = "move right; move right; move right; move down; move down; move left; move left"
 def add_plan_commands(commands) -> None:
@@ -51,11 +52,12 @@ def add_plan_commands(commands) -> None:
     parser.add_argument("--closed-loop", action="store_true",
                         help="re-plan after every executed chunk from the true observation (default: open loop)")
     parser.add_argument("--memory-setting", choices=[name for name in MEMORY_SETTINGS if name != "none"],
-                        default="way-back",
-                        help="the Temp-LoRA preset to plan with: way-back (default: learns the way back through "
-                             "each chunk with the instruction's text, the one that helps, docs/planning.md), memory "
-                             "(= strong: the paper's update at a higher rate), paper (the paper's update), or any "
-                             "other preset of TEMP_LORA_PRESETS")
+                        default=DEFAULT_MEMORY_SETTING,
+                        help="the memory preset to plan with: panorama (default: the paper's Temp-LoRA update and a "
+                             "panorama of the places seen, which recalls the way the trip came for a way-back "
+                             "instruction, docs/planning.md), way-back (Temp-LoRA that learns the way back through "
+                             "each chunk with the instruction's text), memory (= strong: the paper's update at a "
+                             "higher rate), paper (the paper's update), or any other preset of TEMP_LORA_PRESETS")
     parser.add_argument("--no-temp-lora", action="store_true", help="plan without memory")
     parser.add_argument("--chunks", type=int, default=None, help="planning horizon (default: the way out's + 1)")
     parser.add_argument("--seed", type=int, default=0)
@@ -71,8 +73,9 @@ def add_plan_commands(commands) -> None:
     table.add_argument("--idm", default=str(DEFAULT_IDM_DIR), help="inverse dynamics model folder")
     table.add_argument("--episodes", type=int, default=20)
     table.add_argument("--first-seed", type=int, default=2000, help="held-out worlds first-seed, first-seed + 1, ...")
-    table.add_argument("--settings", default="none,way-back",
-                       help="memory settings, comma-separated: none, way-back, memory, paper (default: %(default)s)")
+    table.add_argument("--settings", default=f"none,{DEFAULT_MEMORY_SETTING}",
+                       help="memory settings, comma-separated: none, panorama, way-back, memory, paper or another "
+                            "preset (default: %(default)s)")
     table.add_argument("--loops", default="open,closed", help="open, closed or both (default: %(default)s)")
     table.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     table.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)

@@ -32,7 +32,7 @@ from ..evaluation.evaluate import append_row, read_rows, spread, start_run
 from ..paths import DEFAULT_IDM_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
-from .planner import MEMORY_SETTINGS, plan_retrace
+from .planner import DEFAULT_MEMORY_SETTING, MEMORY_SETTINGS, plan_retrace
 
 INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
 
@@ -46,7 +46,7 @@ class PlanningOptions:
     idm: str = str(DEFAULT_IDM_DIR)
     episodes: int = 20
     first_seed: int = 2000
-    settings: tuple[str, ...] = ("none", "way-back")
+    settings: tuple[str, ...] = ("none", DEFAULT_MEMORY_SETTING)
     loops: tuple[str, ...] = ("open", "closed")
     steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE

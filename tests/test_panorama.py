@@ -93,9 +93,45 @@ def test_a_memory_with_a_panorama_saves_and_loads_exactly(tiny_pipe, world, tmp_
     np.testing.assert_array_equal(loaded.panorama.pixels, panorama.pixels)
     np.testing.assert_array_equal(loaded.panorama.known, panorama.known)
     np.testing.assert_array_equal(loaded.panorama.last_frame, panorama.last_frame)
-    assert (loaded.panorama.position, loaded.panorama.motions, loaded.panorama.lost) == \
-        (panorama.position, panorama.motions, False)
+    assert (loaded.panorama.position, loaded.panorama.motions, loaded.panorama.lost, loaded.panorama.trail) == \
+        (panorama.position, panorama.motions, False, panorama.trail)
     assert set(loaded.lora) == set(memory.lora)  # the panorama's tensors are not taken for LoRA weights
+
+
+def test_the_trail_is_the_true_path_and_the_way_back_retraces_it_then_stays(world):
+    """Up, then left: the canvas grows up and left, and every place of the trail moves with it."""
+    actions = ["move up", "move up", "move left"]
+    frames = frames_of(world, actions)
+    panorama = Panorama.start(frames[:1])
+    for index, action in enumerate(actions):
+        panorama = panorama.with_frames(frames[1 + 4 * index:5 + 4 * index], action)
+    truth = world.path(actions, 4, (300, 300))
+    offset = np.subtract(panorama.trail[0], truth[0])
+    assert [tuple(np.subtract(p, offset)) for p in panorama.trail] == truth
+    assert panorama.position == panorama.trail[-1]
+    steps = panorama.way_back(16)
+    assert steps == [(4, 0)] * 4 + [(0, 4)] * 8 + [(0, 0)] * 4  # right, down, down, then still at the start
+    recalled, known = panorama.recall_along(steps)
+    assert known.all()
+    np.testing.assert_array_equal(recalled, np.concatenate([frames[-2::-1], np.repeat(frames[:1], 4, 0)]))
+
+
+def test_the_way_back_from_off_the_trail_joins_it_at_the_nearest_place_first(world):
+    frames = frames_of(world, ["move right", "move right"])
+    panorama = Panorama.start(frames[:1]).with_frames(frames[1:], "move right")
+    start = panorama.trail[0]
+    off = replace(panorama, position=(start[0] + 16, start[1] + 8))  # below the fifth place of the trail
+    assert off.way_back(8) == [(0, -4), (0, -4), (-4, 0), (-4, 0), (-4, 0), (-4, 0), (0, 0), (0, 0)]
+    assert Panorama.start(frames[:1]).way_back(3) == [(0, 0)] * 3  # nowhere to go back to
+
+
+def test_recall_is_checked_before_anything_runs(tiny_pipe, tiny_context):
+    with pytest.raises(ValueError, match="recall must be one of"):
+        tiny_pipe("move left", context_latents=tiny_context, num_frames=2, recall="home")
+    with pytest.raises(ValueError, match="2 \\(dx, dy\\) pairs"):
+        tiny_pipe("move left", context_latents=tiny_context, num_frames=2, recall=[(4, 0)])
+    with pytest.raises(ValueError, match="reads the panorama memory"):
+        tiny_pipe("move left", context_latents=tiny_context, num_frames=2, recall="way back")
 
 
 def test_settings_saved_before_the_panorama_existed_still_load():

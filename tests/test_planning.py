@@ -19,12 +19,12 @@ from slowfast_vgen.data.retrace import (
     retrace_task_from_actions,
 )
 from slowfast_vgen.data.toyworld import TRAIN_PARAPHRASES
-from slowfast_vgen.paths import DEFAULT_IDM_DIR
+from slowfast_vgen.paths import DEFAULT_IDM_DIR, DEFAULT_PLANNER_DIR
 from slowfast_vgen.pipelines.inverse_dynamics import InverseDynamicsModel, action_index, frame_pairs
 from slowfast_vgen.planning import plan_retrace, scripted_decomposer
 from slowfast_vgen.planning.evaluate import idm_accuracy_true, true_pairs
-from slowfast_vgen.planning.planner import execute, untrained_instruction
-from slowfast_vgen.pipelines import TempLoRAConfig
+from slowfast_vgen.planning.planner import execute, recall_for, untrained_instruction
+from slowfast_vgen.pipelines import SlowFastVGenPipeline, TempLoRAConfig, temp_lora_preset
 from slowfast_vgen.training.slow_fast import EpisodeStream
 
 
@@ -191,6 +191,30 @@ def test_plans_with_and_without_memory_share_their_noise(tiny_pipe, tiny_idm):
     assert np.allclose(plain.plan_frames, remembered.plan_frames, atol=1e-4)
 
 
+@pytest.mark.parametrize("closed_loop", [False, True], ids=["open", "closed"])
+def test_a_panorama_memory_plans_the_true_way_back_on_the_shipped_models(closed_loop):
+    """The panorama remembers the way the trip came; the way-back subgoal's chunks recall it backward, the
+    inverse dynamics model reads the recalled frames, and the execution retraces every waypoint to the start
+    and stops there. The same model without memory does not find the way (docs/planning.md)."""
+    pipe = SlowFastVGenPipeline.from_pretrained(DEFAULT_PLANNER_DIR)
+    pipe.set_progress_bar_config(disable=True)
+    idm = InverseDynamicsModel.from_pretrained(DEFAULT_IDM_DIR)
+    task = make_retrace_task(2001)
+    kwargs = dict(closed_loop=closed_loop, num_chunks=task.num_outward + 2, seed=1)
+    remembered = plan_retrace(pipe, idm, task, temp_lora=temp_lora_preset("panorama"), **kwargs)
+    assert remembered.scores["mean_closest_distance"] == 0.0 and remembered.scores["final_distance"] == 0.0
+    assert remembered.actions[-8:] == ["stay"] * 8  # home: the plan stands still
+    plain = plan_retrace(pipe, idm, task, temp_lora=None, **kwargs)
+    assert plain.scores["mean_closest_distance"] > 0.05
+
+
+def test_only_way_back_subgoals_recall_the_way_back():
+    panorama = temp_lora_preset("panorama")
+    assert recall_for("Retrace your steps", panorama) == {"recall": "way back"}
+    assert recall_for("move left", panorama) == {} and recall_for("go back to the start", None) == {}
+    assert recall_for("go back to the start", temp_lora_preset("way-back")) == {}
+
+
 def test_a_users_decomposer_is_used(tiny_pipe, tiny_idm):
     asked = []
 
@@ -263,12 +287,12 @@ def test_plan_eval_scores_every_row_and_resumes(tiny_pipe_dir, tiny_idm, tmp_pat
     options = PlanningOptions(output_dir=str(tmp_path / "table"), models={"tiny": str(tiny_pipe_dir)},
                               idm=str(tmp_path / "idm"), episodes=1, steps=1, loops=("open",))
     first = evaluate_planning(options)
-    assert first["episodes"] == 1 and set(first["rows"]) == {"tiny/none/open", "tiny/way-back/open"}
+    assert first["episodes"] == 1 and set(first["rows"]) == {"tiny/none/open", "tiny/panorama/open"}
     options.episodes = 2
     second = evaluate_planning(options)  # the first episode is read back, not planned again
     rows = [json.loads(line) for line in (tmp_path / "table" / "episodes-0.jsonl").read_text().splitlines()]
     assert [row["episode"]["seed"] for row in rows] == [2000, 2001] and second["episodes"] == 2
-    assert second["rows"]["tiny/way-back/open"]["vs_no_memory"]["episodes_improved"] in (0, 1, 2)
+    assert second["rows"]["tiny/panorama/open"]["vs_no_memory"]["episodes_improved"] in (0, 1, 2)
     assert "| tiny/none/open |" in (tmp_path / "table" / "summary.md").read_text()
     options.steps = 2
     with pytest.raises(ValueError, match="other settings"):

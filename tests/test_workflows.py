@@ -127,10 +127,11 @@ def test_widget_values_map_to_names_in_order():
     """An independent spot check of the converter's pairing, seed control slot included."""
     workflow = load(WORKFLOWS_DIR / "3 Step by step memory flow.json")
     chunk = next(n for n in workflow["nodes"] if n.get("title") == "Action Chunk 2")
-    assert chunk["widgets_values"] == ["move right", 4, 4, 2.0, 2, "fixed", "mask"]
+    assert chunk["widgets_values"] == ["move right", 4, 4, 2.0, 2, "fixed", "mask", "action"]
     api = ui_to_api(workflow)[str(chunk["id"])]["inputs"]
     assert {k: v for k, v in api.items() if not isinstance(v, list)} == {
-        "action": "move right", "num_frames": 4, "steps": 4, "guidance": 2.0, "seed": 2, "conditioning": "mask"}
+        "action": "move right", "num_frames": 4, "steps": 4, "guidance": 2.0, "seed": 2, "conditioning": "mask",
+        "recall": "action"}
     assert api["world_model"] == ["2", 0] and api["memory"][1] == 0
 
 
