@@ -15,7 +15,9 @@ turn of a 3-D camera) loses the panorama: it warns once and is neither written n
 memory carries on as Temp-LoRA alone. What an action does (its motion in pixels per frame) is learned from
 the episode: measured on every chunk the action played, or, for an action not played yet, on a probe chunk
 the pipeline samples once without recall; an action that moved differently on different chunks is probed
-every time it is asked for. No table of actions is needed.
+every time it is asked for. No table of actions is needed. The camera's trail (where it was at every
+frame) is kept as well: `way_back` retraces it, which is how a plan finds its way home (`recall="way back"`,
+docs/planning.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""What the default memory costs a user: `generate`'s demo length (26 chunks of square loops, so places come
+back) with no memory, with the paper's Temp-LoRA update and with the default preset (`panorama`: the same
+update plus the panorama memory), each run a fresh process of the product's own command, the three
+interleaved over several rounds so that the machine's drift hits them alike.
+
+Reports the median seconds per chunk (chunk 0, which pays the warm-up, left out; decoding and writing the
+MP4 included, as a user waits for them) and each memory's ratio to no memory, per round and over all rounds.
+
+    python benchmarks/bench_default_memory.py --rounds 3 --out outputs/default_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+
+from bench_long_episode import run_generate  # a sibling script (python puts this folder on sys.path)
+
+SETTINGS = {"none": ["--no-temp-lora"], "paper": ["--lora-preset", "paper"], "panorama (default)": []}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, default=26, help="chunks per episode (default 26, the demo's length)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three settings (default 3)")
+    parser.add_argument("--out", help="also write the measurements as JSON")
+    args = parser.parse_args()
+    if args.chunks < 2 or args.rounds < 1:
+        raise SystemExit("--chunks must be at least 2 and --rounds at least 1.")
+    runs: dict[str, list[list[float]]] = {name: [] for name in SETTINGS}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(args.rounds):
+            for name, flags in SETTINGS.items():
+                runs[name].append(run_generate(folder, args.chunks, flags)["chunk_seconds"][1:])
+    medians = {name: [statistics.median(seconds) for seconds in rounds] for name, rounds in runs.items()}
+    overall = {name: statistics.median([s for seconds in rounds for s in seconds]) for name, rounds in runs.items()}
+    results = {"chunks": args.chunks, "rounds": args.rounds, "median_chunk_seconds_per_round": medians,
+               "median_chunk_seconds": overall,
+               "ratio_to_none_per_round": {name: [round(m / n, 3) for m, n in zip(values, medians["none"])]
+                                           for name, values in medians.items() if name != "none"},
+               "ratio_to_none": {name: round(value / overall["none"], 3) for name, value in overall.items()
+                                 if name != "none"}}
+    print(json.dumps(results, indent=1))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
