@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """What the default memory costs a user: `generate`'s demo length (26 chunks of square loops, so places come
-back) with no memory, with the paper's Temp-LoRA update and with the default preset (`panorama`: the same
-update plus the panorama memory), each run a fresh process of the product's own command, the three
-interleaved over several rounds so that the machine's drift hits them alike.
+back) with no memory, with the paper's Temp-LoRA update, with the default preset (`panorama`: the same
+update plus the panorama memory) and with the panorama alone (no Temp-LoRA training), each run a fresh
+process of the product's own command, the four interleaved over several rounds so that the machine's drift
+hits them alike.
 
 Reports the median seconds per chunk (chunk 0, which pays the warm-up, left out; decoding and writing the
 MP4 included, as a user waits for them) and each memory's ratio to no memory, per round and over all rounds.
@@ -20,13 +21,14 @@ import tempfile
 
 from bench_long_episode import run_generate  # a sibling script (python puts this folder on sys.path)
 
-SETTINGS = {"none": ["--no-temp-lora"], "paper": ["--lora-preset", "paper"], "panorama (default)": []}
+SETTINGS = {"none": ["--no-temp-lora"], "paper": ["--lora-preset", "paper"], "panorama (default)": [],
+            "panorama alone (--lora-steps 0)": ["--lora-steps", "0"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=26, help="chunks per episode (default 26, the demo's length)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three settings (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the four settings (default 3)")
     parser.add_argument("--out", help="also write the measurements as JSON")
     args = parser.parse_args()
     if args.chunks < 2 or args.rounds < 1:
