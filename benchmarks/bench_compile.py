@@ -12,13 +12,12 @@ them, and the number of chunks after which compiling has paid for itself.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 
-from bench_long_episode import run_generate  # a sibling script (python puts this folder on sys.path)
+from bench_long_episode import report, run_generate  # a sibling script (python puts this folder on sys.path)
 
 WARM_UP = 3  # chunks 0-2 include compilation (two context lengths) and its first runs
 
@@ -47,10 +46,7 @@ def main() -> int:
         extra = run["first_chunks_seconds"] - eager["first_chunks_seconds"]
         run["saved_per_chunk"] = round(saved, 4)
         run["break_even_chunks"] = round(WARM_UP + extra / saved) if saved > 0 else None
-    print(json.dumps(results, indent=1))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=1)
+    report(results, args.out)
     return 0
 
 

@@ -14,12 +14,11 @@ MP4 included, as a user waits for them) and each memory's ratio to no memory, pe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 
-from bench_long_episode import run_generate  # a sibling script (python puts this folder on sys.path)
+from bench_long_episode import report, run_generate  # a sibling script (python puts this folder on sys.path)
 
 SETTINGS = {"none": ["--no-temp-lora"], "paper": ["--lora-preset", "paper"], "panorama (default)": [],
             "panorama alone (--lora-steps 0)": ["--lora-steps", "0"]}
@@ -46,10 +45,7 @@ def main() -> int:
                                            for name, values in medians.items() if name != "none"},
                "ratio_to_none": {name: round(value / overall["none"], 3) for name, value in overall.items()
                                  if name != "none"}}
-    print(json.dumps(results, indent=1))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=1)
+    report(results, args.out)
     return 0
 
 

@@ -43,6 +43,16 @@ def run_generate(folder: str, chunks: int, extra: list[str]) -> dict:
             "chunk_seconds": summary["seconds"]["chunks"], "generate_seconds": summary["seconds"]["generate_and_write"]}
 
 
+def report(results: dict, out: str | None) -> None:
+    """Print the measurements as JSON and, with `out`, write them there (under a temporary name, renamed)."""
+    print(json.dumps(results, indent=1))
+    if out:
+        partial = out + ".partial"
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=1)
+        os.replace(partial, out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", type=int, default=12, help="chunks of the short episode (default 12: 49 frames)")
