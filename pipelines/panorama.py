@@ -84,9 +84,9 @@ class Panorama:
 
     `pixels` (H,W,3 uint8) and `known` (H,W bool) cover every place seen; `position` is the top-left corner
     of the last frame in them; `trail` is the corner of every frame pasted, the start first (the way the
-    camera came, which `way_back` retraces); `motions` maps each action text to its measured motion (dx, dy) in pixels per
-    frame, or to None when it moved differently on different chunks; `lost` is set when a frame could not be
-    registered (the panorama is then neither read nor written).
+    camera came, which `way_back` retraces); `motions` maps each action text to its measured motion (dx, dy)
+    in pixels per frame, or to None when it moved differently on different chunks; `lost` is set when a
+    frame could not be registered (the panorama is then neither read nor written).
     """
 
     pixels: np.ndarray
