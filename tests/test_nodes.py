@@ -135,6 +135,21 @@ def test_episode_returns_every_frame_and_continues(world, start):
     assert none is None
 
 
+def test_recall_input_reaches_the_pipeline_and_way_back_needs_a_panorama_memory(world, start):
+    settings = run("TempLoRAPreset", preset="panorama")[0]
+    _, memory, chunk = run("RunEpisode", world_model=world, actions="move right\nmove right", temp_lora="learn",
+                           image=start, settings=settings, **SAMPLING)
+    assert memory.config.panorama and memory.panorama is not None  # (the tiny model's frames are no pans)
+    (back,) = run("ActionChunk", world_model=world, action="go back to the start", chunk=chunk, memory=memory,
+                  recall="way back", **SAMPLING)
+    assert back.segments == (1, 2, 2, 2)
+    with pytest.raises(ValueError, match="reads the panorama memory"):  # the input reaches the pipeline
+        run("RunEpisode", world_model=world, actions="go back", temp_lora="off", image=start, recall="way back",
+            **SAMPLING)
+    with pytest.raises(ValueError, match="reads the panorama memory"):
+        run("ActionChunk", world_model=world, action="go back", chunk=chunk, recall="way back", **SAMPLING)
+
+
 def test_the_pack_keeps_no_model_of_its_own(world):
     """ComfyUI's node cache and model manager hold loaded models; once ComfyUI drops one, it is freed."""
     import gc
