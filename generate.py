@@ -46,9 +46,10 @@ from .pipelines import (
     scheduler_name,
 )
 
-# The memory `generate` uses unless told otherwise: the paper's update, plus the panorama that brings places
-# back from any direction on ToyWorld (+17.5 dB at revisits, docs/evaluation.md). Nodes and the library keep
-# the paper's `TempLoRAConfig()`, so that saved workflows and scripts run as they were made.
+# The memory `generate` uses unless told otherwise: the panorama that brings places back from any direction
+# on ToyWorld (+17.5 dB at revisits, docs/evaluation.md, all of it the panorama's) at x1.09 the time of a
+# chunk without memory; the paper's update would add nothing there at x1.44 (docs/benchmarks.md). Nodes and
+# the library keep the paper's `TempLoRAConfig()`, so that saved workflows and scripts run as they were made.
 DEFAULT_PRESET = "panorama"
 
 DEMO_ACTIONS = out_and_back("right", 6) + out_and_back("down", 4) + loop(1) + ["stay", "stay"]
@@ -77,9 +78,9 @@ def add_generate_command(commands) -> None:
                         help="classifier-free guidance scale (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora-preset", choices=tuple(TEMP_LORA_PRESETS), default=DEFAULT_PRESET,
-                        help="named memory settings (default: panorama, the paper's Temp-LoRA update plus a "
-                             "panorama of the places seen; 'paper' is Algorithm 1 (a) alone); the --lora-* flags "
-                             "below change single fields of it")
+                        help="named memory settings (default: panorama, a panorama of the places seen, with the "
+                             "paper's Temp-LoRA update only where the camera is no pan; 'paper' is Algorithm 1 (a) "
+                             "alone, 'paper+panorama' both); the --lora-* flags below change single fields of it")
     parser.add_argument("--lora-rank", type=int, help="default: the preset's (the paper's 32)")
     parser.add_argument("--lora-lr", type=float, help="default: the preset's (the paper's 1e-4)")
     parser.add_argument("--lora-steps", type=int, help="default: the preset's (the paper's 1)")

@@ -7,7 +7,8 @@ refusals, Cancel and error payloads. The figures go in docs/comfyui.md.
 What it does, over ComfyUI's HTTP API and websocket:
 0. checks that the shipped UI workflows (saved graphs) fit the server's node definitions: ids, inputs, and
    a widget for each stored value, in order;
-1. runs every workflow of workflows/api/ and records each progress message and binary preview with its time:
+1. runs every workflow of workflows/api/ (and workflow 3 as saved before Temp-LoRA settings were retired,
+   with the old Temp-LoRA Settings node and its retired widgets) and records each progress message and binary preview with its time:
    previews per pack node, and the longest wait between two progress messages of a pack node against the
    median wait (one denoising step or one Temp-LoRA step: one UNet forward, or forward and backward);
 2. queues graphs with one bad widget or link each and records the HTTP status (400 expected), the time
@@ -114,19 +115,39 @@ def node_timeline(events: list, graph: dict) -> dict[str, dict]:
     return summary
 
 
+RETIRED_WIDGETS = {"alpha": 0.0, "timestep_low": 0.0, "timestep_high": 1.0, "keep_optimizer_state": True}
+
+
+def with_retired_widgets(graph: dict) -> dict:
+    """The graph as saved before alpha, the timestep range and keep_optimizer_state were retired: the old
+    Temp-LoRA Settings node id, with those widgets at the values every saved graph could hold and run with."""
+    graph = copy.deepcopy(graph)
+    for node in graph.values():
+        if node["class_type"] == PACK_PREFIX + "TempLoRASettingsV2":
+            node["class_type"] = PACK_PREFIX + "TempLoRASettings"
+            node["inputs"].update(RETIRED_WIDGETS)
+    return graph
+
+
+def workflow_graphs() -> dict[str, dict]:
+    graphs = {path.name: json.loads(path.read_text()) for path in sorted(API_DIR.glob("*.json"))}
+    step_by_step = "3 Step by step memory flow.json"
+    graphs[f"{step_by_step} (saved with the retired widgets)"] = with_retired_widgets(graphs[step_by_step])
+    return graphs
+
+
 async def run_workflows(http, server: str) -> list[dict]:
     results = []
-    for path in sorted(API_DIR.glob("*.json")):
-        graph = json.loads(path.read_text())
+    for name, graph in workflow_graphs().items():
         async with Session(http, server) as session:
             started = time.monotonic()
             status, answer, _, _ = await session.queue(graph)
             if status != 200:
-                results.append({"workflow": path.name, "ok": False, "error": answer})
+                results.append({"workflow": name, "ok": False, "error": answer})
                 continue
             _, kind, _ = await session.wait_for({"execution_success", "execution_error"}, answer["prompt_id"])
             await asyncio.sleep(0.2)
-            results.append({"workflow": path.name, "ok": kind == "execution_success",
+            results.append({"workflow": name, "ok": kind == "execution_success",
                             "seconds": round(time.monotonic() - started, 2),
                             "nodes": node_timeline(session.events, graph)})
     return results
@@ -169,12 +190,9 @@ def bad_graphs() -> dict[str, dict]:
     graph["901"] = copy.deepcopy(graph[first])  # another chunk, made from the start frame
     graph[first]["inputs"]["image"] = ["901", 0]  # a chunk into an image input
     cases["chunk linked into image"] = graph
-    graph = copy.deepcopy(one)
-    graph["900"] = {"class_type": PACK_PREFIX + "TempLoRASettings", "inputs": {
-        "rank": 8, "alpha": 0.0, "learning_rate": 1e-4, "target": "all-attention", "steps_per_update": 1,
-        "timestep_low": 0.8, "timestep_high": 0.2, "keep_optimizer_state": True}}
-    graph[find(graph, "RunEpisode")]["inputs"]["settings"] = ["900", 0]
-    cases["timestep_low above timestep_high"] = graph
+    graph = with_retired_widgets(three)
+    graph[find(graph, "TempLoRASettings")]["inputs"]["timestep_low"] = 0.8
+    cases["a retired widget (timestep_low) at another value than the one kept"] = graph
     return cases
 
 
@@ -246,10 +264,8 @@ def long_episode(steps_per_update: int) -> dict:
     graph = json.loads((API_DIR / "1 Long episode with memory.json").read_text())
     episode = find(graph, "RunEpisode")
     graph[episode]["inputs"]["actions"] = "\n".join(["move right", "move left"] * 10)
-    graph["900"] = {"class_type": PACK_PREFIX + "TempLoRASettings", "inputs": {
-        "rank": 32, "alpha": 0.0, "learning_rate": 1e-4, "target": "all-attention",
-        "steps_per_update": steps_per_update, "timestep_low": 0.0, "timestep_high": 1.0,
-        "keep_optimizer_state": True}}
+    graph["900"] = {"class_type": PACK_PREFIX + "TempLoRASettingsV2", "inputs": {
+        "rank": 32, "learning_rate": 1e-4, "target": "all-attention", "steps_per_update": steps_per_update}}
     graph[episode]["inputs"]["settings"] = ["900", 0]
     graph[episode]["inputs"]["seed"] = int(time.time())  # not cached from an earlier run
     return graph

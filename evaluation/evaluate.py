@@ -118,10 +118,8 @@ class EvaluationOptions:
         chunk_kwargs = {"num_context_frames": fields.pop("num_context_frames")} if "num_context_frames" in fields else {}
         if fields.pop("memory", True) is False:
             return None, chunk_kwargs
-        if "timestep_range" in fields:
-            fields["timestep_range"] = tuple(fields["timestep_range"])
         try:
-            return TempLoRAConfig(**fields), chunk_kwargs
+            return TempLoRAConfig.from_fields(fields), chunk_kwargs
         except (TypeError, ValueError) as error:
             raise ValueError(f"--setting {name}: {error}") from None
 

@@ -26,7 +26,7 @@ from ..pipelines import (
     temp_lora_preset,
 )
 from ..pipelines.pipeline_slowfast_vgen import RECALL_MODES
-from ..pipelines.temp_lora import memory_file_problem
+from ..pipelines.temp_lora import RETIRED_SETTINGS, memory_file_problem
 from . import comfy_services
 from .validation import linked_type_problem, problem_of, start_problem, verdict
 from .world_model import (
@@ -195,8 +195,6 @@ class TempLoRASettings:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "rank": ("INT", {"default": 32, "min": 1, "max": 256, "tooltip": "LoRA rank (the paper uses 32)."}),
-            "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 1.0,
-                                "tooltip": "LoRA alpha; 0 means alpha = rank (a scale of 1)."}),
             "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
                                         "tooltip": "Adam learning rate of each update (the paper uses 1e-4)."}),
             "target": (list(TARGET_PRESETS), {"default": "all-attention",
@@ -206,13 +204,7 @@ class TempLoRASettings:
                                          "tooltip": "Gradient steps per chunk; more remember more firmly, "
                                                     "slower; 0 trains nothing (with panorama on: the panorama "
                                                     "alone)."}),
-            "timestep_low": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "Lowest noise level trained on (fraction of the schedule)."}),
-            "timestep_high": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                        "tooltip": "Highest noise level trained on; must be above timestep_low."}),
-            "keep_optimizer_state": ("BOOLEAN", {"default": True,
-                                                 "tooltip": "Carry Adam's moments from chunk to chunk."}),
-        }, "optional": {  # optional, so that workflows saved before these settings existed still validate
+        }, "optional": {
             "objective": (list(TEMP_LORA_OBJECTIVES), {"default": TempLoRAConfig.objective,
                                              "tooltip": "trajectory: denoise previous + new chunk as one clip (the "
                                                         "paper); transition: learn the new chunk from the clean "
@@ -234,22 +226,68 @@ class TempLoRASettings:
                                                 "training pass; assumes a panning camera; not in the paper)."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, timestep_low: float | None = None, timestep_high: float | None = None) -> bool | str:
-        if timestep_low is None or timestep_high is None:
-            return True
-        return verdict(problem_of(lambda: TempLoRAConfig(timestep_range=(timestep_low, timestep_high))))
-
-    def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
-             timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,
-             direction: str | None = None, action_text: bool | None = None,
+    def make(self, rank: int, learning_rate: float, target: str, steps_per_update: int,
+             objective: str | None = None, direction: str | None = None, action_text: bool | None = None,
              replay: int | None = None, panorama: bool | None = None) -> tuple[TempLoRAConfig]:
         optional = {"objective": objective, "direction": direction, "action_text": action_text, "replay": replay,
                     "panorama": panorama}
         given = {name: value for name, value in optional.items() if value is not None}
-        return (TempLoRAConfig(rank=rank, alpha=alpha or None, learning_rate=learning_rate, target=target,
-                               steps_per_update=steps_per_update, timestep_range=(timestep_low, timestep_high),
-                               keep_optimizer_state=keep_optimizer_state, **given),)
+        return (TempLoRAConfig(rank=rank, learning_rate=learning_rate, target=target,
+                               steps_per_update=steps_per_update, **given),)
+
+
+class TempLoRASettingsLegacy(TempLoRASettings):
+    """Temp-LoRA Settings as saved before alpha, the timestep range and keeping the optimizer state were
+    retired: kept, hidden from the node list, so that saved graphs still load with their widget values in
+    place (the UI stores widget values by position). It takes the values every measurement used, and
+    names the retired setting otherwise."""
+
+    DEPRECATED = True
+    DESCRIPTION = ("Temp-LoRA Settings with the retired widgets alpha, timestep_low, timestep_high and "
+                   "keep_optimizer_state; replace it with Temp-LoRA Settings.")
+    # Retired widget: (its spec, the one value accepted, the retired setting it was). Read by name of this
+    # class, not through `cls`: in ComfyUI's V3 schema `VALIDATE_INPUTS` runs on a V3 class made from this one.
+    RETIRED_WIDGETS = {
+        "alpha": (("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 1.0,
+                             "tooltip": "Retired: must be 0 (alpha = rank)."}), 0.0, "alpha"),
+        "timestep_low": (("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Retired: must be 0 (all timesteps)."}), 0.0, "timestep_range"),
+        "timestep_high": (("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                     "tooltip": "Retired: must be 1 (all timesteps)."}), 1.0, "timestep_range"),
+        "keep_optimizer_state": (("BOOLEAN", {"default": True, "tooltip": "Retired: must be on."}), True,
+                                 "keep_optimizer_state"),
+    }
+    WIDGET_ORDER = ("rank", "alpha", "learning_rate", "target", "steps_per_update", "timestep_low", "timestep_high",
+                    "keep_optimizer_state")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        spec = super().INPUT_TYPES()
+        retired = TempLoRASettingsLegacy.RETIRED_WIDGETS
+        widgets = {**spec["required"], **{name: widget[0] for name, widget in retired.items()}}
+        return {**spec, "required": {name: widgets[name] for name in TempLoRASettingsLegacy.WIDGET_ORDER}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, alpha: float | None = None, timestep_low: float | None = None,
+                        timestep_high: float | None = None, keep_optimizer_state: bool | None = None) -> bool | str:
+        given = {"alpha": alpha, "timestep_low": timestep_low, "timestep_high": timestep_high,
+                 "keep_optimizer_state": keep_optimizer_state}
+        for name, value in given.items():
+            _, accepted, setting = TempLoRASettingsLegacy.RETIRED_WIDGETS[name]
+            if value is not None and value != accepted:
+                return (f"{name}={value!r} is no longer supported: {RETIRED_SETTINGS[setting]} Set it to "
+                        f"{accepted!r}, or replace this node with Temp-LoRA Settings.")
+        return True
+
+    def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
+             timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,
+             direction: str | None = None, action_text: bool | None = None, replay: int | None = None,
+             panorama: bool | None = None) -> tuple[TempLoRAConfig]:
+        problem = self.VALIDATE_INPUTS(alpha, timestep_low, timestep_high, keep_optimizer_state)
+        if problem is not True:
+            raise ValueError(problem)
+        return super().make(rank, learning_rate, target, steps_per_update, objective, direction, action_text,
+                            replay, panorama)
 
 
 class TempLoRAPreset:
@@ -258,8 +296,9 @@ class TempLoRAPreset:
     DESCRIPTION = ("Named Temp-LoRA settings: paper (Algorithm 1 (a), the default), transition and global (the "
                    "paper's Table 4 ablations), strong (lr 3e-3, 2 steps), way-back (learns the way back through each "
                    "chunk; planning's memory), replay (the strongest Temp-LoRA measured on out-and-back paths, "
-                   "about 30 times the paper's cost) and panorama (the paper's update plus a panorama of the places "
-                   "seen, brought back from any direction). Temp-LoRA Settings sets every field by hand.")
+                   "about 30 times the paper's cost), panorama (a panorama of the places seen, brought back from any "
+                   "direction, with no Temp-LoRA training unless the camera is no pan) and paper+panorama (both). "
+                   "Temp-LoRA Settings sets every field by hand.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (TEMP_LORA,)
     RETURN_NAMES = ("settings",)
@@ -532,7 +571,8 @@ NODE_CLASSES = {
     "LoadWorldModel": (LoadWorldModel, "Load World Model"),
     "ToyWorldStartFrame": (ToyWorldStartFrame, "ToyWorld Start Frame"),
     "ActionChunk": (ActionChunk, "Action Chunk"),
-    "TempLoRASettings": (TempLoRASettings, "Temp-LoRA Settings"),
+    "TempLoRASettings": (TempLoRASettingsLegacy, "Temp-LoRA Settings (retired widgets)"),
+    "TempLoRASettingsV2": (TempLoRASettings, "Temp-LoRA Settings"),
     "TempLoRAPreset": (TempLoRAPreset, "Temp-LoRA Preset"),
     "TempLoRAUpdate": (TempLoRAUpdate, "Temp-LoRA Update"),
     "DecodeChunk": (DecodeChunk, "Decode Chunk"),

@@ -62,6 +62,7 @@ def v3_node(node_id: str, display_name: str, node_class: type) -> type[io.ComfyN
             description=node_class.DESCRIPTION, inputs=inputs,
             outputs=[v3_output(k, n, t) for k, n, t in zip(node_class.RETURN_TYPES, names, tooltips)],
             is_output_node=getattr(node_class, "OUTPUT_NODE", False),
+            is_deprecated=getattr(node_class, "DEPRECATED", False),
         )
 
     def execute(cls, **inputs: Any) -> io.NodeOutput:

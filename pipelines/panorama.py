@@ -143,7 +143,7 @@ class Panorama:
             warnings.warn(
                 f"The panorama memory lost track of the camera (a frame matches no pan of the one before it: "
                 f"{failed:.1f} dB < {LOST_BELOW_DB} dB). It is no longer read or written; the memory carries on "
-                "as Temp-LoRA alone. It assumes a panning camera (docs/evaluation.md).",
+                "as Temp-LoRA alone (the paper's update where it trained none). It assumes a panning camera (docs/evaluation.md).",
                 RuntimeWarning, stacklevel=2)
             return replace(self, lost=True)
         pixels, known, (x, y), trail = self.pixels, self.known, self.position, list(self.trail)

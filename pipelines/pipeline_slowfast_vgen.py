@@ -689,7 +689,7 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         """Algorithm 1 (a), lines 11-14: train Temp-LoRA on previous ⊕ new chunk; returns a NEW memory.
 
         `memory=None` starts a memory with `config` (default `TempLoRAConfig()`); with a memory, a `config`
-        changes its training settings from now on and is recorded in the new memory (its rank, alpha and
+        changes its training settings from now on and is recorded in the new memory (its rank and
         targets cannot change: `MemoryMismatchError`). The given memory, the latents and the base weights
         are left untouched. `action` is recorded in the memory, and with
         `action_text=True` it is the text the clip is learned with; played backward, the clip is learned
@@ -707,6 +707,9 @@ class SlowFastVGenPipeline(DiffusionPipeline):
                 f"previous_latents {tuple(previous_latents.shape)} and new_latents {tuple(new_latents.shape)} must "
                 "share batch, height and width to be concatenated along frames."
             )
+        if self.panorama_only(memory) and memory.panorama is not None and memory.panorama.lost:
+            # Without its panorama such a memory would hold nothing: it learns with the paper's update instead.
+            memory = memory.with_config(replace(memory.config, steps_per_update=TempLoRAConfig.steps_per_update))
         device, dtype = self._execution_device, self.unet.dtype
         text = reverse_text = ""
         if memory.config.action_text and action is not None:
@@ -722,7 +725,15 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if updated.config.panorama:
             updated = replace(updated, panorama=self.updated_panorama(memory.panorama, previous_latents,
                                                                       new_latents, action))
+            if self.panorama_only(updated) and updated.panorama.lost:
+                warnings.warn("Without its panorama the memory learns the episode with the paper's Temp-LoRA update "
+                              "(one step per chunk) from the next chunk on.", RuntimeWarning, stacklevel=2)
         return updated
+
+    @staticmethod
+    def panorama_only(memory: EpisodicMemory) -> bool:
+        """A memory of its panorama alone, one that trains no Temp-LoRA (the `panorama` preset)."""
+        return memory.config.panorama and memory.config.steps_per_update == 0
 
     def updated_panorama(self, panorama: Panorama | None, previous_latents: torch.Tensor,
                          new_latents: torch.Tensor, action: str | None) -> Panorama:

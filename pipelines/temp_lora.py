@@ -61,14 +61,12 @@ class TempLoRAConfig:
       place looks like, temporal attention how the trajectory goes. Presets: "all-attention",
       "temporal-attention", "spatial-attention"; any other string is a regex over module names
       (matched in full, as peft does; only `nn.Linear` modules may match).
-    - `alpha=None` means alpha = rank, a LoRA scale of 1, so that the learning rate alone sets the step.
+    - The LoRA scale is 1 (peft's alpha = rank), so that the learning rate alone sets the step.
     - `steps_per_update=1`: Algorithm 1 (a) takes one gradient step per chunk; more steps store a chunk
       more firmly at a proportional cost; 0 trains nothing (with `panorama`, a memory of the panorama alone).
-    - `timestep_range=(0.0, 1.0)`: fractions of the training timesteps to sample from, uniformly, as
-      in the slow-learning objective; narrowing it to high noise stores layout, to low noise details.
-    - `keep_optimizer_state=True`: Adam's moments carry over from chunk to chunk, as one optimizer
-      running over the whole episode, which is what "training a LoRA during inference" means in
-      Temp-LoRA for text (Wang et al., 2024b).
+    - Timesteps are drawn uniformly from all training timesteps, as in the slow-learning objective, and
+      Adam's moments carry over from chunk to chunk, as one optimizer running over the whole episode
+      (what "training a LoRA during inference" means in Temp-LoRA for text, Wang et al., 2024b).
     - `objective="trajectory"`: the paper's update (Eq. 3): the whole previous + new chunk is noised and
       denoised with no clean conditioning, to memorise the trajectory itself. `"transition"` learns the
       clip the way chunks are generated instead: the previous chunk stays clean as conditioning and only
@@ -101,7 +99,9 @@ class TempLoRAConfig:
       saw it), and the sampler keeps the places it knows when the requested action brings them back into
       view (`SlowFastVGenPipeline.__call__`, steps 3 and 5). It reads places from any direction, with no training
       pass; it assumes a panning camera and switches itself off (with a warning) when frames stop being
-      pans of each other. Not in the paper (docs/evaluation.md, "The panorama memory").
+      pans of each other. Not in the paper (docs/evaluation.md, "The panorama memory"). A panorama memory
+      that trains no Temp-LoRA (`steps_per_update=0`, the `panorama` preset) falls back to the paper's
+      update (one step per chunk) once its panorama is lost, so that it still learns the episode.
     - `gradient_checkpointing=None` (automatic): with True the update recomputes each UNet layer's
       activations in the backward pass instead of keeping them all (the UNet3D of diffusers has no
       checkpointing of its own). Same result; it halves the update's peak memory (measured: 2.1 GB ->
@@ -112,12 +112,9 @@ class TempLoRAConfig:
     """
 
     rank: int = 32
-    alpha: float | None = None
     learning_rate: float = 1e-4
     target: str = "all-attention"
     steps_per_update: int = 1
-    timestep_range: tuple[float, float] = (0.0, 1.0)
-    keep_optimizer_state: bool = True
     objective: str = "trajectory"
     direction: str = "forward"
     action_text: bool = False
@@ -135,25 +132,15 @@ class TempLoRAConfig:
             raise ValueError(f"TempLoRAConfig.rank must be at least 1, got {self.rank}.")
         if not _finite_number(self.learning_rate) or not self.learning_rate > 0:
             raise ValueError(f"TempLoRAConfig.learning_rate must be a positive finite number, got {self.learning_rate!r}.")
-        if self.alpha is not None and (not _finite_number(self.alpha) or not self.alpha > 0):
-            raise ValueError(f"TempLoRAConfig.alpha must be a positive finite number or None (= rank), got {self.alpha!r}.")
         if self.steps_per_update < 0:
             raise ValueError(f"TempLoRAConfig.steps_per_update must be 0 (no training) or more, got "
                              f"{self.steps_per_update}.")
-        for name in ("keep_optimizer_state", "action_text", "local", "panorama"):
+        for name in ("action_text", "local", "panorama"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TempLoRAConfig.{name} must be true or false, got {getattr(self, name)!r}.")
         if self.gradient_checkpointing not in (None, True, False):
             raise ValueError("TempLoRAConfig.gradient_checkpointing must be None (automatic), true or false, "
                              f"got {self.gradient_checkpointing!r}.")
-        if not (isinstance(self.timestep_range, tuple) and len(self.timestep_range) == 2
-                and all(_finite_number(v) for v in self.timestep_range)):
-            raise ValueError(f"TempLoRAConfig.timestep_range must be two fractions (low, high), got {self.timestep_range!r}.")
-        low, high = self.timestep_range
-        if not 0.0 <= low < high <= 1.0:
-            raise ValueError(
-                f"TempLoRAConfig.timestep_range must be two fractions 0 <= low < high <= 1, got {self.timestep_range}."
-            )
         if self.replay < 0:
             raise ValueError(f"TempLoRAConfig.replay must be 0 (no replay) or a number of clips, got {self.replay}.")
         if self.objective not in TEMP_LORA_OBJECTIVES:
@@ -170,23 +157,60 @@ class TempLoRAConfig:
     def target_pattern(self) -> str:
         return TARGET_PRESETS.get(self.target, self.target)
 
-    @property
-    def lora_alpha(self) -> float:
-        return float(self.rank if self.alpha is None else self.alpha)
-
     def structure(self) -> tuple:
         """What decides the shapes and placement of the LoRA layers (and so which memories are compatible)."""
-        return (self.rank, self.lora_alpha, self.target_pattern)
+        return (self.rank, self.target_pattern)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
+    def from_fields(cls, fields: Mapping) -> "TempLoRAConfig":
+        """Settings given by name (the JSON of `evaluate --setting` and `train --temp-lora`), checked: an
+        unknown or retired name gets an error saying so, before anything runs."""
+        for name in fields:
+            if name in RETIRED_SETTINGS:
+                raise ValueError(f"{name!r} is no longer a Temp-LoRA setting: {RETIRED_SETTINGS[name]}")
+            if name not in cls.__dataclass_fields__:
+                raise ValueError(f"{name!r} is no Temp-LoRA setting; the settings are "
+                                 f"{', '.join(cls.__dataclass_fields__)}.")
+        return cls(**fields)
+
+    @classmethod
     def from_json(cls, text: str) -> "TempLoRAConfig":
-        values = json.loads(text)
-        values["timestep_range"] = tuple(values["timestep_range"])
-        values.setdefault("panorama", False)  # memories saved before the field existed
-        return cls(**values)
+        """The settings a memory file records; those of older versions are read too (`legacy_settings`)."""
+        return cls.from_fields(legacy_settings(json.loads(text))[0])
+
+
+# Settings that screens showed do not matter, fixed at the value every measurement used (docs/evaluation.md,
+# "Which settings matter"). Memories saved with them still load (`legacy_settings`).
+RETIRED_SETTINGS = {
+    "alpha": "the LoRA scale is fixed at 1 (alpha = rank); with Adam the learning rate alone sets the step.",
+    "timestep_range": "updates draw timesteps from the whole training range, as slow learning does.",
+    "keep_optimizer_state": "Adam's moments always carry over from chunk to chunk.",
+}
+
+
+def legacy_settings(values: dict) -> tuple[dict, float]:
+    """A memory file's recorded settings without the retired ones, and the factor its LoRA B tensors must be
+    multiplied by so that the memory changes the model exactly as it did (alpha / rank; 1 when alpha was
+    the default). Retired settings that held other values than today's fixed ones are named in a warning."""
+    values = dict(values)
+    values.setdefault("panorama", False)  # memories saved before the field existed
+    alpha = values.pop("alpha", None)
+    scale = 1.0 if alpha is None else float(alpha) / int(values.get("rank", 32))
+    changed = []
+    if scale != 1.0:
+        changed.append(f"alpha {alpha:g} (its LoRA B tensors are rescaled by {scale:g}, which changes nothing in its "
+                       "output; later updates take steps of the learning rate at scale 1)")
+    if tuple(values.pop("timestep_range", (0.0, 1.0))) != (0.0, 1.0):
+        changed.append("a narrowed timestep_range (updates now draw from all timesteps)")
+    if values.pop("keep_optimizer_state", True) is False:
+        changed.append("keep_optimizer_state=false (Adam's moments now carry over)")
+    if changed:
+        warnings.warn("The memory was saved with retired Temp-LoRA settings: " + "; ".join(changed) + ".",
+                      UserWarning, stacklevel=3)
+    return values, scale
 
 
 def _finite_number(value) -> bool:
@@ -197,7 +221,8 @@ def _finite_number(value) -> bool:
 # --memory-setting`), the Temp-LoRA Preset node and the benchmarks. What each does on ToyWorld is measured
 # in docs/evaluation.md and the model card.
 TEMP_LORA_PRESETS: dict[str, TempLoRAConfig] = {
-    # Algorithm 1 (a) as the paper gives it (appendix D.1): rank 32, lr 1e-4, one step, no text. The default.
+    # Algorithm 1 (a) as the paper gives it (appendix D.1): rank 32, lr 1e-4, one step, no text. The library's
+    # and the nodes' default.
     "paper": TempLoRAConfig(),
     # Table 4's "original Temp-LoRA": input -> output, the previous chunk clean as conditioning.
     "transition": TempLoRAConfig(objective="transition"),
@@ -213,9 +238,13 @@ TEMP_LORA_PRESETS: dict[str, TempLoRAConfig] = {
     # of 32 steps (about 30 times the paper's update).
     "replay": TempLoRAConfig(objective="transition", direction="backward", action_text=True, replay=3,
                              learning_rate=3e-3, steps_per_update=32),
-    # The paper's update plus a panorama of what the episode showed, read back at revisits from any
-    # direction (not in the paper; assumes a panning camera).
-    "panorama": TempLoRAConfig(panorama=True),
+    # A panorama of what the episode showed, read back at revisits from any direction (not in the paper;
+    # assumes a panning camera), and no Temp-LoRA training until the panorama is lost: the default of
+    # `generate` and `plan`. All of the measured revisit gain is the panorama's, at x1.09 the time of a
+    # chunk without memory (docs/benchmarks.md).
+    "panorama": TempLoRAConfig(panorama=True, steps_per_update=0),
+    # The paper's update and the panorama together (x1.65 at the default 4 sampling steps).
+    "paper+panorama": TempLoRAConfig(panorama=True),
 }
 
 
@@ -305,16 +334,16 @@ class EpisodicMemory:
         """This memory, trained with `config` from now on (a new object; tensors shared, never modified).
 
         The training settings (learning rate, steps, timesteps, objective, ...) may change mid-episode and
-        are recorded; the layout (rank, alpha, target modules) is the memory's shape and cannot.
+        are recorded; the layout (rank, target modules) is the memory's shape and cannot.
         """
         if config == self.config:
             return self
         if config.structure() != self.config.structure():
             old, new = self.config, config
             raise MemoryMismatchError(
-                f"The memory was made with rank {old.rank}, alpha {old.lora_alpha} and target {old.target!r}, but "
-                f"the Temp-LoRA settings ask for rank {new.rank}, alpha {new.lora_alpha} and target {new.target!r}. "
-                "Give the same rank, alpha and target, or no settings to keep the memory's own."
+                f"The memory was made with rank {old.rank} and target {old.target!r}, but the Temp-LoRA settings "
+                f"ask for rank {new.rank} and target {new.target!r}. Give the same rank and target, or no settings "
+                "to keep the memory's own."
             )
         return replace(self, config=config)
 
@@ -360,7 +389,9 @@ class EpisodicMemory:
         if damaged is not None:
             raise ValueError(f"{path}: tensor {damaged} holds NaN or infinite values; the memory is damaged and "
                              "cannot be used.")
-        config = config_from_metadata(path, metadata)
+        config, scale = _settings_from_metadata(path, metadata)
+        if scale != 1.0:
+            tensors = _rescaled_b(tensors, scale)
         try:
             clip_texts = json.loads(metadata.get("clips", "[]"))  # absent from memories made without replay
             clips = tuple(MemoryClip(tensors[f"clip.{i}"], int(new_frames), text, reverse_text)
@@ -397,15 +428,32 @@ class EpisodicMemory:
 
 def config_from_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> TempLoRAConfig:
     """The settings recorded in a memory file's metadata, or a ValueError saying why it is no memory."""
+    return _settings_from_metadata(path, metadata)[0]
+
+
+def _settings_from_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> tuple[TempLoRAConfig, float]:
+    """`config_from_metadata`, and the factor of `legacy_settings` for the file's LoRA B tensors."""
     if metadata.get("format") != MEMORY_FORMAT:
         raise ValueError(
             f"{path} is not a SlowFast-VGen memory adapter (its metadata has no format={MEMORY_FORMAT!r}). "
             "A peft adapter folder can be converted with `slowfast-vgen memory convert`."
         )
     try:
-        return TempLoRAConfig.from_json(metadata["config"])
+        values, scale = legacy_settings(json.loads(metadata["config"]))
+        return TempLoRAConfig.from_fields(values), scale
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None
+
+
+def _rescaled_b(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A memory saved with LoRA scale `scale` (alpha / rank) as the same memory at scale 1: each B times
+    `scale`, and Adam's moments of B as they would be for that parametrisation (gradients divide by it)."""
+    powers = {"lora_B.weight": 1, "lora_B.weight.exp_avg": -1, "lora_B.weight.exp_avg_sq": -2}
+    rescaled = {}
+    for key, tensor in tensors.items():
+        power = next((p for suffix, p in powers.items() if key.endswith(suffix) and not key.startswith("clip.")), 0)
+        rescaled[key] = tensor * scale ** power if power else tensor
+    return rescaled
 
 
 def memory_file_problem(path: str | os.PathLike) -> str | None:
@@ -572,7 +620,7 @@ def _ensure_adapter(unet: torch.nn.Module, config: TempLoRAConfig) -> dict[str, 
     if getattr(unet, "_temp_lora_structure", None) != config.structure():
         _remove_adapter(unet)
         lora_config = LoraConfig(
-            r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+            r=config.rank, lora_alpha=config.rank, lora_dropout=0.0,
             target_modules=config.target_pattern, init_lora_weights=True,
         )
         inject_adapter_in_model(lora_config, unet, adapter_name=ADAPTER_NAME)
@@ -632,10 +680,9 @@ def foldable(unet: torch.nn.Module, memory: EpisodicMemory) -> bool:
 @contextlib.contextmanager
 def memory_folded(unet: torch.nn.Module, memory: EpisodicMemory) -> Iterator[None]:
     """Run the UNet as base + `memory` inside the block at the base model's cost: each target's weight is
-    replaced by W + (alpha / rank) B A, computed once, and the base weight is put back afterwards exactly
+    replaced by W + B A, computed once, and the base weight is put back afterwards exactly
     (the very tensor, never written to). For generation only: gradients through a folded weight would not
     reach the base weights' storage. Check `foldable` first."""
-    scale = memory.config.lora_alpha / memory.config.rank
     swapped = []
     _place(unet, attached=False)
     try:
@@ -644,7 +691,7 @@ def memory_folded(unet: torch.nn.Module, memory: EpisodicMemory) -> Iterator[Non
                 base = module.weight.data
                 a = memory.lora[f"{name}.lora_A.weight"].to(base.device, torch.float32)
                 b = memory.lora[f"{name}.lora_B.weight"].to(base.device, torch.float32)
-                folded = torch.addmm(base.float(), b, a, alpha=scale).to(base.dtype)
+                folded = torch.addmm(base.float(), b, a).to(base.dtype)
                 module.weight.data = folded
                 swapped.append((module, base))
         yield
@@ -759,7 +806,7 @@ def update_memory(
         memory,
         lora=lora,
         optimizer_state=optimizer_state,
-        optimizer_steps=memory.optimizer_steps + config.steps_per_update if config.keep_optimizer_state else 0,
+        optimizer_steps=memory.optimizer_steps + config.steps_per_update,
         num_updates=memory.num_updates + 1,
         frames_seen=memory.frames_seen + clip.new_frames,
         actions=memory.actions + ((action,) if action is not None else ()),
@@ -770,9 +817,6 @@ def update_memory(
 def _trained(unet, noise_scheduler, memory, clip, text_embeds, generator, callback_on_step_end):
     """`update_memory`'s optimizer steps on `clip` (and replayed clips): (lora, optimizer_state), or None."""
     config = memory.config
-    num_train_timesteps = noise_scheduler.config.num_train_timesteps
-    low = int(config.timestep_range[0] * (num_train_timesteps - 1))
-    high = max(low + 1, int(config.timestep_range[1] * (num_train_timesteps - 1)) + 1)
     checkpointing = config.gradient_checkpointing
     if checkpointing is None:
         checkpointing = needs_checkpointing(unet, clip, config, clip.latents.device)
@@ -796,7 +840,7 @@ def _trained(unet, noise_scheduler, memory, clip, text_embeds, generator, callba
             parameter.requires_grad_(True)
         try:
             result = _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, parameters, trainable,
-                                  low, high, generator, callback_on_step_end)
+                                  generator, callback_on_step_end)
         finally:
             for parameter in trainable:
                 parameter.requires_grad_(False)
@@ -804,7 +848,7 @@ def _trained(unet, noise_scheduler, memory, clip, text_embeds, generator, callba
     return result
 
 
-def _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator) -> torch.Tensor:
+def _examples_loss(unet, noise_scheduler, embeds, examples, generator) -> torch.Tensor:
     """Mean loss of `examples`, those of one shape run through the UNet as one batch (each its own timestep)."""
     batches: dict[tuple[int, int], list[MemoryExample]] = {}
     for example in examples:
@@ -814,7 +858,8 @@ def _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator
         context = torch.cat([e.context for e in batch])
         target = torch.cat([e.target for e in batch])
         text_embeds = torch.cat([embeds[e.text].expand(e.target.shape[0], -1, -1) for e in batch])
-        timesteps = torch.randint(low, high, (target.shape[0],), generator=generator).to(target.device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (target.shape[0],),
+                                  generator=generator).to(target.device)
         noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(target.device, target.dtype)
         loss = temp_lora_loss(unet, noise_scheduler, context, target, text_embeds, timesteps, noise)
         total = total + loss * len(batch)
@@ -882,12 +927,12 @@ def _checkpoint_call(checkpoint, forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, parameters, trainable, low, high,
-                 generator, callback_on_step_end=None):
+def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, parameters, trainable, generator,
+                 callback_on_step_end=None):
     """The optimizer steps of one update: (lora, optimizer_state) of the new memory, or None to roll back."""
     config = memory.config
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
-    if config.keep_optimizer_state and memory.optimizer_state:
+    if memory.optimizer_state:
         for key, parameter in parameters.items():
             optimizer.state[parameter] = {
                 "step": torch.tensor(float(memory.optimizer_steps)),
@@ -903,7 +948,7 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
         if memory.clips:
             for index in torch.randint(0, len(memory.clips), (config.replay,), generator=generator).tolist():
                 examples += replayed(index)
-        loss = _examples_loss(unet, noise_scheduler, embeds, examples, low, high, generator)
+        loss = _examples_loss(unet, noise_scheduler, embeds, examples, generator)
         if not torch.isfinite(loss):
             warnings.warn(
                 f"Temp-LoRA update skipped: the loss was {loss.item()}; the memory was rolled back to its last "
@@ -924,9 +969,8 @@ def _train_steps(unet, noise_scheduler, embeds, memory, current, replayed, param
                       RuntimeWarning, stacklevel=2)
         return None
     optimizer_state = {}
-    if config.keep_optimizer_state:
-        for key, parameter in parameters.items():
-            state = optimizer.state[parameter]
-            optimizer_state[f"{key}.exp_avg"] = state["exp_avg"].detach().clone()
-            optimizer_state[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().clone()
+    for key, parameter in parameters.items():
+        state = optimizer.state[parameter]
+        optimizer_state[f"{key}.exp_avg"] = state["exp_avg"].detach().clone()
+        optimizer_state[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().clone()
     return lora, optimizer_state

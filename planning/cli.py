@@ -53,9 +53,9 @@ def add_plan_commands(commands) -> None:
                         help="re-plan after every executed chunk from the true observation (default: open loop)")
     parser.add_argument("--memory-setting", choices=[name for name in MEMORY_SETTINGS if name != "none"],
                         default=DEFAULT_MEMORY_SETTING,
-                        help="the memory preset to plan with: panorama (default: the paper's Temp-LoRA update and a "
-                             "panorama of the places seen, which recalls the way the trip came for a way-back "
-                             "instruction, docs/planning.md), way-back (Temp-LoRA that learns the way back through "
+                        help="the memory preset to plan with: panorama (default: a panorama of the places seen, "
+                             "which recalls the way the trip came for a way-back instruction, docs/planning.md; "
+                             "paper+panorama adds the paper's Temp-LoRA update), way-back (Temp-LoRA that learns the way back through "
                              "each chunk with the instruction's text), memory (= strong: the paper's update at a "
                              "higher rate), paper (the paper's update), or any other preset of TEMP_LORA_PRESETS")
     parser.add_argument("--no-temp-lora", action="store_true", help="plan without memory")

@@ -38,7 +38,8 @@ KNOWN_INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
 MEMORY_SETTINGS: dict[str, TempLoRAConfig | None] = {"none": None, **TEMP_LORA_PRESETS,
                                                      "memory": TEMP_LORA_PRESETS["strong"]}
 # `plan`'s memory, and the one Table 2 compares with none: the panorama knows the way back (docs/planning.md,
-# run 5); the way-back Temp-LoRA, the best before it, shortens the distance by 39 % at 6x the time.
+# runs 5 and 7; the paper's update beside it changed nothing); the way-back Temp-LoRA, the best before it,
+# shortens the distance by 39 % at 6x the time.
 DEFAULT_MEMORY_SETTING = "panorama"
 
 

@@ -171,8 +171,7 @@ def test_temp_lora_update_changes_no_input(world, start):
     memory_before, chunks_before = tensors_of(memory), (first.latents.clone(), second.latents.clone())
     weights_before = {k: v.clone() for k, v in world.pipe.unet.state_dict().items() if ".lora_" not in k}
 
-    settings = run("TempLoRASettings", rank=32, alpha=0.0, learning_rate=1e-3, target="all-attention",
-                   steps_per_update=2, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)[0]
+    settings = run("TempLoRASettingsV2", rank=32, learning_rate=1e-3, target="all-attention", steps_per_update=2)[0]
     updated = run("TempLoRAUpdate", world_model=world, new_chunk=second, seed=0, memory=memory,
                   previous_chunk=first, settings=settings)[0]
 
@@ -185,13 +184,28 @@ def test_temp_lora_update_changes_no_input(world, start):
 
 
 def test_settings_carry_the_objective_and_default_to_the_papers_update():
-    common = dict(rank=8, alpha=0.0, learning_rate=1e-3, target="all-attention", steps_per_update=1,
-                  timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)
-    saved_before_these_inputs = run("TempLoRASettings", **common)[0]
-    assert (saved_before_these_inputs.objective, saved_before_these_inputs.direction,
-            saved_before_these_inputs.action_text, saved_before_these_inputs.replay) == ("trajectory", "forward", False, 0)
-    tuned = run("TempLoRASettings", **common, objective="transition", direction="both", action_text=True, replay=3)[0]
+    common = dict(rank=8, learning_rate=1e-3, target="all-attention", steps_per_update=1)
+    plain = run("TempLoRASettingsV2", **common)[0]
+    assert plain == TempLoRAConfig(rank=8, learning_rate=1e-3), "the optional inputs default to the paper's update"
+    tuned = run("TempLoRASettingsV2", **common, objective="transition", direction="both", action_text=True, replay=3)[0]
     assert (tuned.objective, tuned.direction, tuned.action_text, tuned.replay) == ("transition", "both", True, 3)
+
+
+def test_the_node_with_retired_widgets_keeps_saved_graphs_working():
+    """Graphs saved before alpha, timestep_low/high and keep_optimizer_state were retired name the old node
+    id with those widgets in place: it makes the same settings at the values every measurement used, hides
+    from the node list, and names the retired setting for any other value."""
+    legacy = NODE_CLASS_MAPPINGS["SlowFastVGen_TempLoRASettings"]
+    assert legacy.DEPRECATED and not getattr(NODE_CLASS_MAPPINGS["SlowFastVGen_TempLoRASettingsV2"], "DEPRECATED", False)
+    assert list(legacy.INPUT_TYPES()["required"]) == [
+        "rank", "alpha", "learning_rate", "target", "steps_per_update", "timestep_low", "timestep_high",
+        "keep_optimizer_state"], "the widget order of saved graphs"
+    old = dict(rank=8, alpha=0.0, learning_rate=1e-3, target="all-attention", steps_per_update=2, timestep_low=0.0,
+               timestep_high=1.0, keep_optimizer_state=True)
+    assert run("TempLoRASettings", **old, replay=2) == run("TempLoRASettingsV2", rank=8, learning_rate=1e-3,
+                                                           target="all-attention", steps_per_update=2, replay=2)
+    with pytest.raises(ValueError, match="alpha=16.0 is no longer supported: the LoRA scale is fixed at 1"):
+        run("TempLoRASettings", **{**old, "alpha": 16.0})
 
 
 def test_the_preset_node_gives_the_librarys_presets():
@@ -429,8 +443,8 @@ def progress():
 
 
 def test_run_episode_progress_counts_denoising_and_temp_lora_steps_and_previews_every_chunk(world, start, progress):
-    settings = run("TempLoRASettings", rank=4, alpha=0.0, learning_rate=1e-4, target="all-attention",
-                   steps_per_update=3, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)[0]
+    settings = run("TempLoRASettingsV2", rank=4, learning_rate=1e-4, target="all-attention",
+                   steps_per_update=3)[0]
     images = run("RunEpisode", world_model=world, actions="move right\nmove left", temp_lora="learn", image=start,
                  settings=settings, **SAMPLING)[0]
     per_chunk = SAMPLING["steps"] + 3 + 1  # denoising steps, Temp-LoRA steps, the decoded chunk
@@ -444,8 +458,8 @@ def test_run_episode_progress_counts_denoising_and_temp_lora_steps_and_previews_
 
 
 def test_cancel_during_a_temp_lora_update_stops_within_one_step(world, start, progress):
-    settings = run("TempLoRASettings", rank=4, alpha=0.0, learning_rate=1e-4, target="all-attention",
-                   steps_per_update=50, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)[0]
+    settings = run("TempLoRASettingsV2", rank=4, learning_rate=1e-4, target="all-attention",
+                   steps_per_update=50)[0]
     chunk = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
     progress.clear()
     comfy_services.set_progress_hook(
@@ -468,7 +482,12 @@ def test_temp_lora_update_and_decode_report_progress(world, start, progress):
 
 
 def validate(key: str, **values):
-    return NODE_CLASS_MAPPINGS[f"SlowFastVGen_{key}"].VALIDATE_INPUTS(**values)
+    """The node's queue-time check as ComfyUI's V3 schema runs it (nodes/v3.py): the classmethod bound to
+    another class, which answers INPUT_TYPES and nothing else of the node's."""
+    cls = NODE_CLASS_MAPPINGS[f"SlowFastVGen_{key}"]
+    v3_node = type(f"{cls.__name__}V3", (), {"INPUT_TYPES": cls.INPUT_TYPES,
+                                             "VALIDATE_INPUTS": cls.__dict__["VALIDATE_INPUTS"]})
+    return v3_node.VALIDATE_INPUTS(**values)
 
 
 START = {"world_model": "SFV_WORLD_MODEL", "image": "IMAGE"}
@@ -487,8 +506,8 @@ START = {"world_model": "SFV_WORLD_MODEL", "image": "IMAGE"}
      "The input 'memory' takes SFV_MEMORY"),
     ("TempLoRAUpdate", dict(input_types={"world_model": "SFV_WORLD_MODEL", "new_chunk": "IMAGE"}),
      "'new_chunk' takes SFV_CHUNK"),
-    ("TempLoRASettings", dict(timestep_low=0.6, timestep_high=0.2), "0 <= low < high <= 1"),
-    ("TempLoRASettings", dict(timestep_low=0.0, timestep_high=1.5), "0 <= low < high <= 1"),
+    ("TempLoRASettings", dict(timestep_low=0.6, timestep_high=0.2), "timestep_low=0.6 is no longer supported"),
+    ("TempLoRASettings", dict(keep_optimizer_state=False), "keep_optimizer_state=False is no longer supported"),
     ("SaveMemory", dict(filename_prefix="../outside/memory"), "contains '..'"),
     ("SaveMemory", dict(filename_prefix="/tmp/memory"), "is an absolute path"),
     ("SaveMemory", dict(filename_prefix="  "), "filename_prefix is empty"),
@@ -507,7 +526,7 @@ def test_bad_widgets_and_links_are_refused_at_queue_time(key, values, message):
     ("ActionChunk", dict(input_types={"world_model": "SFV_WORLD_MODEL", "chunk": "SFV_CHUNK"})),  # action linked
     ("RunEpisode", dict(input_types={**START, "memory": "SFV_MEMORY", "settings": "SFV_TEMP_LORA"},
                         actions="move right\n\nmove left")),
-    ("TempLoRASettings", dict(timestep_low=0.0, timestep_high=1.0)),
+    ("TempLoRASettings", dict(alpha=0.0, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)),
     ("TempLoRASettings", dict()),
     ("SaveMemory", dict(filename_prefix="slowfast_vgen/memory")),
     ("ToyWorldWalk", dict(input_types={"plan_actions": "STRING"}, actions="jump", way_there="move up")),

@@ -266,8 +266,24 @@ def test_frames_that_are_no_pans_lose_the_panorama_and_the_episode_goes_on(tiny_
     and the episode carries on with Temp-LoRA alone."""
     with pytest.warns(RuntimeWarning, match="lost track of the camera"):
         chunks = list(tiny_pipe.stream_episode(["move right"] * 3, start_latents=tiny_context,
-                                               temp_lora=temp_lora_preset("panorama"), num_frames=2,
+                                               temp_lora=temp_lora_preset("paper+panorama"), num_frames=2,
                                                num_inference_steps=2, generator=torch.Generator().manual_seed(0)))
     memory = chunks[-1].memory
     assert memory.panorama.lost and memory.num_updates == 3
     assert memory.optimizer_steps == 3  # Temp-LoRA still learned every chunk
+
+
+def test_a_panorama_memory_that_trains_nothing_learns_with_the_papers_update_once_lost(tiny_pipe, tiny_context):
+    """The `panorama` preset trains no Temp-LoRA while its panorama follows the camera; once lost it would
+    hold nothing, so from the next chunk on it learns with the paper's update (and says so, once)."""
+    assert temp_lora_preset("panorama") == TempLoRAConfig(panorama=True, steps_per_update=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chunks = list(tiny_pipe.stream_episode(["move right"] * 4, start_latents=tiny_context,
+                                               temp_lora=temp_lora_preset("panorama"), num_frames=2,
+                                               num_inference_steps=2, generator=torch.Generator().manual_seed(0)))
+    messages = [str(w.message) for w in caught]
+    lost_at = next(i for i, c in enumerate(chunks) if c.memory.panorama.lost)
+    assert [c.memory.optimizer_steps for c in chunks] == [0] * (lost_at + 1) + list(range(1, 4 - lost_at))
+    assert chunks[-1].memory.config == TempLoRAConfig(panorama=True), "the paper's update from then on"
+    assert sum("learns the episode with the paper's Temp-LoRA update" in m for m in messages) == 1, messages

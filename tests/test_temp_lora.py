@@ -215,6 +215,34 @@ def test_loaded_memory_generates_bit_identical_chunk(tiny_pipe, trained, tmp_pat
     assert torch.equal(chunk(tiny_pipe, new, loaded, seed=6), chunk(tiny_pipe, new, memory, seed=6))
 
 
+def test_a_memory_saved_with_retired_settings_loads_as_the_same_memory(trained, tmp_path):
+    """A file from before alpha, the timestep range and keep_optimizer_state were retired: alpha = 2 * rank
+    (scale 2, so B and Adam's moments of B were stored as they are at scale 2). It loads as the memory it
+    was, bit for bit at scale 1, and the warning names what changed."""
+    _, _, memory = trained
+    path = tmp_path / "memory.safetensors"
+    memory.save(path)
+    tensors, metadata = {}, None
+    with safe_open(path, framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        for key in handle.keys():
+            tensors[key] = handle.get_tensor(key)
+    legacy = {}
+    for key, tensor in tensors.items():
+        factor = {"lora_B.weight": 0.5, "lora_B.weight.exp_avg": 2.0, "lora_B.weight.exp_avg_sq": 4.0}
+        legacy[key] = tensor * next((f for suffix, f in factor.items() if key.endswith(suffix)), 1.0)
+    config = json.loads(metadata["config"])
+    config.update(alpha=2.0 * memory.config.rank, timestep_range=[0.0, 0.5], keep_optimizer_state=True)
+    legacy_path = tmp_path / "legacy.safetensors"
+    save_file(legacy, str(legacy_path), metadata={**metadata, "config": json.dumps(config)})
+    with pytest.warns(UserWarning, match=r"retired Temp-LoRA settings: alpha 8 .*timestep_range") as caught:
+        loaded = EpisodicMemory.load(legacy_path)
+    assert "keep_optimizer_state" not in str(caught[0].message), "a retired setting at today's value is no news"
+    assert_memories_equal(loaded, memory)
+    with pytest.raises(ValueError, match="'alpha' is no longer a Temp-LoRA setting"):
+        TempLoRAConfig.from_fields({"alpha": 8.0})
+
+
 def test_truncated_or_foreign_safetensors_are_clear_errors(trained, tmp_path):
     _, _, memory = trained
     path = tmp_path / "memory.safetensors"
@@ -441,7 +469,6 @@ def test_backward_transition_update_learns_the_way_back(tiny_pipe, tiny_context)
         ({"rank": 0}, "rank"),
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"steps_per_update": -1}, "steps_per_update"),
-        ({"timestep_range": (0.5, 0.2)}, "timestep_range"),
         ({"target": "(unclosed"}, "neither a preset"),
         ({"objective": "reconstruction"}, "objective"),
         ({"direction": "sideways"}, "direction"),
@@ -460,7 +487,7 @@ def test_target_matching_nothing_is_refused(tiny_pipe):
 
 def test_defaults_are_the_papers():
     config = TempLoRAConfig()
-    assert (config.rank, config.learning_rate, config.lora_alpha) == (32, 1e-4, 32.0)
+    assert (config.rank, config.learning_rate) == (32, 1e-4)
     assert (config.objective, config.direction) == ("trajectory", "forward"), "Eq. 3: the clip as played"
 
 

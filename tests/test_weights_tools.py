@@ -97,8 +97,7 @@ def assert_same_memory(a, b) -> None:
 
 
 def lora_deltas(memory) -> dict[str, torch.Tensor]:
-    scale = memory.config.lora_alpha / memory.config.rank
-    return {key[:-len(".lora_A.weight")]: scale * memory.lora[key.replace("lora_A", "lora_B")].double()
+    return {key[:-len(".lora_A.weight")]: memory.lora[key.replace("lora_A", "lora_B")].double()
             @ memory.lora[key].double() for key in memory.lora if key.endswith("lora_A.weight")}
 
 
@@ -142,13 +141,34 @@ def test_a_foreign_peft_adapter_needs_its_base_model(world, tmp_path):
     assert all(torch.equal(converted.lora[k], memory.lora[k]) for k in memory.lora)
 
 
+def test_a_foreign_peft_adapter_with_its_own_alpha_changes_the_unet_as_peft_does(world, tmp_path):
+    """Memories have a LoRA scale of 1; an adapter trained elsewhere with lora_alpha = 4 * r is imported with
+    its B tensors scaled by 4, so that it changes the UNet's output exactly as peft applies it."""
+    from peft import PeftModel
+
+    folder, _, memory, _ = world
+    memory_to_peft(memory, tmp_path / "peft")
+    (tmp_path / "peft" / PEFT_SIDECAR_NAME).unlink()
+    config_file = tmp_path / "peft" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "lora_alpha": 4 * memory.config.rank}))
+    theirs = PeftModel.from_pretrained(UNet3DConditionModel.from_pretrained(folder / "unet"), tmp_path / "peft")
+    converted = memory_from_peft(tmp_path / "peft", base_model=folder)
+    ours = UNet3DConditionModel.from_pretrained(folder / "unet")
+    with memory_applied(ours, converted):
+        expected = unet_output(ours)
+    with memory_applied(ours, memory):
+        at_scale_one = unet_output(ours)
+    assert not torch.allclose(expected, at_scale_one, atol=1e-5), "the adapter's alpha does matter"
+    torch.testing.assert_close(unet_output(theirs), expected, rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ inspect / check
 
 
 def test_inspect_reports_the_memory(world, memory_file, capsys):
     memory = world[2]
     summary = inspect_memory(memory_file)
-    assert (summary["rank"], summary["alpha"], summary["num_tensors"]) == (4, 4.0, len(memory.lora))
+    assert (summary["rank"], summary["scale"], summary["num_tensors"]) == (4, 1.0, len(memory.lora))
     assert summary["num_parameters"] == memory.num_parameters
     assert summary["base_fingerprint"] == memory.base_fingerprint
     assert summary["actions"] == ["move left", "move up"] and summary["num_updates"] == 2

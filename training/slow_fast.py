@@ -205,9 +205,7 @@ def parse_temp_lora(text: str | None) -> TempLoRAConfig | None:
         fields = json.loads(text)
         if not isinstance(fields, dict):
             raise ValueError("expected a JSON object")
-        if "timestep_range" in fields:
-            fields["timestep_range"] = tuple(fields["timestep_range"])
-        return TempLoRAConfig(**fields)
+        return TempLoRAConfig.from_fields(fields)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"--temp-lora {text!r}: {error}. Give TempLoRAConfig fields as JSON, e.g. "
                          "'{\"learning_rate\": 1e-3, \"steps_per_update\": 2}'.") from None

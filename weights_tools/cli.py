@@ -158,7 +158,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['path']}: SlowFast-VGen memory, {summary['file_bytes'] / 1e6:.2f} MB ({summary['created_with']})")
-    print(f"  rank {summary['rank']}, alpha {summary['alpha']:g} (scale {summary['scale']:g}), target {summary['target']!r}")
+    legacy = f" (saved with a retired alpha: B scaled by {summary['scale']:g} on loading)" if summary["scale"] != 1 else ""
+    print(f"  rank {summary['rank']}{legacy}, target {summary['target']!r}")
     print(f"  {len(summary['target_modules'])} target modules, {summary['num_tensors']} tensors, "
           f"{summary['num_parameters']:,} parameters, dtype {', '.join(summary['dtypes'])}")
     print(f"  optimizer state: {summary['optimizer_tensors']} tensors ({summary['optimizer_steps']} Adam steps)")
@@ -166,7 +167,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     print(f"  {summary['num_updates']} updates, {summary['frames_seen']} frames seen")
     print(f"  actions: {', '.join(summary['actions']) or '(none)'}")
     if "layer_norms" in summary:
-        print(f"  layers changed most (||(alpha/rank) B A||_F), top {args.top}:")
+        print(f"  layers changed most (||B A||_F), top {args.top}:")
         for name, norm in list(summary["layer_norms"].items())[:args.top]:
             print(f"    {norm:10.4g}  {name}")
     return 0

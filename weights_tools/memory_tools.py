@@ -1,6 +1,6 @@
 """Episodic memories (Temp-LoRA adapters) as files: inspect, check, merge, fuse, convert and cast.
 
-A memory's update to a target module is the low-rank delta (alpha / rank) * B @ A added to its weight.
+A memory's update to a target module is the low-rank delta B @ A added to its weight.
 Merging sums those deltas and refactorises the sum; fusing adds them to the base weights for good (the
 paper's slow-fast consolidation, section 3.5).
 """
@@ -12,7 +12,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from ..pipelines.temp_lora import (
     TempLoRAConfig,
     check_memory,
     first_non_finite,
+    legacy_settings,
     lora_layout_problem,
 )
 from .files import (
@@ -68,19 +69,21 @@ def save_memory(memory: EpisodicMemory, path: str | os.PathLike, force: bool = F
 
 
 def _header_metadata(path: str | os.PathLike) -> tuple:
-    """The header of a memory file and its parsed config, checking it is a memory at all."""
+    """The header of a memory file, its parsed config and the factor of its B tensors (`legacy_settings`),
+    checking it is a memory at all."""
     header = read_header(path)
     if header.metadata.get("format") != MEMORY_FORMAT:
         raise WeightsFileError(f"{path} is not a SlowFast-VGen memory (no format={MEMORY_FORMAT!r} in its metadata); "
                                "a peft adapter folder can be converted with `slowfast-vgen memory convert`.")
     try:
-        config = TempLoRAConfig.from_json(header.metadata["config"])
+        values, scale = legacy_settings(json.loads(header.metadata["config"]))
+        config = TempLoRAConfig.from_fields(values)
     except (KeyError, ValueError, TypeError) as error:
         raise WeightsFileError(f"{path} has a corrupted memory config ({error!r}).") from None
     problem = lora_layout_problem({k: tuple(s) for k, s in header.shapes.items() if is_lora_key(k)}, config.rank)
     if problem is not None:
         raise WeightsFileError(f"{path}: its tensors do not agree with its own settings: {problem}.")
-    return header, config
+    return header, config, scale
 
 
 def is_lora_key(key: str) -> bool:
@@ -112,7 +115,7 @@ def inspect_memory(path: str | os.PathLike, norms: bool = True) -> dict:
 
     Only the header is read, plus the LoRA tensors (never the optimizer state) when `norms` is true.
     """
-    header, config = _header_metadata(path)
+    header, config, scale = _header_metadata(path)
     metadata = header.metadata
     lora_keys = [k for k in header.shapes if is_lora_key(k)]
     optimizer_keys = [k for k in header.shapes if k.startswith(OPTIMIZER_PREFIX)]
@@ -121,8 +124,7 @@ def inspect_memory(path: str | os.PathLike, norms: bool = True) -> dict:
         "path": str(path),
         "file_bytes": header.file_bytes,
         "rank": config.rank,
-        "alpha": config.lora_alpha,
-        "scale": config.lora_alpha / config.rank,
+        "scale": scale,  # of the file's B tensors: 1, or alpha / rank for a memory saved with a retired alpha
         "target": config.target,
         "target_pattern": config.target_pattern,
         "target_modules": module_names(lora_keys),
@@ -137,12 +139,11 @@ def inspect_memory(path: str | os.PathLike, norms: bool = True) -> dict:
         "optimizer_steps": int(metadata.get("optimizer_steps", 0)),
         "actions": json.loads(metadata.get("actions", "[]")),
         "created_with": metadata.get("created_with"),
-        "config": json.loads(metadata["config"]),
+        "config": asdict(config),
         "panorama": _panorama_summary(header),
         "bytes_read": header.header_bytes,
     }
     if norms:
-        scale = summary["scale"]
         layer_norms = {}
         with open_safetensors(path) as handle:
             for name in summary["target_modules"]:
@@ -162,7 +163,7 @@ def check_memory_file(memory_path: str | os.PathLike, model_path: str | os.PathL
 
     Reads the memory's header, the model's config, header and fingerprint samples; no weights are loaded.
     """
-    header, config = _header_metadata(memory_path)
+    header, config, _ = _header_metadata(memory_path)
     lora_keys = [k for k in header.shapes if is_lora_key(k)]
     check_finite(memory_path, lora_keys)
     shapes_only = EpisodicMemory(
@@ -213,7 +214,7 @@ def merge_memories(memories: list[EpisodicMemory], weights: list[float] | None =
     """Sum the weighted low-rank updates of memories made on the same model with the same targets, and
     refactorise each module's sum to `rank` (default: the largest input rank) by truncated SVD.
 
-    The result has alpha = rank (scale 1), no optimizer state (Adam's moments describe the old factors,
+    The result has no optimizer state (Adam's moments describe the old factors,
     not the new ones) and no panorama (places of different episodes do not share one map), except that a single memory with weight 1 at its own rank is returned
     as it is: there is nothing to refactorise.
     """
@@ -246,7 +247,7 @@ def merge_memories(memories: list[EpisodicMemory], weights: list[float] | None =
     lora, layer_errors, error_sq, norm_sq = {}, {}, 0.0, 0.0
     for name in module_names(first.lora):
         # sum_i w_i s_i B_i A_i = B_cat @ A_cat; its SVD comes from the small factors' QR decompositions.
-        b_cat = torch.cat([w * m.config.lora_alpha / m.config.rank * m.lora[f"{name}.lora_B.weight"].double()
+        b_cat = torch.cat([w * m.lora[f"{name}.lora_B.weight"].double()
                            for m, w in zip(memories, weights)], dim=1)
         a_cat = torch.cat([m.lora[f"{name}.lora_A.weight"].double() for m in memories], dim=0)
         q_b, r_b = torch.linalg.qr(b_cat)
@@ -263,7 +264,7 @@ def merge_memories(memories: list[EpisodicMemory], weights: list[float] | None =
         layer_errors[name] = (layer_error_sq / layer_norm_sq) ** 0.5 if layer_norm_sq > 0 else 0.0
         error_sq, norm_sq = error_sq + layer_error_sq, norm_sq + layer_norm_sq
     merged = EpisodicMemory(
-        config=replace(first.config, rank=rank, alpha=None),
+        config=replace(first.config, rank=rank),
         lora=lora,
         base_fingerprint=first.base_fingerprint,
         num_updates=sum(m.num_updates for m in memories),
@@ -287,13 +288,12 @@ class FuseResult:
 
 
 def fuse_into_unet(unet: UNet3DConditionModel, memory: EpisodicMemory, strength: float = 1.0) -> None:
-    """Add strength * (alpha / rank) * B @ A to each target module's weight (computed in float64)."""
-    scale = strength * memory.config.lora_alpha / memory.config.rank
+    """Add strength * B @ A to each target module's weight (computed in float64)."""
     with torch.no_grad():
         for name in module_names(memory.lora):
             weight = unet.get_submodule(name).weight
             delta = memory.lora[f"{name}.lora_B.weight"].double() @ memory.lora[f"{name}.lora_A.weight"].double()
-            weight.copy_((weight.double() + scale * delta).to(weight.dtype))
+            weight.copy_((weight.double() + strength * delta).to(weight.dtype))
 
 
 def fuse_memory(memory: EpisodicMemory, model_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -348,7 +348,7 @@ def fuse_memory(memory: EpisodicMemory, model_path: str | os.PathLike, out_dir: 
 
 def peft_config(config: TempLoRAConfig) -> dict:
     """The `adapter_config.json` content peft needs to rebuild the memory's LoRA layers."""
-    lora_config = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+    lora_config = LoraConfig(r=config.rank, lora_alpha=config.rank, lora_dropout=0.0,
                              target_modules=config.target_pattern, init_lora_weights=True)
     return lora_config.to_dict()
 
@@ -366,7 +366,9 @@ def memory_to_peft(memory: EpisodicMemory, out_dir: str | os.PathLike, force: bo
         replace(memory, lora={}).save(folder / PEFT_SIDECAR_NAME)
 
 
-def _config_from_peft(adapter_config: dict, path: Path) -> TempLoRAConfig:
+def _config_from_peft(adapter_config: dict, path: Path) -> tuple[TempLoRAConfig, float]:
+    """A peft LoRA config as Temp-LoRA settings, and its scale lora_alpha / r (a memory's scale is 1, so the
+    adapter's B tensors are multiplied by it on import)."""
     unsupported = {key: adapter_config.get(key) for key in ("rank_pattern", "alpha_pattern", "modules_to_save")
                    if adapter_config.get(key)}
     unsupported.update({key: True for key in ("use_dora", "use_rslora") if adapter_config.get(key)})
@@ -381,7 +383,9 @@ def _config_from_peft(adapter_config: dict, path: Path) -> TempLoRAConfig:
         targets = rf"(?:.*\.)?(?:{'|'.join(re.escape(t) for t in targets)})"
     if not isinstance(targets, str):
         raise WeightsFileError(f"{path} has no usable target_modules ({targets!r}).")
-    return TempLoRAConfig(rank=int(adapter_config["r"]), alpha=float(adapter_config["lora_alpha"]), target=targets)
+    rank = int(adapter_config["r"])
+    scale = float(adapter_config.get("lora_alpha", 8)) / rank  # peft's default lora_alpha is 8
+    return TempLoRAConfig(rank=rank, target=targets), scale
 
 
 def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | None = None) -> EpisodicMemory:
@@ -399,7 +403,7 @@ def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | 
         if pickles:
             refuse_pickle(pickles[0])
         raise WeightsFileError(f"{folder} has no {PEFT_WEIGHTS_NAME}.")
-    config = _config_from_peft(json.loads(config_file.read_text()), folder)
+    config, scale = _config_from_peft(json.loads(config_file.read_text()), folder)
     base_fingerprint = file_fingerprint(base_model).value if base_model is not None else None
     with open_safetensors(weights_file) as handle:
         lora = {}
@@ -408,12 +412,15 @@ def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | 
             if not name.endswith((".lora_A.weight", ".lora_B.weight")):
                 raise WeightsFileError(f"{weights_file} holds {key}, which is not a LoRA A/B weight.")
             lora[name] = handle.get_tensor(key)
+            if scale != 1.0 and name.endswith(".lora_B.weight"):
+                lora[name] = lora[name] * scale
     sidecar = folder / PEFT_SIDECAR_NAME
     if sidecar.is_file():
         memory = replace(EpisodicMemory.load(sidecar, check_layout=False), lora=lora)  # the sidecar has no LoRA
         if memory.config.structure() != config.structure():
-            raise WeightsFileError(f"{folder}: {PEFT_CONFIG_NAME} (rank {config.rank}, alpha {config.lora_alpha}) "
-                                   f"disagrees with {PEFT_SIDECAR_NAME} (rank {memory.config.rank}); was it edited?")
+            raise WeightsFileError(f"{folder}: {PEFT_CONFIG_NAME} (rank {config.rank}, target {config.target!r}) "
+                                   f"disagrees with {PEFT_SIDECAR_NAME} (rank {memory.config.rank}, target "
+                                   f"{memory.config.target!r}); was it edited?")
     elif base_model is None:
         raise WeightsFileError(f"{folder} does not say which world model it was made on; pass the base model folder "
                                "(--base) so that its fingerprint can be recorded.")
