@@ -5,7 +5,8 @@ panorama memory, no Temp-LoRA training) and with both (`paper+panorama`), each r
 hits them alike.
 
 Reports the median seconds per chunk (chunk 0, which pays the warm-up, left out; decoding and writing the
-MP4 included, as a user waits for them) and each memory's ratio to no memory, per round and over all rounds.
+MP4 included, as a user waits for them) and each memory's ratio to no memory, per round and over all rounds,
+and the median peak resident memory of each setting's process with its ratio to no memory.
 
     python benchmarks/bench_default_memory.py --rounds 3 --out outputs/default_memory.json
 """
@@ -32,10 +33,13 @@ def main() -> int:
     if args.chunks < 2 or args.rounds < 1:
         raise SystemExit("--chunks must be at least 2 and --rounds at least 1.")
     runs: dict[str, list[list[float]]] = {name: [] for name in SETTINGS}
+    peaks: dict[str, list[int]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.rounds):
             for name, flags in SETTINGS.items():
-                runs[name].append(run_generate(folder, args.chunks, flags)["chunk_seconds"][1:])
+                run = run_generate(folder, args.chunks, flags)
+                runs[name].append(run["chunk_seconds"][1:])
+                peaks[name].append(run["peak_rss_bytes"])
     medians = {name: [statistics.median(seconds) for seconds in rounds] for name, rounds in runs.items()}
     overall = {name: statistics.median([s for seconds in rounds for s in seconds]) for name, rounds in runs.items()}
     results = {"chunks": args.chunks, "rounds": args.rounds, "median_chunk_seconds_per_round": medians,
@@ -43,7 +47,10 @@ def main() -> int:
                "ratio_to_none_per_round": {name: [round(m / n, 3) for m, n in zip(values, medians["none"])]
                                            for name, values in medians.items() if name != "none"},
                "ratio_to_none": {name: round(value / overall["none"], 3) for name, value in overall.items()
-                                 if name != "none"}}
+                                 if name != "none"},
+               "median_peak_rss_mib": {name: round(statistics.median(p) / 2**20, 1) for name, p in peaks.items()},
+               "peak_rss_ratio_to_none": {name: round(statistics.median(p) / statistics.median(peaks["none"]), 3)
+                                          for name, p in peaks.items() if name != "none"}}
     report(results, args.out)
     return 0
 

@@ -226,6 +226,13 @@ class TempLoRASettings:
                                                 "training pass; assumes a panning camera; not in the paper)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps_per_update: int | None = None, panorama: bool | None = None) -> bool | str:
+        if steps_per_update is None:  # linked, known only when it runs
+            return True
+        return verdict(problem_of(lambda: TempLoRAConfig(steps_per_update=steps_per_update,
+                                                         panorama=bool(panorama))))
+
     def make(self, rank: int, learning_rate: float, target: str, steps_per_update: int,
              objective: str | None = None, direction: str | None = None, action_text: bool | None = None,
              replay: int | None = None, panorama: bool | None = None) -> tuple[TempLoRAConfig]:
@@ -269,7 +276,8 @@ class TempLoRASettingsLegacy(TempLoRASettings):
 
     @classmethod
     def VALIDATE_INPUTS(cls, alpha: float | None = None, timestep_low: float | None = None,
-                        timestep_high: float | None = None, keep_optimizer_state: bool | None = None) -> bool | str:
+                        timestep_high: float | None = None, keep_optimizer_state: bool | None = None,
+                        steps_per_update: int | None = None, panorama: bool | None = None) -> bool | str:
         given = {"alpha": alpha, "timestep_low": timestep_low, "timestep_high": timestep_high,
                  "keep_optimizer_state": keep_optimizer_state}
         for name, value in given.items():
@@ -277,7 +285,7 @@ class TempLoRASettingsLegacy(TempLoRASettings):
             if value is not None and value != accepted:
                 return (f"{name}={value!r} is no longer supported: {RETIRED_SETTINGS[setting]} Set it to "
                         f"{accepted!r}, or replace this node with Temp-LoRA Settings.")
-        return True
+        return TempLoRASettings.VALIDATE_INPUTS(steps_per_update, panorama)
 
     def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
              timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,

@@ -138,6 +138,10 @@ class TempLoRAConfig:
         for name in ("action_text", "local", "panorama"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TempLoRAConfig.{name} must be true or false, got {getattr(self, name)!r}.")
+        if self.steps_per_update == 0 and not self.panorama:
+            raise ValueError("TempLoRAConfig.steps_per_update is 0 and panorama is off: such a memory learns nothing. "
+                             "Train it (steps_per_update 1, the paper's update), keep a panorama (panorama on), or "
+                             "use no memory.")
         if self.gradient_checkpointing not in (None, True, False):
             raise ValueError("TempLoRAConfig.gradient_checkpointing must be None (automatic), true or false, "
                              f"got {self.gradient_checkpointing!r}.")

@@ -239,6 +239,7 @@ def test_after_sigkill_the_next_run_recovers_a_playable_video_and_cleans_up(tiny
     ({"keep_optimizer_state": False}, "'keep_optimizer_state' is no longer a Temp-LoRA setting"),
     ({"lerning_rate": 1e-3}, "'lerning_rate' is no Temp-LoRA setting; the settings are rank, learning_rate"),
     ({"local": "yes"}, "local must be true or false"),
+    ({"steps_per_update": 0}, "steps_per_update is 0 and panorama is off: such a memory learns nothing"),
     ({"gradient_checkpointing": "auto"}, "gradient_checkpointing must be None"),
 ])
 def test_temp_lora_settings_refuse_garbage(fields, message):
@@ -426,9 +427,15 @@ def test_generate_presets_and_single_field_overrides(tiny_pipe_dir):
     add_generate_command(commands)
     parser = commands.choices["generate"]
     model = ["--model", str(tiny_pipe_dir)]
-    assert check_arguments(parser.parse_args(model)) == TempLoRAConfig(panorama=True), "paper + panorama by default"
+    assert check_arguments(parser.parse_args(model)) == TempLoRAConfig(panorama=True, steps_per_update=0), \
+        "the panorama alone by default"
     assert check_arguments(parser.parse_args([*model, "--lora-preset", "paper"])) == TempLoRAConfig()
-    assert check_arguments(parser.parse_args([*model, "--no-panorama"])) == TempLoRAConfig()
+    assert check_arguments(parser.parse_args([*model, "--lora-preset", "paper+panorama"])) == \
+        TempLoRAConfig(panorama=True)
+    assert check_arguments(parser.parse_args([*model, "--lora-preset", "paper+panorama", "--no-panorama"])) == \
+        TempLoRAConfig()
+    with pytest.raises(SystemExit, match="--lora-steps: .*such a memory learns nothing"):
+        check_arguments(parser.parse_args([*model, "--no-panorama"]))  # the default preset trains nothing
     assert check_arguments(parser.parse_args([*model, "--lora-preset", "replay"])) == TEMP_LORA_PRESETS["replay"]
     tuned = check_arguments(parser.parse_args([*model, "--lora-preset", "way-back", "--lora-steps", "2",
                                                "--no-lora-action-text"]))

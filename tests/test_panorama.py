@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from slowfast_vgen.data.episodes import RevisitMap, make_episode, place_path
+from slowfast_vgen.data.episodes import RevisitMap, place_path
 from slowfast_vgen.data.toyworld import ToyWorld
 from slowfast_vgen.evaluation import metrics
 from slowfast_vgen.paths import DEFAULT_MODEL_DIR
