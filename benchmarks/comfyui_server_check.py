@@ -193,6 +193,9 @@ def bad_graphs() -> dict[str, dict]:
     graph = with_retired_widgets(three)
     graph[find(graph, "TempLoRASettings")]["inputs"]["timestep_low"] = 0.8
     cases["a retired widget (timestep_low) at another value than the one kept"] = graph
+    graph = copy.deepcopy(three)
+    graph[find(graph, "TempLoRASettingsV2")]["inputs"].update(steps_per_update=0, panorama=False)
+    cases["a memory that learns nothing (no steps, no panorama)"] = graph
     return cases
 
 
