@@ -182,8 +182,8 @@ class TempLoRAConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TempLoRAConfig":
-        """The settings a memory file records; those of older versions are read too (`legacy_settings`)."""
-        return cls.from_fields(legacy_settings(json.loads(text))[0])
+        """The settings a memory file records; those of older versions are read too (`recorded_settings`)."""
+        return recorded_settings(text)[0]
 
 
 # Settings that screens showed do not matter, fixed at the value every measurement used (docs/evaluation.md,
@@ -213,8 +213,15 @@ def legacy_settings(values: dict) -> tuple[dict, float]:
         changed.append("keep_optimizer_state=false (Adam's moments now carry over)")
     if changed:
         warnings.warn("The memory was saved with retired Temp-LoRA settings: " + "; ".join(changed) + ".",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=4)
     return values, scale
+
+
+def recorded_settings(text: str) -> tuple[TempLoRAConfig, float]:
+    """The settings a memory file records (its `config` JSON), and the factor of `legacy_settings` for its LoRA
+    B tensors."""
+    values, scale = legacy_settings(json.loads(text))
+    return TempLoRAConfig.from_fields(values), scale
 
 
 def _finite_number(value) -> bool:
@@ -443,8 +450,7 @@ def _settings_from_metadata(path: str | os.PathLike, metadata: Mapping[str, str]
             "A peft adapter folder can be converted with `slowfast-vgen memory convert`."
         )
     try:
-        values, scale = legacy_settings(json.loads(metadata["config"]))
-        return TempLoRAConfig.from_fields(values), scale
+        return recorded_settings(metadata["config"])
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None
 
@@ -455,7 +461,7 @@ def _rescaled_b(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, tor
     powers = {"lora_B.weight": 1, "lora_B.weight.exp_avg": -1, "lora_B.weight.exp_avg_sq": -2}
     rescaled = {}
     for key, tensor in tensors.items():
-        power = next((p for suffix, p in powers.items() if key.endswith(suffix) and not key.startswith("clip.")), 0)
+        power = next((p for suffix, p in powers.items() if key.endswith(suffix)), 0)
         rescaled[key] = tensor * scale ** power if power else tensor
     return rescaled
 

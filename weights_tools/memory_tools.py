@@ -27,8 +27,8 @@ from ..pipelines.temp_lora import (
     TempLoRAConfig,
     check_memory,
     first_non_finite,
-    legacy_settings,
     lora_layout_problem,
+    recorded_settings,
 )
 from .files import (
     WeightsFileError,
@@ -69,15 +69,14 @@ def save_memory(memory: EpisodicMemory, path: str | os.PathLike, force: bool = F
 
 
 def _header_metadata(path: str | os.PathLike) -> tuple:
-    """The header of a memory file, its parsed config and the factor of its B tensors (`legacy_settings`),
+    """The header of a memory file, its parsed config and the factor of its B tensors (`recorded_settings`),
     checking it is a memory at all."""
     header = read_header(path)
     if header.metadata.get("format") != MEMORY_FORMAT:
         raise WeightsFileError(f"{path} is not a SlowFast-VGen memory (no format={MEMORY_FORMAT!r} in its metadata); "
                                "a peft adapter folder can be converted with `slowfast-vgen memory convert`.")
     try:
-        values, scale = legacy_settings(json.loads(header.metadata["config"]))
-        config = TempLoRAConfig.from_fields(values)
+        config, scale = recorded_settings(header.metadata["config"])
     except (KeyError, ValueError, TypeError) as error:
         raise WeightsFileError(f"{path} has a corrupted memory config ({error!r}).") from None
     problem = lora_layout_problem({k: tuple(s) for k, s in header.shapes.items() if is_lora_key(k)}, config.rank)
