@@ -19,10 +19,10 @@ from ..pipelines import EpisodicMemory, TempLoRAConfig
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from ..planning.planner import execute, learn_trip
 from . import comfy_services
+from .inputs import CATEGORY, CHUNK, MEMORY, SEED_MAX, SETTINGS_INPUT, WORLD_MODEL_INPUT
 from .validation import linked_type_problem, problem_of, verdict
-from .nodes_slowfast import CATEGORY, CHUNK, MEMORY, SEED_MAX, SETTINGS_INPUT, WORLD_MODEL_INPUT
-from .world_model import (Chunk, WorldModel, generator_for, image_to_frames, memory_with_settings, parse_actions,
-                          update_step_callback, update_steps)
+from .world_model import (EpisodeSoFar, WorldModel, generator_for, image_to_frames, memory_with_settings,
+                          parse_actions, update_step_callback, update_steps)
 
 INVERSE_DYNAMICS = "SFV_INVERSE_DYNAMICS"
 BUILTIN_IDM_NAME = "toyworld-idm (built-in)"
@@ -205,7 +205,7 @@ class LearnVideo:
 
     def learn(self, world_model: WorldModel, images: torch.Tensor, actions: str, num_frames: int, seed: int,
               memory: EpisodicMemory | None = None,
-              settings: TempLoRAConfig | None = None) -> tuple[EpisodicMemory, Chunk]:
+              settings: TempLoRAConfig | None = None) -> tuple[EpisodicMemory, EpisodeSoFar]:
         script = parse_actions(actions)
         expected = 1 + len(script) * num_frames
         if len(images) != expected:
@@ -222,7 +222,7 @@ class LearnVideo:
             for memory in learn_trip(pipe, chunks, script, settings, generator, memory=memory,
                                      callback_on_step_end=update_step_callback(bar)):
                 pass
-        return memory, Chunk(latents, (1,) + (num_frames,) * len(script), tuple(script))
+        return memory, EpisodeSoFar(latents, (1,) + (num_frames,) * len(script), tuple(script))
 
 
 NODE_CLASSES = {

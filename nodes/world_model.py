@@ -4,8 +4,9 @@
   ComfyUI's `ModelPatcher`, so that ComfyUI loads them onto the device, evicts them when other models need
   the room, and frees them with its "Unload models" action, like its own models; the loaded model is
   kept by ComfyUI's node cache, not by the pack. Outside ComfyUI it moves to its device for a run.
-- `Chunk` (SFV_CHUNK): the clean latents of an episode so far, split into the segments it was made
-  of (the start frame(s), then one segment per generated chunk), so that chunks chain without decoding.
+- `EpisodeSoFar` (SFV_CHUNK, the "chunk" sockets): the clean latents of an episode so far, split into
+  the segments it was made of (the start frame(s), then one segment per generated chunk), so that chunks
+  chain without decoding. Its old name `Chunk` still imports, with a deprecation warning.
 - `EpisodicMemory` (SFV_MEMORY) and `TempLoRAConfig` (SFV_TEMP_LORA) are the pipeline's own immutable
   types, passed as they are.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -148,9 +150,12 @@ def load_world_model(name: str, dtype: str = "float32", device: str = "auto") ->
 
 
 @dataclass(frozen=True)
-class Chunk:
+class EpisodeSoFar:
     """SFV_CHUNK: clean latents B,C,F,h,w (on the CPU) of an episode so far, the frames of each segment and
     the action of each generated segment.
+
+    It travels on the sockets named "chunk" (their type string SFV_CHUNK is kept: saved workflows name it),
+    but holds the whole episode up to and including the newest chunk, not one chunk.
 
     The last segment is the newest chunk (the context of the next one); the one before it is what that
     chunk continued from (what Temp-LoRA trains on together with it).
@@ -162,10 +167,10 @@ class Chunk:
 
     def __post_init__(self) -> None:
         if sum(self.segments) != self.latents.shape[2] or not all(n > 0 for n in self.segments):
-            raise ValueError(f"Chunk segments {self.segments} do not split the {self.latents.shape[2]} latent frames.")
+            raise ValueError(f"Episode segments {self.segments} do not split the {self.latents.shape[2]} latent frames.")
 
     def __repr__(self) -> str:  # not the latents: error reports print their inputs
-        return f"Chunk(latents {tuple(self.latents.shape)}, segments={self.segments}, actions={self.actions})"
+        return f"EpisodeSoFar(latents {tuple(self.latents.shape)}, segments={self.segments}, actions={self.actions})"
 
     @property
     def last(self) -> torch.Tensor:
@@ -178,10 +183,10 @@ class Chunk:
         end = self.latents.shape[2] - self.segments[-1]
         return self.latents[:, :, end - self.segments[-2]:end]
 
-    def extended(self, new_latents: torch.Tensor, action: str) -> "Chunk":
-        """A new Chunk with `new_latents`, made by `action`, as the newest segment (this one is left as it is)."""
+    def extended(self, new_latents: torch.Tensor, action: str) -> "EpisodeSoFar":
+        """A new EpisodeSoFar with `new_latents`, made by `action`, as the newest segment (this one is left as it is)."""
         new_latents = new_latents.detach().to("cpu", torch.float32)
-        return Chunk(
+        return EpisodeSoFar(
             torch.cat([self.latents, new_latents], dim=2), self.segments + (new_latents.shape[2],), self.actions + (action,)
         )
 
@@ -206,7 +211,8 @@ def image_to_frames(image: torch.Tensor, pipe: SlowFastVGenPipeline) -> torch.Te
     return image[..., :3].permute(0, 3, 1, 2).float().clamp(0, 1)
 
 
-def start_chunk(pipe: SlowFastVGenPipeline, image: torch.Tensor | None, chunk: Chunk | None) -> Chunk:
+def start_chunk(pipe: SlowFastVGenPipeline, image: torch.Tensor | None,
+                chunk: EpisodeSoFar | None) -> EpisodeSoFar:
     """What an episode continues from: a given chunk, or the start image(s) encoded as the first segment."""
     if (image is None) == (chunk is None):
         raise ValueError(
@@ -215,7 +221,7 @@ def start_chunk(pipe: SlowFastVGenPipeline, image: torch.Tensor | None, chunk: C
     if chunk is not None:
         return chunk
     latents = pipe.encode_frames(image_to_frames(image, pipe), argument="image").to("cpu", torch.float32)
-    return Chunk(latents, (latents.shape[2],))
+    return EpisodeSoFar(latents, (latents.shape[2],))
 
 
 def decode_to_image(pipe: SlowFastVGenPipeline, latents: torch.Tensor) -> torch.Tensor:
@@ -284,3 +290,17 @@ def decode_and_preview(pipe: SlowFastVGenPipeline, latents: torch.Tensor,
 def generator_for(seed: int) -> torch.Generator:
     """A CPU generator, so that a seed gives the same result on every device."""
     return torch.Generator("cpu").manual_seed(seed)
+
+
+# Old name -> new name. `Chunk` held the whole episode so far, not one chunk.
+_DEPRECATED_NAMES = {"Chunk": "EpisodeSoFar"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED_NAMES:
+        new_name = _DEPRECATED_NAMES[name]
+        # Not cached in the module: every import warns (Python's filters show it once per call site).
+        warnings.warn(f"slowfast_vgen.nodes.world_model.{name} is deprecated and will be removed; use {new_name} "
+                      "(it holds the episode so far, not one chunk).", FutureWarning, stacklevel=2)
+        return globals()[new_name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,13 +12,13 @@ from comfy_graph import TINY, comfy_dir, tiny_model_dir  # noqa: F401 (fixtures)
 from slowfast_vgen import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from slowfast_vgen.pipelines.inverse_dynamics import InverseDynamicsModel
 from slowfast_vgen.nodes import comfy_services
-from slowfast_vgen.nodes.world_model import Chunk, WorldModel, world_model_folder
+from slowfast_vgen.nodes.world_model import EpisodeSoFar, WorldModel, world_model_folder
 from slowfast_vgen.pipelines import EpisodicMemory, MemoryMismatchError, TempLoRAConfig
 from slowfast_vgen.workflows.convert import input_options, input_type
 
 OUTPUT_CHECKS = {
     "SFV_WORLD_MODEL": lambda value: isinstance(value, WorldModel),
-    "SFV_CHUNK": lambda value: isinstance(value, Chunk),
+    "SFV_CHUNK": lambda value: isinstance(value, EpisodeSoFar),
     "SFV_MEMORY": lambda value: value is None or isinstance(value, EpisodicMemory),
     "SFV_TEMP_LORA": lambda value: isinstance(value, TempLoRAConfig),
     "SFV_INVERSE_DYNAMICS": lambda value: isinstance(value, InverseDynamicsModel),
