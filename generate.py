@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .data.toyworld import ToyWorld, loop, out_and_back
 from .paths import DEFAULT_MODEL_DIR
 from .pipelines.atomic_files import partial_path, remove_stale_partials, stale_partials, write_text_atomically
+from .pipelines.checks import MAX_GUIDANCE, MAX_STEPS
 from .pipelines.temp_lora import check_memory, first_non_finite
 from .pipelines import (
     DEFAULT_GUIDANCE,
@@ -46,10 +47,10 @@ from .pipelines import (
     scheduler_name,
 )
 
-# The memory `generate` uses unless told otherwise: the panorama that brings places back from any direction
-# on ToyWorld (+17.5 dB at revisits, docs/evaluation.md, all of it the panorama's) at x1.09 the time of a
-# chunk without memory; the paper's update would add nothing there at x1.44 (docs/benchmarks.md). Nodes and
-# the library keep the paper's `TempLoRAConfig()`, so that saved workflows and scripts run as they were made.
+# The memory `generate` uses unless told otherwise: the panorama, which brings places back from any
+# direction, without Temp-LoRA training (why, and what it costs: docs/usage.md, "The default memory of
+# `generate` and `plan`"). Nodes and the library keep the paper's `TempLoRAConfig()`, so that saved
+# workflows and scripts run as they were made.
 DEFAULT_PRESET = "panorama"
 
 DEMO_ACTIONS = out_and_back("right", 6) + out_and_back("down", 4) + loop(1) + ["stay", "stay"]
@@ -202,10 +203,11 @@ LORA_FLAGS = {"rank": "--lora-rank", "learning_rate": "--lora-lr", "steps_per_up
 
 def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
     """Every setting checked before anything is loaded or written; returns the Temp-LoRA settings."""
-    if args.steps < 1:
-        raise SystemExit(f"--steps must be at least 1, got {args.steps}.")
-    if not math.isfinite(args.guidance) or args.guidance < 0:
-        raise SystemExit(f"--guidance must be a finite number >= 0 (1 or less: no guidance), got {args.guidance}.")
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise SystemExit(f"--steps must be at least 1 and at most {MAX_STEPS}, got {args.steps}.")
+    if not math.isfinite(args.guidance) or not 0 <= args.guidance <= MAX_GUIDANCE:
+        raise SystemExit(f"--guidance must be a finite number >= 0 and <= {MAX_GUIDANCE:g} (1 or less: no guidance), "
+                         f"got {args.guidance}.")
     if not 0 <= args.seed < 2**64:
         raise SystemExit(f"--seed must be between 0 and 2**64 - 1, got {args.seed}.")
     if not math.isfinite(args.fps) or args.fps <= 0:
@@ -274,6 +276,25 @@ def termination_as_interrupt():
             signal.signal(s, handler)
 
 
+def load_pipeline(args: argparse.Namespace) -> SlowFastVGenPipeline:
+    """The world model of `--model`, refused if it cannot load, holds damaged weights or has no room for
+    `--frames-per-chunk` beside its context."""
+    try:
+        pipe = SlowFastVGenPipeline.from_pretrained(args.model, use_safetensors=not args.allow_pickle)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise SystemExit(f"--model {args.model!r} cannot be loaded: {error}") from None
+    pipe.set_progress_bar_config(disable=True)
+    for component in ("unet", "vae", "text_encoder"):
+        damaged = first_non_finite(getattr(pipe, component).state_dict())
+        if damaged is not None:
+            raise SystemExit(f"--model {args.model!r}: {component} tensor {damaged} holds NaN or infinite values; "
+                             "the model is damaged.")
+    if args.frames_per_chunk is not None and args.frames_per_chunk >= pipe.context_window:
+        raise SystemExit(f"--frames-per-chunk must be below the model's context window of {pipe.context_window} "
+                         f"frames (it leaves room for the context), got {args.frames_per_chunk}.")
+    return pipe
+
+
 def load_memory(path: str | None, pipe: SlowFastVGenPipeline) -> EpisodicMemory | None:
     if path is None:
         return None
@@ -291,19 +312,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = Outputs(args.output, args.contact_sheet, args.force)
     actions = read_actions(args)
     started = time.time()
-    try:
-        pipe = SlowFastVGenPipeline.from_pretrained(args.model, use_safetensors=not args.allow_pickle)
-    except (OSError, ValueError, EnvironmentError) as error:
-        raise SystemExit(f"--model {args.model!r} cannot be loaded: {error}") from None
-    pipe.set_progress_bar_config(disable=True)
-    for component in ("unet", "vae", "text_encoder"):
-        damaged = first_non_finite(getattr(pipe, component).state_dict())
-        if damaged is not None:
-            raise SystemExit(f"--model {args.model!r}: {component} tensor {damaged} holds NaN or infinite values; "
-                             "the model is damaged.")
-    if args.frames_per_chunk is not None and args.frames_per_chunk >= pipe.context_window:
-        raise SystemExit(f"--frames-per-chunk must be below the model's context window of {pipe.context_window} "
-                         f"frames (it leaves room for the context), got {args.frames_per_chunk}.")
+    pipe = load_pipeline(args)
     memory = load_memory(args.memory, pipe)
     if args.scheduler:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)

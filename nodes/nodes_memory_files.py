@@ -55,6 +55,7 @@ def memory_files() -> list[str]:
 
 
 def memory_path(memory_name: str) -> str | None:
+    """The file of a memory listed by `memory_files`, or None if there is none by that name."""
     if memory_name.endswith(comfy_services.OUTPUT_ANNOTATION):
         return comfy_services.output_file_path(memory_name)
     return comfy_services.model_file_path(comfy_services.MEMORIES_FOLDER, memory_name)

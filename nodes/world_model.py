@@ -297,10 +297,10 @@ _DEPRECATED_NAMES = {"Chunk": "EpisodeSoFar"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DEPRECATED_NAMES:
-        new_name = _DEPRECATED_NAMES[name]
-        # Not cached in the module: every import warns (Python's filters show it once per call site).
-        warnings.warn(f"slowfast_vgen.nodes.world_model.{name} is deprecated and will be removed; use {new_name} "
-                      "(it holds the episode so far, not one chunk).", FutureWarning, stacklevel=2)
-        return globals()[new_name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _DEPRECATED_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    new_name = _DEPRECATED_NAMES[name]
+    # Not cached in the module, so that every use warns (Python's filters show it once per place of use).
+    warnings.warn(f"{__name__}.{name} is deprecated; use {__name__}.{new_name} (it holds the episode so far, "
+                  "not one chunk).", DeprecationWarning, stacklevel=2)
+    return globals()[new_name]

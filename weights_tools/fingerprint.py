@@ -5,7 +5,8 @@ argument, defaults included, private `_` keys left out) and, for every tensor in
 its shape and the first 8 values of up to 4 evenly spaced rows, rounded to bfloat16; the first 16 hex
 digits are kept. Here the config comes from `unet/config.json` completed with the defaults diffusers
 fills in when it loads the model, and the values come from the safetensors files through lazy slices, so
-only the header and a few bytes per tensor are read (about 100 KB of a 2.8 GB ModelScope UNet).
+only the header and a few bytes per tensor are read (how much, on a ModelScope-sized UNet:
+docs/weights_tools.md, "The fingerprint").
 """
 
 from __future__ import annotations
