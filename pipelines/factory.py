@@ -52,6 +52,13 @@ class WorldModelSpec:
         return cls()
 
     @classmethod
+    def memory_maze(cls) -> "WorldModelSpec":
+        """ToyWorld's sizes, with the words of Memory Maze's action paraphrases in the vocabulary."""
+        from ..data.memory_maze import EXTRA_WORDS
+
+        return cls(extra_words=EXTRA_WORDS)
+
+    @classmethod
     def mid(cls) -> "WorldModelSpec":
         return cls(image_size=256, vae_channels=(32, 64, 64, 64), latent_channels=4, unet_channels=(64, 128, 256),
                    unet_layers_per_block=2, unet_head_dim=8, norm_num_groups=32, text_hidden_size=128,

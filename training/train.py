@@ -46,6 +46,8 @@ from tqdm.auto import tqdm
 
 from ..data.manifest import load_clip, read_manifest
 from ..data.retrace import retrace_reverse_actions
+from ..data import memory_maze
+from ..data.memory_maze_episodes import load_cache, write_cache
 from ..data.toyworld import Sample, ToyWorld, reverse_actions, sample_lengths
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from ..pipelines import inverse_dynamics
@@ -72,13 +74,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--episode-chunks", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
                         help="slow-fast: chunks per ToyWorld episode, or per window of a manifest episode "
                              "(default: 4 8, beyond the context window)")
-    parser.add_argument("--data", choices=("toyworld", "manifest"), default="toyworld")
+    parser.add_argument("--data", choices=("toyworld", "memory-maze", "manifest"), default="toyworld",
+                        help="toyworld: rendered on the fly; memory-maze: episodes recorded in --maze-cache (made "
+                             "there first when missing); manifest: your own videos")
+    parser.add_argument("--maze-cache", default="runs/memory-maze-cache",
+                        help="with --data memory-maze: the folder of recorded episodes (resumable)")
+    parser.add_argument("--episodes-per-maze", type=int, default=10,
+                        help="with --data memory-maze: recorded episodes of each maze 1..--world-seeds")
     parser.add_argument("--manifest", help="JSON Lines manifest of videos (with --data manifest)")
     parser.add_argument("--on-bad-record", choices=("skip", "fatal"), default="skip")
     parser.add_argument("--reverse-actions", metavar="JSON",
                         help="a JSON file mapping each action to the one that undoes it, saved with the model for "
                              "Temp-LoRA's action_text (ToyWorld's are built in)")
-    parser.add_argument("--world-seeds", type=int, default=64, help="ToyWorld seeds 1..N train; 0 and >N are held out")
+    parser.add_argument("--world-seeds", type=int, default=64,
+                        help="ToyWorld worlds or Memory Maze mazes 1..N train; 0 and >N are held out")
     parser.add_argument("--max-generate", type=int, default=None, help="most frames generated per sample (f_g)")
     parser.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (a new:<spec> model has a random one)")
     parser.add_argument("--max-steps", type=int, default=1000)
@@ -125,9 +134,15 @@ class SampleStream:
             if not args.manifest:
                 raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
             self.records = read_manifest(args.manifest, args.on_bad_record)
-            self.worlds = None
+            self.worlds = self.episodes = None
+        elif args.data == "memory-maze":
+            self.records = self.worlds = None
+            seeds = range(1, args.world_seeds + 1)
+            write_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size,
+                        processes=min(2, os.cpu_count() or 1))
+            self.episodes = load_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size)
         else:
-            self.records = None
+            self.records = self.episodes = None
             self.worlds = [ToyWorld(seed, view_size=image_size) for seed in range(1, args.world_seeds + 1)]
 
     def state(self) -> list:
@@ -146,6 +161,16 @@ class SampleStream:
             yield video, num_context, [s.action for s in samples]
 
     def next_batch(self) -> list[Sample]:
+        if self.episodes is not None:
+            lengths = sample_lengths(self.rng, self.context_window, min(self.max_generate, 4))
+            samples = []
+            while len(samples) < self.batch_size:
+                episode = self.rng.choice(self.episodes)
+                sample = memory_maze.sample_from_episode(self.rng, episode["frames"], episode["actions"],
+                                                         episode["chunk_frames"], *lengths)
+                if sample is not None:
+                    samples.append(sample)
+            return samples
         if self.worlds is not None:
             lengths = sample_lengths(self.rng, self.context_window, self.max_generate)
             return [self.rng.choice(self.worlds).sample(self.rng, *lengths) for _ in range(self.batch_size)]
@@ -182,7 +207,7 @@ def load_base_pipeline(model: str) -> SlowFastVGenPipeline:
     if model.startswith("new:"):
         name = model[len("new:"):]
         if not hasattr(WorldModelSpec, name):
-            raise SystemExit(f"--model {model}: unknown spec; use new:tiny, new:toyworld or new:mid.")
+            raise SystemExit(f"--model {model}: unknown spec; use new:tiny, new:toyworld, new:memory_maze or new:mid.")
         return build_pipeline(getattr(WorldModelSpec, name)())
     if not os.path.isfile(os.path.join(model, "model_index.json")):
         raise SystemExit(f"--model {model!r} is not a pipeline folder (no model_index.json).")
@@ -215,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reverse_actions:
         reversals = read_reverse_actions(args.reverse_actions)
     else:
-        reversals = reverse_actions() if args.data == "toyworld" else None
+        reversals = {"toyworld": reverse_actions, "memory-maze": memory_maze.reverse_actions}.get(args.data, lambda: None)()
     pipe = load_base_pipeline(args.model)
     if reversals is not None:
         pipe.register_to_config(reverse_actions=reversals)

@@ -1,0 +1,154 @@
+"""Memory Maze, the 3-D world: exact views at a pose, invertible actions, families that revisit, the
+episode cache, and bad input. The smallest maze (9 x 9) and a few frames keep it fast; one maze is built
+once per process (building takes seconds) and reused."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from slowfast_vgen.data import memory_maze_episodes as episodes
+from slowfast_vgen.data.memory_maze import (
+    HEADINGS, MemoryMaze, MemoryMazeUnavailable, Pose, parse_action, reverse_actions, sample_from_episode,
+)
+
+SEED = 2000
+
+
+@pytest.fixture(scope="module")
+def maze() -> MemoryMaze:
+    return MemoryMaze(SEED)
+
+
+def test_view_at_a_pose_is_exact_whatever_came_before(maze):
+    pose = maze.start_pose()
+    first = maze.render_pose(pose)
+    maze.rollout(["turn left", "walk forward"], 4)  # render elsewhere in between
+    assert np.array_equal(maze.render_pose(pose), first)
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+    assert first.std() > 5  # a real view, not a blank frame
+
+
+def test_actions_are_invertible(maze):
+    out_and_back = maze.rollout(["walk forward", "walk forward", "walk back", "walk back"], 4)
+    assert np.array_equal(out_and_back[0], out_and_back[-1])
+    assert np.array_equal(out_and_back[4], out_and_back[12])
+    full_turn = maze.rollout(["turn left"] * 4, 4)
+    assert np.array_equal(full_turn[0], full_turn[HEADINGS])
+    left_right = maze.rollout(["turn left", "turn right"], 4)
+    assert np.array_equal(left_right[0], left_right[-1])
+    assert not np.array_equal(full_turn[0], full_turn[4])  # a quarter turn shows something else
+
+
+def test_walls_stop_the_camera(maze):
+    pose = maze.start_pose()
+    ahead = maze.free_run(maze.start_cell, maze.start_heading)
+    poses = maze.path(["walk forward"] * (ahead + 2), 4, pose)
+    assert maze.pose_problem(poses[-1]) is None
+    assert poses[-1] == poses[-5]  # the last chunk walked into the wall and stayed
+    inside = Pose((0,) * 8, 0)
+    for _ in range(maze.size * 8):  # walk the pose straight through walls, without the world's collisions
+        inside = inside.moved("forward")
+        if maze.pose_problem(inside):
+            break
+    with pytest.raises(ValueError, match="inside or against a wall"):
+        maze.render_pose(inside)
+
+
+def test_same_seed_same_frames_in_another_process(maze):
+    code = ("import numpy as np, sys; from slowfast_vgen.data.memory_maze import MemoryMaze; "
+            f"w = MemoryMaze({SEED}); sys.stdout.buffer.write(w.rollout(['turn left', 'walk forward'], 2).tobytes())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=300)
+    other = np.frombuffer(result.stdout, np.uint8).reshape(5, 64, 64, 3)
+    assert np.array_equal(other, maze.rollout(["turn left", "walk forward"], 2))
+
+
+def test_actions_in_words_with_held_out_paraphrases():
+    assert parse_action("Walk  Forward") == "forward"
+    assert parse_action("rotate to the left") == "left"  # held out of training
+    assert reverse_actions()["turn left"] == "turn right"
+    assert reverse_actions()["walk ahead"] == "walk back"
+    with pytest.raises(ValueError, match="Memory Maze does not know the action 'fly up'"):
+        parse_action("fly up")
+
+
+@pytest.mark.parametrize("family", episodes.PATH_FAMILIES_3D)
+def test_every_family_revisits_poses_beyond_the_context(family):
+    episode = episodes.make_maze_episode(SEED, family, num_chunks=10)
+    revisits = episodes.PoseRevisits(episode)
+    revisited = sum(int(revisits.masks(c)[:, 0, 0].sum()) for c in range(episode.num_chunks))
+    assert revisited >= 1, family
+    truth = episode.frames()
+    sightings = revisits.first_sightings(truth)
+    for chunk in range(episode.num_chunks):
+        frames = episode.chunk_slice(chunk)
+        mask = revisits.masks(chunk)
+        # a revisited pose shows exactly the pixels of its first sighting
+        assert np.array_equal(truth[frames][mask], sightings[frames][mask])
+
+
+def test_loop_comes_back_from_the_other_side():
+    episode = episodes.make_maze_episode(SEED, "loop", num_chunks=10)
+    keys = [p.key() for p in episode.positions]
+    assert keys[0] in keys[1:]  # back at the start pose...
+    turns = [a for a in episode.actions if "turn" in a]
+    assert len(turns) == 4 and len(set(turns)) == 1  # ...after four quarter turns the same way
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="seed must be a whole number from 0"):
+        MemoryMaze(-1)
+    with pytest.raises(ValueError, match="seed must be a whole number from 0"):
+        MemoryMaze(2**31)
+    with pytest.raises(ValueError, match="size must be one of"):
+        MemoryMaze(1, size=10)
+    with pytest.raises(ValueError, match="Unknown Memory Maze path family 'spiral'"):
+        episodes.make_maze_episode(SEED, "spiral")
+
+
+def test_missing_package_names_the_install_command():
+    code = ("import sys; sys.modules['memory_maze'] = None\n"
+            "from slowfast_vgen.data.memory_maze import MemoryMaze, MemoryMazeUnavailable\n"
+            "try:\n    MemoryMaze(123)\nexcept MemoryMazeUnavailable as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert 'pip install -e ".[memory-maze]"' in result.stdout, result.stdout + result.stderr
+
+
+def test_missing_opengl_names_mujoco_gl_and_the_package():
+    code = ("from slowfast_vgen.data.memory_maze import MemoryMaze, MemoryMazeUnavailable\n"
+            "try:\n    MemoryMaze(124)\nexcept MemoryMazeUnavailable as e:\n    print(e)\n")
+    env = {**os.environ, "MUJOCO_GL": "no-such-backend"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert "MUJOCO_GL" in result.stdout and "libosmesa6" in result.stdout, result.stdout + result.stderr
+
+
+def test_cache_is_resumable_and_a_truncated_episode_is_recorded_again(tmp_path):
+    kwargs = dict(per_maze=2, num_chunks=3)
+    assert episodes.write_cache(tmp_path, range(SEED, SEED + 1), processes=1, **kwargs) == 2
+    assert episodes.write_cache(tmp_path, range(SEED, SEED + 1), processes=1, **kwargs) == 0  # kept
+    first = episodes.load_cache(tmp_path, range(SEED, SEED + 1), **kwargs)
+    path = tmp_path / f"maze-{SEED:06d}-001.npz"
+    path.write_bytes(path.read_bytes()[:1000])  # a run killed while writing (or a damaged disk)
+    again = episodes.load_cache(tmp_path, range(SEED, SEED + 1), **kwargs)
+    assert np.array_equal(again[1]["frames"], first[1]["frames"])
+    assert again[0]["frames"].shape == (1 + 3 * 4, 64, 64, 3)  # exploring: as long as asked
+    assert again[1]["frames"].shape[0] == 1 + 4 * len(again[1]["actions"])  # a family: as long as its path
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_training_samples_keep_the_action_of_their_frames():
+    episode = episodes.make_maze_episode(SEED, "random-walk", num_chunks=6)
+    frames = np.stack([episode.world.render_pose(p) for p in episode.positions])
+    rng = random.Random(0)
+    for _ in range(20):
+        sample = sample_from_episode(rng, frames, list(episode.actions), 4, num_context=3, num_generate=2)
+        assert sample.context.shape[0] == 3 and sample.target.shape[0] == 2
+        places = [i for i in range(3, len(frames) - 1) if np.array_equal(frames[i - 3:i], sample.context)
+                  and np.array_equal(frames[i:i + 2], sample.target) and (i - 1) % 4 <= 2]
+        assert any(parse_action(sample.action) == parse_action(episode.actions[(i - 1) // 4]) for i in places)
+    assert sample_from_episode(rng, frames, list(episode.actions), 4, num_context=3, num_generate=5) is None

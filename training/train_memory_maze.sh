@@ -1,0 +1,21 @@
+#!/bin/bash
+# The commands that train the Memory Maze world model (see models/memory-maze/README.md).
+# Runs go to $RUNS (default ./runs); each stage resumes with --resume-from-checkpoint latest.
+# Needs the optional group: pip install -e ".[memory-maze]".
+set -e
+RUNS=${RUNS:-runs}
+CACHE=${CACHE:-$RUNS/memory-maze-cache}
+# 0. A new pipeline of ToyWorld's sizes with Memory Maze's words in its vocabulary; its VAE starts from the
+#    shipped ToyWorld VAE (the same architecture), which a few thousand steps adapt to the maze's frames.
+python -m slowfast_vgen.training.init_from "$RUNS/mm-init" --spec memory_maze --vae-from models/toyworld
+# 1. The VAE on single frames of 1,000 recorded episodes of mazes 1-100 (recorded into $CACHE first).
+python -m slowfast_vgen.training.train --stage vae --model "$RUNS/mm-init" --output-dir "$RUNS/mm-vae" \
+  --data memory-maze --maze-cache "$CACHE" --world-seeds 100 --max-steps 2000 --batch-size 4 --learning-rate 4e-4 \
+  --lr-warmup-steps 50 --checkpointing-steps 250 --seed 0 --resume-from-checkpoint latest
+# 2. The UNet and the text encoder (from scratch), with an EMA of the UNet.
+python -m slowfast_vgen.training.train --stage unet --model "$RUNS/mm-vae/model" --train-text-encoder --ema \
+  --ema-decay 0.995 --output-dir "$RUNS/mm-unet" --data memory-maze --maze-cache "$CACHE" --world-seeds 100 \
+  --max-steps 8000 --batch-size 8 --learning-rate 5e-4 --lr-warmup-steps 100 --checkpointing-steps 250 --seed 0 \
+  --resume-from-checkpoint latest
+# 3. The shipped folder: the EMA UNet and the trained text encoder of the last checkpoint.
+slowfast-vgen model export "$RUNS/mm-unet/checkpoint-8000" -o models/memory-maze --force
