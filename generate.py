@@ -1,7 +1,8 @@
 """`slowfast-vgen generate`: an action-driven long video from a first frame and a list of actions.
 
 Writes an MP4 (OpenCV), the episode's final Temp-LoRA memory as a `.safetensors` adapter, and a JSON
-summary. With no argument but an output path it plays a demo episode on ToyWorld with the shipped model.
+summary. With no argument but an output path it plays a demo episode with the shipped model of `--world` (ToyWorld by
+default; `--world memory-maze` walks round a block of a 3-D maze and turns on the spot).
 Every setting is checked before anything is loaded or written, and existing outputs are refused unless
 `--force`. Frames are decoded and written chunk by chunk to a temporary MP4 beside the output, renamed into
 place at the end, so Ctrl-C, SIGTERM and SIGHUP stop cleanly with a valid video of what was generated so
@@ -28,10 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.toyworld import ToyWorld, loop, out_and_back
-from .paths import DEFAULT_MODEL_DIR
+from .data.worlds import WORLDS, world_kind
 from .pipelines.atomic_files import partial_path, remove_stale_partials, stale_partials, write_text_atomically
-from .pipelines.checks import MAX_GUIDANCE, MAX_STEPS
+from .pipelines.checks import sampling_problem
 from .pipelines.temp_lora import check_memory, first_non_finite
 from .pipelines import (
     DEFAULT_GUIDANCE,
@@ -53,17 +53,19 @@ from .pipelines import (
 # workflows and scripts run as they were made.
 DEFAULT_PRESET = "panorama"
 
-DEMO_ACTIONS = out_and_back("right", 6) + out_and_back("down", 4) + loop(1) + ["stay", "stay"]
+DEMO_ACTIONS = WORLDS["toyworld"].demo(0)[1]
 
 
 def add_generate_command(commands) -> None:
     parser = commands.add_parser("generate", help="generate a long action-driven video (the main job)",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", nargs="?", default="outputs/episode.mp4", help="MP4 path (default: %(default)s)")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="world model folder (default: the shipped one)")
+    parser.add_argument("--model", default=None, help="world model folder (default: the shipped model of --world)")
+    parser.add_argument("--world", choices=tuple(WORLDS), default="toyworld",
+                        help="the built-in world of the first frame and the demo (default: %(default)s)")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--image", help="first frame (an image file); default: a ToyWorld view")
-    start.add_argument("--world-seed", type=int, default=0, help="ToyWorld seed of the first frame (default 0)")
+    start.add_argument("--image", help="first frame (an image file); default: a view of --world")
+    start.add_argument("--world-seed", type=int, default=0, help="seed of --world's first frame (default 0)")
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--actions", help="actions separated by ';', one per chunk (default: a demo episode)")
     actions.add_argument("--actions-file", help="text file with one action per line")
@@ -114,7 +116,7 @@ def read_actions(args: argparse.Namespace) -> list[str]:
     elif args.actions is not None:
         lines = args.actions.split(";")
     else:
-        return list(DEMO_ACTIONS)
+        return world_kind(args.world).demo(args.world_seed)[1]
     actions = [line.strip() for line in lines if line.strip()]
     if not actions:
         raise SystemExit("No action given: write one action per chunk (e.g. --actions 'move left; stay').")
@@ -123,13 +125,16 @@ def read_actions(args: argparse.Namespace) -> list[str]:
 
 def first_frame(args: argparse.Namespace, size: int) -> np.ndarray:
     """The start frame as uint8 RGB: `--image` read by OpenCV as 8-bit colour (alpha dropped, grey and 16-bit
-    converted), else ToyWorld's view of `--world-seed`."""
+    converted), else the view of `--world-seed` in `--world` (the demo's start when no actions are given)."""
     if args.image:
         frame = cv2.imread(args.image, cv2.IMREAD_COLOR)
         if frame is None:
             raise SystemExit(f"--image {args.image!r} cannot be read as an image.")
         return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    return ToyWorld(args.world_seed, view_size=size).start_frame()
+    kind = world_kind(args.world)
+    if args.actions is None and args.actions_file is None:
+        return kind.demo(args.world_seed, size)[0]
+    return kind.build(args.world_seed, size).start_frame()
 
 
 JOURNAL_MAGIC = b"slowfast-vgen frame journal 1\n"
@@ -203,17 +208,21 @@ LORA_FLAGS = {"rank": "--lora-rank", "learning_rate": "--lora-lr", "steps_per_up
 
 def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
     """Every setting checked before anything is loaded or written; returns the Temp-LoRA settings."""
-    if not 1 <= args.steps <= MAX_STEPS:
-        raise SystemExit(f"--steps must be at least 1 and at most {MAX_STEPS}, got {args.steps}.")
-    if not math.isfinite(args.guidance) or not 0 <= args.guidance <= MAX_GUIDANCE:
-        raise SystemExit(f"--guidance must be a finite number >= 0 and <= {MAX_GUIDANCE:g} (1 or less: no guidance), "
-                         f"got {args.guidance}.")
+    problem = sampling_problem(args.steps, args.guidance, "--steps", "--guidance")
+    problem = problem or (None if args.image else world_kind(args.world).seed_problem(args.world_seed))
+    if problem:
+        raise SystemExit(problem)
     if not 0 <= args.seed < 2**64:
         raise SystemExit(f"--seed must be between 0 and 2**64 - 1, got {args.seed}.")
     if not math.isfinite(args.fps) or args.fps <= 0:
         raise SystemExit(f"--fps must be a positive number, got {args.fps}.")
     if args.frames_per_chunk is not None and args.frames_per_chunk < 1:
         raise SystemExit(f"--frames-per-chunk must be at least 1, got {args.frames_per_chunk}.")
+    if args.model is None:
+        args.model = str(world_kind(args.world).model_dir)
+        if not os.path.isfile(os.path.join(args.model, "model_index.json")):
+            raise SystemExit(f"--world {args.world}: no shipped world model in {args.model}; train one "
+                             "(docs/training.md) and pass it with --model.")
     if not os.path.isfile(os.path.join(args.model, "model_index.json")):
         raise SystemExit(f"--model {args.model!r} is not a world model folder (no model_index.json).")
     given = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag in LORA_FLAGS.items()}
@@ -373,7 +382,8 @@ def run(args: argparse.Namespace) -> int:
         "video": str(outputs.video), "frames": sink.frames, "fps": args.fps, "model": args.model,
         "model_fingerprint": pipe.base_fingerprint, "memory": str(outputs.memory) if memory is not None else None,
         "continued_from": args.memory, "actions": completed, "interrupted": interrupted is not None,
-        "seed": args.seed, "world_seed": None if args.image else args.world_seed, "image": args.image,
+        "seed": args.seed, "world": None if args.image else args.world,
+        "world_seed": None if args.image else args.world_seed, "image": args.image,
         "frames_per_chunk": args.frames_per_chunk or pipe.context_window // 2,
         "steps": args.steps, "scheduler": scheduler_name(pipe.scheduler) or type(pipe.scheduler).__name__,
         "guidance": args.guidance, "compiled": pipe.__dict__.get("_compiled_unet") is not None,

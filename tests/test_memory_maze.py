@@ -152,3 +152,27 @@ def test_training_samples_keep_the_action_of_their_frames():
                   and np.array_equal(frames[i:i + 2], sample.target) and (i - 1) % 4 <= 2]
         assert any(parse_action(sample.action) == parse_action(episode.actions[(i - 1) // 4]) for i in places)
     assert sample_from_episode(rng, frames, list(episode.actions), 4, num_context=3, num_generate=5) is None
+
+
+def test_generate_in_memory_maze(tiny_pipe_dir, tmp_path):
+    import json
+
+    from slowfast_vgen.cli import main as cli_main
+
+    video = tmp_path / "maze.mp4"
+    code = cli_main(["generate", str(video), "--model", str(tiny_pipe_dir), "--world", "memory-maze",
+                     "--world-seed", str(SEED), "--steps", "1", "--no-temp-lora", "--actions",
+                     "walk forward; rotate to the left"])
+    assert code == 0
+    summary = json.loads(video.with_suffix(".json").read_text())
+    assert summary["world"] == "memory-maze" and summary["world_seed"] == SEED and summary["frames"] == 9
+
+
+def test_generate_refuses_a_maze_seed_out_of_range(tiny_pipe_dir, tmp_path, capsys):
+    from slowfast_vgen.cli import main as cli_main
+
+    code = cli_main(["generate", str(tmp_path / "x.mp4"), "--model", str(tiny_pipe_dir), "--world", "memory-maze",
+                     "--world-seed", "-1", "--actions", "stay"])
+    assert code == 2
+    assert "--world-seed must be a whole number from 0 to 2147483647 for memory-maze, got -1." in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
