@@ -62,7 +62,7 @@ def update_memory(
         embeds = {text: e.detach().clone() for text, e in text_embeds.items()}
         # Line 11: X_i = X_i ⊕ Y_i. `clip` is the previous chunk followed by the new one; what is learned
         # of it (the whole clip for the paper's objective) are its examples.
-        current = memory_examples(_on_device_of(clip, clip), config)
+        current = memory_examples(_copied(clip, like=clip.latents), config)
         replayed = _replayed_examples(memory, clip)
         optimizer = _adam(parameters, memory)  # Θ_i: the memory's LoRA, with its Adam moments
         for step in range(config.steps_per_update):
@@ -144,9 +144,9 @@ def _examples_loss(unet, noise_scheduler, embeds, examples, generator) -> torch.
 # Replay: earlier clips learned again (`TempLoRAConfig.replay`, and `local=False`)
 
 
-def _on_device_of(source: UpdateClip, clip: UpdateClip) -> UpdateClip:
-    """A copy of `source` on the device and in the dtype of `clip`."""
-    return source._replace(latents=source.latents.detach().to(clip.latents.device, clip.latents.dtype, copy=True))
+def _copied(clip: UpdateClip, like: torch.Tensor) -> UpdateClip:
+    """A copy of `clip` with its latents on the device and in the dtype of `like`."""
+    return clip._replace(latents=clip.latents.detach().to(like.device, like.dtype, copy=True))
 
 
 def _replayed_examples(memory: EpisodicMemory, clip: UpdateClip) -> Callable[[int], list[DenoisingExample]]:
@@ -154,7 +154,7 @@ def _replayed_examples(memory: EpisodicMemory, clip: UpdateClip) -> Callable[[in
 
     @functools.cache
     def replayed(index: int) -> list[DenoisingExample]:
-        return memory_examples(_on_device_of(memory.clips[index], clip), memory.config)
+        return memory_examples(_copied(memory.clips[index], like=clip.latents), memory.config)
 
     return replayed
 

@@ -7,7 +7,7 @@ keeps it as a 2-D panorama: every generated frame is registered against the one 
 correlation, refined to the whole pixel of least error on the overlap) and pasted where the camera was,
 the first sighting of each pixel kept. Before a chunk is generated, the frames the requested action will
 show are cut from the panorama, and the sampler keeps the places they already know
-(`SlowFastVGenPipeline.prepare_recall` and `recall_places`, steps 3 and 5 of `__call__`).
+(`panorama_recall`: `prepare_recall` and `recall_places`, steps 4 and 7 of the pipeline's `__call__`).
 
 What it assumes: the camera pans (every frame is its predecessor shifted by whole pixels), as in ToyWorld
 and top-down or side-scrolling games. A frame that is no such shift of the one before (a cut, a zoom, a
@@ -33,7 +33,8 @@ import torch
 # Whole pixels searched around the phase-correlation peak for the shift of least error.
 REFINE_RADIUS = 2
 # Two frames whose best-aligned overlap is below this PSNR are no pan of each other: the panorama is lost.
-# Generated ToyWorld chunks align at 26-27 dB (docs/evaluation.md, shift-consistency); a cut scores ~10 dB.
+# It lies well between what generated chunks align at and what a cut scores (docs/evaluation.md, "The
+# panorama memory").
 LOST_BELOW_DB = 18.0
 # A frame decoded from the same latents as the stored last frame differs from it by uint8 rounding only.
 SAME_FRAME_MSE = 1e-4
