@@ -1,0 +1,91 @@
+"""Gate 1 in Memory Maze: from a true context chunk, is each action's next chunk right?
+
+For every held-out maze, the context is a chunk of true frames ending at a free cell where walking forward
+and back are both possible; then "stay" and each motion, in a seen and a held-out wording, are generated
+and scored against the true frames (PSNR, SSIM). Baselines: repeating the last context frame, and the
+VAE's own reconstruction of the truth (the ceiling any generation can reach).
+
+    python -m slowfast_vgen.evaluation.maze_quality MODEL --seeds 2000 2020
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+
+import numpy as np
+import torch
+
+from ..data.memory_maze import HELD_OUT_PARAPHRASES, MOTIONS, TRAIN_PARAPHRASES, MemoryMaze
+from ..data.memory_maze_episodes import MazeStart, _is_free_cell, _ahead, _pose_at
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
+from . import metrics
+
+
+def _context_start(world: MemoryMaze, rng: random.Random) -> MazeStart:
+    """A cell and axis heading with a free cell ahead and behind (so every motion can play a whole chunk),
+    reached by walking forward into it (so the context chunk is a walk)."""
+    options = []
+    for row, column in zip(*np.nonzero(world.layout)):
+        cell = (int(column), int(row))
+        for heading in range(0, 16, 4):
+            behind = _ahead(cell, heading + 8)
+            if (_is_free_cell(world, _ahead(cell, heading)) and _is_free_cell(world, behind)
+                    and _is_free_cell(world, _ahead(behind, heading + 8))):
+                options.append(MazeStart(behind, heading))
+    return rng.choice(options)
+
+
+def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int = DEFAULT_STEPS,
+                            guidance: float = DEFAULT_GUIDANCE) -> dict:
+    """Per motion and wording: mean PSNR / SSIM of the generated next chunk against the truth, and the
+    baselines, over the mazes of `seeds`."""
+    chunk = pipe.context_window // 2
+    rows: dict[str, dict[str, list]] = {}
+    for seed in seeds:
+        world = MemoryMaze(seed, view_size=pipe.native_size)
+        start = _pose_at(world, _context_start(world, random.Random(f"gate:{seed}")))
+        for motion in MOTIONS:
+            truth = world.rollout(["walk forward", motion], chunk, start)[1:].astype(np.float32) / 255
+            context, target = truth[:chunk], truth[chunk:]
+            context_latents = pipe.encode_frames(context)
+            for wording, phrase in (("seen", TRAIN_PARAPHRASES[motion][0]), ("held_out", HELD_OUT_PARAPHRASES[motion][0])):
+                frames = pipe(phrase, context_latents=context_latents, num_frames=chunk, num_inference_steps=steps,
+                              guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
+                              output_type="np").frames[0]
+                row = rows.setdefault(f"{motion}/{wording}", {})
+                row.setdefault("psnr", []).append(metrics.masked_psnr(frames, target))
+                row.setdefault("ssim", []).append(metrics.masked_ssim(frames, target))
+            row = rows.setdefault(f"{motion}/baselines", {})
+            row.setdefault("repeat_last_psnr", []).append(metrics.masked_psnr(np.repeat(context[-1:], chunk, 0), target))
+            ceiling = pipe.postprocess(pipe.encode_frames(target), "np")[0]
+            row.setdefault("vae_ceiling_psnr", []).append(metrics.masked_psnr(ceiling, target))
+    return {name: {key: {"mean": round(float(np.mean(v)), 3), "std": round(float(np.std(v)), 3), "n": len(v)}
+                   for key, v in row.items()} for name, row in rows.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slowfast_vgen.evaluation.maze_quality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a Memory Maze world model folder")
+    parser.add_argument("--seeds", type=int, nargs=2, default=(2000, 2020), metavar=("FIRST", "STOP"),
+                        help="held-out mazes FIRST..STOP-1 (default: 2000 2020)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--output", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    pipe = SlowFastVGenPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    result = maze_next_chunk_quality(pipe, range(*args.seeds), args.steps, args.guidance)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
