@@ -16,12 +16,15 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
 
 
-def steps_problem(steps, name: str = "num_inference_steps", parsed: bool = False) -> str | None:
+def steps_problem(steps, name: str = "num_inference_steps", parsed: bool | None = None) -> str | None:
     """Sampling steps: a whole number from 1 to `MAX_STEPS`.
 
     `parsed`: the caller's parser already made `steps` a whole number (argparse's `type=int`, a node's INT
-    input), so the message does not say it must be one.
+    input), so the message does not say it must be one. By default, true for a command-line option
+    (a `name` starting with "--").
     """
+    if parsed is None:
+        parsed = name.startswith("--")
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
         kind = "" if parsed else "a whole number of "
         return f"{name} must be {kind}at least 1 and at most {MAX_STEPS}, got {steps!r}."
@@ -37,7 +40,7 @@ def guidance_problem(guidance, name: str = "guidance_scale") -> str | None:
 
 
 def sampling_problem(steps, guidance, steps_name: str = "num_inference_steps",
-                     guidance_name: str = "guidance_scale", parsed: bool = False) -> str | None:
+                     guidance_name: str = "guidance_scale", parsed: bool | None = None) -> str | None:
     """The first problem of a (steps, guidance) pair, or None (`parsed` as in `steps_problem`)."""
     return steps_problem(steps, steps_name, parsed) or guidance_problem(guidance, guidance_name)
 
