@@ -22,6 +22,22 @@ ALIASES = [
     ("slowfast_vgen.pipelines.temp_lora", "MemoryExample", DenoisingExample),
 ]
 
+# Training, evaluation, planning and data (issue 31, helper B).
+from slowfast_vgen.data import streams  # noqa: E402
+from slowfast_vgen.training import losses, stages  # noqa: E402
+from slowfast_vgen.training.train import _sample_stream  # noqa: E402
+
+ALIASES += [
+    ("slowfast_vgen.training.slow_fast", "EpisodeStream", streams.EpisodeStream),
+    ("slowfast_vgen.training.slow_fast", "ManifestEpisodeStream", streams.ManifestEpisodeStream),
+    ("slowfast_vgen.training.slow_fast", "TRAINING_FAMILIES", streams.TRAINING_FAMILIES),
+    ("slowfast_vgen.training.train", "SampleStream", _sample_stream),
+    ("slowfast_vgen.training.train", "vae_loss", losses.vae_loss),
+    ("slowfast_vgen.training.train", "idm_loss", losses.idm_loss),
+    ("slowfast_vgen.training.train", "idm_actions", stages.idm_actions),
+    ("slowfast_vgen.training.train", "set_latent_scaling", stages.set_latent_scaling),
+]
+
 
 @pytest.mark.parametrize("module, name, expected", ALIASES, ids=[f"{m}.{n}" for m, n, _ in ALIASES])
 def test_a_deprecated_alias_warns_once_and_is_the_new_object(module, name, expected):
@@ -92,3 +108,18 @@ def test_settings_without_updates_or_both_forms_are_refused(tiny_pipe, tiny_cont
                                    update_memory=False)
     with pytest.raises(ValueError, match="not both"):
         tiny_pipe.generate_episode(["move left"], start_latents=tiny_context, temp_lora=True, update_memory=False)
+
+
+def test_the_old_sample_stream_call_still_streams_batches():
+    import argparse
+
+    from slowfast_vgen.training import train
+
+    args = argparse.Namespace(data="toyworld", world_seeds=1, batch_size=2, max_generate=None)
+    with pytest.warns(DeprecationWarning, match="SampleStream"):
+        stream = train.SampleStream(args, 32, 8, seed=0)
+    state = stream.state()
+    video, num_context, actions = next(iter(stream))
+    assert video.shape[0] == 2 and len(actions) == 2 and 1 <= num_context < video.shape[2]
+    stream.load_state(state)
+    assert torch.equal(next(iter(stream))[0], video), "the stream's state resumes it exactly"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from slowfast_vgen.data.streams import EpisodeStream
 from slowfast_vgen.pipelines import SlowFastVGenPipeline, TempLoRAConfig, WorldModelSpec, build_pipeline
 from slowfast_vgen.pipelines.temp_lora import memory_applied
 from slowfast_vgen.training import slow_fast
@@ -38,7 +39,7 @@ def pipe():
 
 
 def episode(pipe, seed: int = 1, chunks: int = 4):
-    stream = slow_fast.EpisodeStream(2, chunks, chunks, pipe.context_window // 2, pipe.native_size, seed=seed)
+    stream = EpisodeStream(2, chunks, chunks, pipe.context_window // 2, pipe.native_size, seed=seed)
     frames, actions, path_seed = stream.next_episode()
     return slow_fast.episode_chunks(pipe, frames, pipe.context_window // 2, "cpu"), actions, path_seed
 

@@ -23,37 +23,29 @@ pipeline as a diffusers folder in `<output-dir>/model`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import random
-import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler  # noqa: F401  (tests build the loss's scheduler from here)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data.manifest import load_clip, read_manifest
-from ..data.retrace import retrace_reverse_actions
-from ..data import memory_maze
-from ..data.memory_maze_episodes import load_cache, write_cache
-from ..data.toyworld import Sample, ToyWorld, reverse_actions, sample_lengths
+from ..data import memory_maze, streams
+from ..data.toyworld import reverse_actions
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
-from ..pipelines import inverse_dynamics
-from ..pipelines.inverse_dynamics import InverseDynamicsModel
-from ..pipelines.temp_lora import denoising_target, memory_applied
-from . import slow_fast
+from ..pipelines._deprecation import deprecated_aliases
+from . import losses, slow_fast, stages
+from .checkpoints import resume, save_checkpoint, write_rank_report
+from .losses import encode_actions, masked_diffusion_loss  # noqa: F401  (the slow-fast tests use them from here)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -68,9 +60,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--temp-lora", metavar="JSON",
                         help="slow-fast: the fast learner's TempLoRAConfig fields (default: the paper's); 'none': "
                              "Θ stays empty, the 'wo Loop' ablation")
-    parser.add_argument("--families", nargs="+", choices=slow_fast.TRAINING_FAMILIES, default=None, metavar="FAMILY",
+    parser.add_argument("--families", nargs="+", choices=streams.TRAINING_FAMILIES, default=None, metavar="FAMILY",
                         help="slow-fast: path families of the episodes (default: "
-                             f"{' '.join(slow_fast.PATH_FAMILIES)}); 'retrace' is planning's task")
+                             f"{' '.join(streams.PATH_FAMILIES)}); 'retrace' is planning's task")
     parser.add_argument("--episode-chunks", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
                         help="slow-fast: chunks per ToyWorld episode, or per window of a manifest episode "
                              "(default: 4 8, beyond the context window)")
@@ -116,91 +108,30 @@ def add_train_command(commands) -> None:
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
-# ---------------------------------------------------------------------------------------------- data
+# ---------------------------------------------------------------------------------------------- checks
 
 
-class SampleStream:
-    """An endless, seeded stream of training batches whose state can be saved for exact resume.
-
-    All clips of a batch share f_p and f_g (so they stack): ToyWorld draws them once per batch, so every
-    length pair is trained as often as it is drawn; manifest clips are cut to the shortest of the batch.
-    """
-
-    def __init__(self, args, image_size: int, context_window: int, seed: int):
-        self.rng = random.Random(seed)
-        self.batch_size, self.image_size, self.context_window = args.batch_size, image_size, context_window
-        self.max_generate = args.max_generate or context_window // 2
-        if args.data == "manifest":
-            if not args.manifest:
-                raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
-            self.records = read_manifest(args.manifest, args.on_bad_record)
-            self.worlds = self.episodes = None
-        elif args.data == "memory-maze":
-            self.records = self.worlds = None
-            seeds = range(1, args.world_seeds + 1)
-            write_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size,
-                        processes=min(2, os.cpu_count() or 1))
-            self.episodes = load_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size)
-        else:
-            self.records = self.episodes = None
-            self.worlds = [ToyWorld(seed, view_size=image_size) for seed in range(1, args.world_seeds + 1)]
-
-    def state(self) -> list:
-        return json.loads(json.dumps(self.rng.getstate()))
-
-    def load_state(self, state: list) -> None:
-        self.rng.setstate((state[0], tuple(state[1]), state[2]))
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, list[str]]]:
-        while True:
-            samples = self.next_batch()
-            num_context = min(len(s.context) for s in samples)
-            num_generate = min(len(s.target) for s in samples)
-            clips = np.stack([np.concatenate([s.context[-num_context:], s.target[:num_generate]]) for s in samples])
-            video = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-            yield video, num_context, [s.action for s in samples]
-
-    def next_batch(self) -> list[Sample]:
-        if self.episodes is not None:
-            lengths = sample_lengths(self.rng, self.context_window, min(self.max_generate, 4))
-            samples = []
-            while len(samples) < self.batch_size:
-                episode = self.rng.choice(self.episodes)
-                sample = memory_maze.sample_from_episode(self.rng, episode["frames"], episode["actions"],
-                                                         episode["chunk_frames"], *lengths)
-                if sample is not None:
-                    samples.append(sample)
-            return samples
-        if self.worlds is not None:
-            lengths = sample_lengths(self.rng, self.context_window, self.max_generate)
-            return [self.rng.choice(self.worlds).sample(self.rng, *lengths) for _ in range(self.batch_size)]
-        return [load_clip(self.rng.choice(self.records), self.image_size) for _ in range(self.batch_size)]
-
-
-# ---------------------------------------------------------------------------------------------- losses
-
-
-def masked_diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, num_context: int, text_embeds: torch.Tensor,
-                          generator: torch.Generator) -> torch.Tensor:
-    """Paper Eq. 1-2: noise only the frames after `num_context`, and compute the loss on those frames only."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator).to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    noisy = torch.cat([latents[:, :, :num_context], noisy[:, :, num_context:]], dim=2)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=text_embeds).sample
-    target = denoising_target(noise_scheduler, latents, noise, timesteps)
-    return F.mse_loss(prediction[:, :, num_context:].float(), target[:, :, num_context:].float())
-
-
-def vae_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float = 1e-6) -> torch.Tensor:
-    posterior = vae.encode(frames).latent_dist
-    latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(frames)
-    reconstruction = vae.decode(latents).sample
-    return F.mse_loss(reconstruction.float(), frames.float()) + kl_weight * posterior.kl().mean()
-
-
-# ---------------------------------------------------------------------------------------------- run
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse option combinations that cannot train, before anything is loaded or written."""
+    if args.families and args.stage != "slow-fast":
+        raise SystemExit("--families chooses the slow-fast stage's episodes: use it with --stage slow-fast.")
+    if args.stage == "slow-fast":
+        if args.train_text_encoder:
+            raise SystemExit("--stage slow-fast trains the UNet only (the memory's texts must not move): drop "
+                             "--train-text-encoder.")
+        if args.data == "manifest" and args.families:
+            raise SystemExit("--families chooses ToyWorld's paths; with --data manifest the episodes are the "
+                             "manifest's consecutive clips: drop --families.")
+    if args.data == "manifest" and not args.manifest:
+        raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
+    if args.stage == "slow-fast":
+        low, high = args.episode_chunks
+        if low < 2 or high < low:
+            raise SystemExit(f"--episode-chunks {low} {high}: an episode needs at least 2 chunks, and the longest "
+                             "may not be shorter than the shortest.")
+    if args.stage == "idm" and (args.model.startswith("new:") or args.train_text_encoder):
+        raise SystemExit("--stage idm learns frames as a trained world model draws them: give --model a trained "
+                         "world model folder (e.g. models/toyworld), and drop --train-text-encoder.")
 
 
 def load_base_pipeline(model: str) -> SlowFastVGenPipeline:
@@ -228,15 +159,9 @@ def read_reverse_actions(path: str) -> dict[str, str]:
     return table
 
 
-def run(args: argparse.Namespace) -> int:
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              mixed_precision=args.mixed_precision, cpu=args.cpu)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise SystemExit(f"{launched} processes were launched but accelerate joined {accelerator.num_processes}: "
-                         "on a machine without GPU pass --cpu so that they train together over gloo.")
-    set_seed(args.seed)
-    output_dir = Path(args.output_dir)
+def world_model(args: argparse.Namespace) -> SlowFastVGenPipeline:
+    """The pipeline to train from, its weights frozen (each stage unfreezes what it trains), with the reverse
+    of every action recorded for Temp-LoRA's action_text (ToyWorld's and Memory Maze's are built in)."""
     if args.reverse_actions:
         reversals = read_reverse_actions(args.reverse_actions)
     else:
@@ -247,34 +172,28 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
+    return pipe
 
-    temp_lora = None
-    if args.families and args.stage != "slow-fast":
-        raise SystemExit("--families chooses the slow-fast stage's episodes: use it with --stage slow-fast.")
-    if args.stage == "slow-fast":
-        if args.train_text_encoder:
-            raise SystemExit("--stage slow-fast trains the UNet only (the memory's texts must not move): drop "
-                             "--train-text-encoder.")
-        if args.data == "manifest" and args.families:
-            raise SystemExit("--families chooses ToyWorld's paths; with --data manifest the episodes are the "
-                             "manifest's consecutive clips: drop --families.")
-        if args.data == "manifest" and not args.manifest:
-            raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
-        temp_lora = slow_fast.parse_temp_lora(args.temp_lora)
-        with memory_applied(pipe.unet, pipe.new_memory(temp_lora)):
-            pass  # the LoRA layers are put in once, before accelerate wraps the UNet; Θ is never trained here
-    idm = None
-    if args.stage == "idm":
-        if args.model.startswith("new:") or args.train_text_encoder:
-            raise SystemExit("--stage idm learns frames as a trained world model draws them: give --model a trained "
-                             "world model folder (e.g. models/toyworld), and drop --train-text-encoder.")
-        idm = InverseDynamicsModel(actions=idm_actions(args), sample_size=pipe.native_size)
-    if args.stage == "vae":
-        trained = [pipe.vae]
-    elif idm is not None:
-        trained = [idm]
-    else:
-        trained = [pipe.unet] + ([pipe.text_encoder] if args.train_text_encoder else [])
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Training:
+    """What the step loop works on: the prepared models and their optimizer, schedule and EMA."""
+
+    accelerator: Accelerator
+    trained: list[torch.nn.Module]  # the modules as the stage gave them (the EMA follows these)
+    models: list  # the same, prepared by accelerate
+    parameters: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    ema: EMAModel | None
+
+
+def prepare(accelerator: Accelerator, args: argparse.Namespace, pipe: SlowFastVGenPipeline,
+            trained: list[torch.nn.Module]) -> Training:
+    """Unfreeze the stage's modules (never Temp-LoRA's layers) and prepare them, their AdamW and LR schedule."""
     for module in trained:
         module.requires_grad_(True)
         module.train()
@@ -286,84 +205,68 @@ def run(args: argparse.Namespace) -> int:
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=args.max_steps)
     prepared = accelerator.prepare(*trained, optimizer, lr_scheduler)
-    models, optimizer, lr_scheduler = list(prepared[:len(trained)]), prepared[-2], prepared[-1]
     ema = None
     if args.ema:
-        unet_or_vae = trained[0]
-        ema = EMAModel(unet_or_vae.parameters(), decay=args.ema_decay, model_cls=type(unet_or_vae),
-                       model_config=unet_or_vae.config)
-    if ema is not None:
+        ema = EMAModel(trained[0].parameters(), decay=args.ema_decay, model_cls=type(trained[0]),
+                       model_config=trained[0].config)
         accelerator.register_for_checkpointing(ema)
+    return Training(accelerator, trained, list(prepared[:len(trained)]), parameters, prepared[-2], prepared[-1], ema)
 
-    device = accelerator.device
-    pipe.to(device)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    stream_seed = args.seed * 1000 + accelerator.process_index
-    if args.stage == "slow-fast" and args.data == "manifest":
-        stream = slow_fast.ManifestEpisodeStream(args.manifest, args.on_bad_record, *args.episode_chunks,
-                                                 pipe.context_window // 2, pipe.native_size, seed=stream_seed)
-    elif args.stage == "slow-fast":
-        stream = slow_fast.EpisodeStream(args.world_seeds, *args.episode_chunks, pipe.context_window // 2,
-                                         pipe.native_size, seed=stream_seed,
-                                         families=tuple(args.families or slow_fast.PATH_FAMILIES))
-    else:
-        stream = SampleStream(args, pipe.native_size, pipe.context_window, seed=stream_seed)
-    generator = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)
-    step = 0
-    if args.resume_from_checkpoint:
-        step = resume(accelerator, args, output_dir, stream, generator)
 
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision=args.mixed_precision, cpu=args.cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise SystemExit(f"{launched} processes were launched but accelerate joined {accelerator.num_processes}: "
+                         "on a machine without GPU pass --cpu so that they train together over gloo.")
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    pipe = world_model(args)
+    stage = stages.STAGES[args.stage](args, pipe, masked_diffusion_loss)
+    training = prepare(accelerator, args, pipe, stage.trained)
+    pipe.to(accelerator.device)
+    seed = args.seed * 1000 + accelerator.process_index
+    stream = stage.stream(seed)
+    generator = torch.Generator().manual_seed(seed)
+    step = resume(accelerator, args, output_dir, stream, generator) if args.resume_from_checkpoint else 0
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         run_config = {**vars(args), "base_model": args.model, "num_processes": accelerator.num_processes}
         run_config.pop("run", None)
         (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2))
+    started = time.time()
+    step = train_steps(training, args, stage, stream, generator, step, output_dir, started)
+    accelerator.wait_for_everyone()
+    write_rank_report(output_dir, accelerator, training.models, step)
+    if accelerator.is_main_process:
+        for model in training.models:
+            accelerator.unwrap_model(model).eval()
+        if training.ema is not None:
+            training.ema.copy_to(training.trained[0].parameters())
+        folder = stage.save(output_dir, accelerator.device)
+        plot_loss(output_dir / "loss.jsonl", output_dir / "loss.png")
+        print(f"Saved {stage.saves} to {folder} after {step} steps ({time.time() - started:.0f} s this run).")
+    accelerator.end_training()
+    return 0
+
+
+def train_steps(training: Training, args: argparse.Namespace, stage: stages.Stage, stream, generator: torch.Generator,
+                step: int, output_dir: Path, started: float) -> int:
+    """The steps from `step` to `--max-steps` (for slow-fast, Algorithm 1 (b) line 1): the stage's loss and
+    gradients, one optimizer step per accumulated step (skipped when a gradient is not finite), the EMA, the
+    loss log and the checkpoints. Returns the last step."""
+    accelerator, optimizer, lr_scheduler = training.accelerator, training.optimizer, training.lr_scheduler
     log = open(output_dir / "loss.jsonl", "a") if accelerator.is_main_process else None
     progress = tqdm(total=args.max_steps, initial=step, desc=f"train {args.stage}",
                     disable=not accelerator.is_main_process)
-    batches = iter(stream) if args.stage != "slow-fast" else None
-    started = time.time()
-
-    def slow_loss(model, latents, num_context, action):
-        """Slow learning's masked loss on one clip, its action dropped to "" at the dropout rate (for guidance)."""
-        dropped = torch.rand(1, generator=generator).item() < args.action_dropout
-        text_embeds = encode_actions(pipe, pipe.text_encoder, ["" if dropped else action], device)
-        return masked_diffusion_loss(model, noise_scheduler, latents, num_context, text_embeds, generator)
-
     while step < args.max_steps:
-        with accelerator.accumulate(*models):
-            finite = True
-            if args.stage == "slow-fast":  # Algorithm 1 (b) over one episode; it takes its own gradients
-                frames, episode_actions, path_seed = stream.next_episode()
-                chunks = slow_fast.episode_chunks(pipe, frames, pipe.context_window // 2, device)
-                records = slow_fast.inner_loop(pipe, chunks, episode_actions, temp_lora,
-                                               slow_fast.episode_memory_generator(path_seed),
-                                               retrace_reverse_actions(episode_actions))
-                loss = torch.tensor(slow_fast.learn_episode(accelerator, models[0], pipe, records,
-                                                            len(episode_actions), slow_loss))
-                finite = slow_fast.gradients_finite(accelerator, parameters)
-            else:
-                video, num_context, actions = next(batches)
-                video = video.to(device)
-                if args.stage == "vae":
-                    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)
-                    loss = vae_loss(models[0], frames, generator)
-                elif args.stage == "idm":
-                    loss = idm_loss(models[0], idm.config.actions, pipe, video, num_context, actions, generator)
-                else:
-                    with torch.no_grad():
-                        latents = pipe.encode_pixels(video)
-                    dropped = torch.rand(len(actions), generator=generator) < args.action_dropout
-                    actions = ["" if drop else action for drop, action in zip(dropped.tolist(), actions)]
-                    with torch.set_grad_enabled(args.train_text_encoder):
-                        text_embeds = encode_actions(pipe, models[1] if args.train_text_encoder else pipe.text_encoder,
-                                                     actions, device)
-                    loss = masked_diffusion_loss(models[0], noise_scheduler, latents, num_context, text_embeds,
-                                                 generator)
-                accelerator.backward(loss)
+        with accelerator.accumulate(*training.models):
+            loss, finite = stage.step(accelerator, training.models, training.parameters, generator)
             if finite:
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
+                    accelerator.clip_grad_norm_(training.parameters, args.max_grad_norm)
                 optimizer.step()
             else:  # never write NaN weights: this step is skipped on every process
                 slow_fast.warn_skipped(step + 1)
@@ -371,8 +274,8 @@ def run(args: argparse.Namespace) -> int:
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             continue
-        if ema is not None:
-            ema.step(trained[0].parameters())
+        if training.ema is not None:
+            training.ema.step(training.trained[0].parameters())
         step += 1
         progress.update()
         progress.set_postfix(loss=f"{loss.item():.4f}")
@@ -381,128 +284,11 @@ def run(args: argparse.Namespace) -> int:
                                   "seconds": round(time.time() - started, 2)}) + "\n")
             log.flush()
         if step % args.checkpointing_steps == 0 or step == args.max_steps:
-            save_checkpoint(accelerator, args, output_dir, step, stream, generator, ema)
+            save_checkpoint(accelerator, args, output_dir, step, stream, generator, training.ema)
     progress.close()
-
-    accelerator.wait_for_everyone()
-    write_rank_report(output_dir, accelerator, models, step)
-    if accelerator.is_main_process:
+    if log is not None:
         log.close()
-        for model in models:
-            accelerator.unwrap_model(model).eval()
-        if ema is not None:
-            ema.copy_to(trained[0].parameters())
-        if args.stage == "vae":
-            set_latent_scaling(pipe, stream, device)
-        if idm is not None:
-            idm.to("cpu").save_pretrained(output_dir / "inverse_dynamics")
-            print(f"Saved the inverse dynamics model to {output_dir / 'inverse_dynamics'} after {step} steps "
-                  f"({time.time() - started:.0f} s this run).")
-        else:
-            pipe.to("cpu").save_pretrained(output_dir / "model")
-        plot_loss(output_dir / "loss.jsonl", output_dir / "loss.png")
-        if idm is None:
-            print(f"Saved the world model to {output_dir / 'model'} after {step} steps "
-                  f"({time.time() - started:.0f} s this run).")
-    accelerator.end_training()
-    return 0
-
-
-def idm_actions(args: argparse.Namespace) -> tuple[str, ...]:
-    """The inverse dynamics model's classes: ToyWorld's directions, or the distinct actions of a manifest."""
-    if args.data == "toyworld":
-        return inverse_dynamics.TOYWORLD_ACTIONS
-    if not args.manifest:
-        raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
-    actions = tuple(sorted({record.action for record in read_manifest(args.manifest, args.on_bad_record)}))
-    if len(actions) < 2:
-        raise SystemExit(f"--stage idm: the manifest {args.manifest} has {len(actions)} distinct action(s); an "
-                         "inverse dynamics model tells at least two apart.")
-    return actions
-
-
-def idm_loss(model, classes: tuple[str, ...], pipe: SlowFastVGenPipeline, video: torch.Tensor, num_context: int, actions: list[str],
-             generator: torch.Generator) -> torch.Tensor:
-    """Cross-entropy of the action between every consecutive frame pair that shows it (the last context
-    frame on), the pairs softened like generated frames for a share of them."""
-    previous, following = inverse_dynamics.frame_pairs(video, num_context)
-    previous, following = inverse_dynamics.soften_like_generated(pipe, previous, following, generator)
-    per_clip = torch.tensor([inverse_dynamics.action_index(classes, action) for action in actions])
-    labels = per_clip.repeat_interleave(previous.shape[0] // len(actions)).to(video.device)
-    return F.cross_entropy(model(previous, following), labels)
-
-
-def encode_actions(pipe: SlowFastVGenPipeline, text_encoder, actions: list[str], device) -> torch.Tensor:
-    tokens = pipe.tokenizer(actions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt")
-    return text_encoder(tokens.input_ids.to(device))[0]
-
-
-@torch.no_grad()
-def set_latent_scaling(pipe: SlowFastVGenPipeline, stream: SampleStream, device, batches: int = 8) -> None:
-    """Scale latents to unit variance (what `scaling_factor` is for), measured on training frames."""
-    pipe.vae.register_to_config(scaling_factor=1.0)
-    samples = iter(stream)
-    latents = torch.cat([pipe.encode_pixels(next(samples)[0].to(device)).flatten() for _ in range(batches)])
-    pipe.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(accelerator, args, output_dir: Path, step: int, stream: SampleStream, generator,
-                    ema: EMAModel | None) -> None:
-    """accelerate's state (models, optimizer, LR schedule, RNGs) plus this loop's own data and noise RNGs.
-
-    The EMA weights are also written as a diffusers model folder, `ema_unet/` (or `ema_vae/`), for export.
-    """
-    folder = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(folder))
-    if ema is not None and accelerator.is_main_process:
-        ema.save_pretrained(str(folder / f"ema_{args.stage}"))
-    rank = accelerator.process_index
-    save_file({"state": generator.get_state()}, str(folder / f"noise_generator_{rank}.safetensors"))
-    (folder / f"data_stream_{rank}.json").write_text(json.dumps({"step": step, "rng": stream.state()}))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and args.checkpoints_total_limit:
-        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in checkpoints[:-args.checkpoints_total_limit]:
-            shutil.rmtree(old)
-
-
-def resume(accelerator, args, output_dir: Path, stream: SampleStream, generator) -> int:
-    folder = Path(args.resume_from_checkpoint)
-    if args.resume_from_checkpoint == "latest":
-        checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not checkpoints:
-            accelerator.print(f"No checkpoint in {output_dir}: starting from scratch.")
-            return 0
-        folder = checkpoints[-1]
-    if not folder.is_dir():
-        raise SystemExit(f"--resume-from-checkpoint {folder}: no such checkpoint folder.")
-    accelerator.load_state(str(folder))
-    rank = accelerator.process_index
-    generator.set_state(load_file(str(folder / f"noise_generator_{rank}.safetensors"))["state"])
-    state = json.loads((folder / f"data_stream_{rank}.json").read_text())
-    stream.load_state(state["rng"])
-    accelerator.print(f"Resumed from {folder} at step {state['step']}.")
-    return state["step"]
-
-
-def write_rank_report(output_dir: Path, accelerator, models, step: int) -> None:
-    """Each process records its steps and a hash of its weights: proof that every rank trained the same model."""
-    digest = hashlib.sha256()
-    for model in models:
-        for name, tensor in sorted(accelerator.unwrap_model(model).state_dict().items()):
-            if ".lora_" in name:  # a process's own episode memory, not the shared weights
-                continue
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    folder = output_dir / "ranks"
-    folder.mkdir(parents=True, exist_ok=True)
-    report = {"rank": accelerator.process_index, "world_size": accelerator.num_processes, "steps": step,
-              "weights_sha256": digest.hexdigest()}
-    (folder / f"rank-{accelerator.process_index}.json").write_text(json.dumps(report))
+    return step
 
 
 def plot_loss(log_path: Path, png_path: Path) -> None:
@@ -529,6 +315,21 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
     figure.tight_layout()
     figure.savefig(png_path, dpi=100)
     plt.close(figure)
+
+
+def _sample_stream(args: argparse.Namespace, image_size: int, context_window: int, seed: int) -> streams.SampleStream:
+    """The old `SampleStream(args, image_size, context_window, seed)`: `stages.sample_stream`."""
+    return stages.sample_stream(args, image_size, context_window, seed)
+
+
+__getattr__ = deprecated_aliases(__name__, {
+    "SampleStream": (_sample_stream, "slowfast_vgen.data.streams.SampleStream (its batches from "
+                                     "slowfast_vgen.training.stages.sample_stream(args, ...))"),
+    "vae_loss": (losses.vae_loss, "slowfast_vgen.training.losses.vae_loss"),
+    "idm_loss": (losses.idm_loss, "slowfast_vgen.training.losses.idm_loss"),
+    "idm_actions": (stages.idm_actions, "slowfast_vgen.training.stages.idm_actions"),
+    "set_latent_scaling": (stages.set_latent_scaling, "slowfast_vgen.training.stages.set_latent_scaling"),
+})
 
 
 def main(argv: list[str] | None = None) -> int:
