@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.memory_maze import MAX_SEED as MAX_MAZE_SEED
 from ..data.toyworld import ToyWorld
+from ..data.worlds import WORLDS, world_kind
 from ..pipelines import EpisodicMemory, TempLoRAConfig
 from . import comfy_services
 from .inputs import (
@@ -72,9 +74,10 @@ class LoadWorldModel:
 
 
 class ToyWorldStartFrame:
-    """A start frame from the ToyWorld the built-in model was trained on."""
+    """A start frame from a built-in world: ToyWorld (the built-in model's) or Memory Maze (3-D)."""
 
-    DESCRIPTION = ("Renders the start view of a seeded ToyWorld (the world the built-in model learned), so the "
+    DESCRIPTION = ("Renders the start view of a seeded built-in world, ToyWorld (the world the built-in model "
+                   "learned) or Memory Maze (a 3-D maze seen in first person, for the memory-maze model), so the "
                    "example workflows need no image of yours. Any IMAGE of the model's size works as a start.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
@@ -88,11 +91,27 @@ class ToyWorldStartFrame:
             "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
                              "tooltip": "Which world: each seed paints a different map."}),
             "size": ("INT", {"default": 64, "min": 8, "max": 1024, "step": 8,
-                             "tooltip": "Frame size in pixels; the built-in model was trained at 64."}),
+                             "tooltip": "Frame size in pixels; the built-in models were trained at 64."}),
+        }, "optional": {
+            "world": (list(WORLDS), {"default": "toyworld",
+                                     "tooltip": "Which built-in world. Memory Maze takes the seed modulo 2**31 "
+                                                "and frames of at least 16 pixels, and needs the memory-maze "
+                                                "extra installed."}),
         }}
 
-    def render(self, seed: int, size: int) -> tuple[torch.Tensor]:
-        frame = ToyWorld(seed=seed, view_size=size).start_frame()
+    @classmethod
+    def VALIDATE_INPUTS(cls, world: str | None = None, size: int | None = None) -> bool | str:
+        if world is not None and world not in WORLDS:
+            return f"world: unknown world {world!r}; choose one of {', '.join(WORLDS)}."
+        if world == "memory-maze" and size is not None and size < 16:
+            return f"size: Memory Maze renders frames of at least 16 pixels, got {size}."
+        return True
+
+    def render(self, seed: int, size: int, world: str | None = None) -> tuple[torch.Tensor]:
+        if world == "memory-maze":
+            frame = world_kind(world).build(seed % (MAX_MAZE_SEED + 1), size).start_frame()
+        else:
+            frame = ToyWorld(seed=seed, view_size=size).start_frame()
         return (torch.from_numpy(np.ascontiguousarray(frame)).float().div(255.0).unsqueeze(0),)
 
 

@@ -176,3 +176,17 @@ def test_generate_refuses_a_maze_seed_out_of_range(tiny_pipe_dir, tmp_path, caps
     assert code == 2
     assert "--world-seed must be a whole number from 0 to 2147483647 for memory-maze, got -1." in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_start_frame_node_renders_either_world():
+    from slowfast_vgen.nodes.nodes_episode import ToyWorldStartFrame
+
+    node = ToyWorldStartFrame()
+    maze = node.render(seed=SEED, size=64, world="memory-maze")[0]
+    assert maze.shape == (1, 64, 64, 3) and 0 <= float(maze.min()) and float(maze.max()) <= 1
+    expected = MemoryMaze(SEED).start_frame().astype(np.float32) / 255
+    assert np.array_equal(maze[0].numpy(), expected)
+    assert node.render(seed=SEED + 2**31, size=64, world="memory-maze")[0].equal(maze)  # the seed modulo 2**31
+    assert not node.render(seed=SEED, size=64)[0].equal(maze)  # ToyWorld stays the default
+    assert "Memory Maze renders frames of at least 16" in ToyWorldStartFrame.VALIDATE_INPUTS(world="memory-maze", size=8)
+    assert "unknown world 'mars'" in ToyWorldStartFrame.VALIDATE_INPUTS(world="mars", size=64)
