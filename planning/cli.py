@@ -27,13 +27,17 @@ import numpy as np
 from ..data.retrace import RETRACE_INSTRUCTIONS, retrace_task_from_actions
 from ..data.toyworld import parse_action
 from ..paths import DEFAULT_IDM_DIR, DEFAULT_PLANNER_DIR
-from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
+from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
-from ..pipelines.inverse_dynamics import InverseDynamicsModel
+from ..pipelines.checks import actions_problem, sampling_problem
+from .evaluate import PlanningOptions, evaluate_planning
+from .models import load_models
 from .planner import (DEFAULT_MEMORY_SETTING, MEMORY_SETTINGS, plan_from_image, plan_retrace, scripted_decomposer,
                       untrained_instruction)
 
 DEMO_OUTWARD = "move right; move right; move right; move down; move down; move left; move left"
+
+
 def add_plan_commands(commands) -> None:
     parser = commands.add_parser("plan", help="plan a way back with a video plan and an inverse dynamics model",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,10 +95,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_common(args: argparse.Namespace) -> None:
-    if args.steps < 1:
-        raise SystemExit(f"--steps must be at least 1, got {args.steps}.")
-    if not math.isfinite(args.guidance) or args.guidance < 0:
-        raise SystemExit(f"--guidance must be a finite number >= 0, got {args.guidance}.")
+    problem = sampling_problem(args.steps, args.guidance, "--steps", "--guidance", parsed=True)
+    if problem:
+        raise SystemExit(problem)
     if not os.path.isfile(os.path.join(args.idm, "config.json")):
         raise SystemExit(f"--idm {args.idm!r} is not an inverse dynamics model folder (no config.json); train one "
                          "with slowfast-vgen train --stage idm --model <world model>.")
@@ -103,16 +106,6 @@ def check_common(args: argparse.Namespace) -> None:
 def check_model(flag: str, folder: str) -> None:
     if not os.path.isfile(os.path.join(folder, "model_index.json")):
         raise SystemExit(f"{flag} {folder!r} is not a world model folder (no model_index.json).")
-
-
-def load_models(model: str, idm_folder: str) -> tuple[SlowFastVGenPipeline, InverseDynamicsModel]:
-    pipe = SlowFastVGenPipeline.from_pretrained(model)
-    pipe.set_progress_bar_config(disable=True)
-    idm = InverseDynamicsModel.from_pretrained(idm_folder).eval()
-    if idm.config.sample_size != pipe.native_size:
-        raise SystemExit(f"--idm {idm_folder!r} reads {idm.config.sample_size}-pixel frames but --model {model!r} "
-                         f"makes {pipe.native_size}-pixel ones; use the inverse dynamics model of this world model.")
-    return pipe, idm
 
 
 def side_by_side(plan: np.ndarray, executed: np.ndarray) -> np.ndarray:
@@ -151,10 +144,9 @@ def run_plan(args: argparse.Namespace) -> int:
     if not outward:
         raise SystemExit("--outward is empty: give the way out, one action per chunk, separated by ';'.")
     for index, action in enumerate(outward if not args.image else ()):  # your own world: any action text
-        try:
-            parse_action(action)
-        except ValueError as error:
-            raise SystemExit(f"--outward, action {index + 1}: {error}") from None
+        problem = actions_problem([action], parse_action, f"--outward, action {index + 1}", numbered=False)
+        if problem:
+            raise SystemExit(problem)
     image = None
     if args.image:
         image = cv2.imread(args.image, cv2.IMREAD_COLOR)
@@ -231,8 +223,6 @@ def plan_own_world(args, pipe, idm, image, outward, temp_lora, video: Path, summ
 
 
 def run_plan_eval(args: argparse.Namespace) -> int:
-    from .evaluate import PlanningOptions, evaluate_planning
-
     check_common(args)
     models = {}
     for entry in args.models:

@@ -28,10 +28,12 @@ from ..data.retrace import (
     retrace_scores,
 )
 from ..data.toyworld import TRAIN_PARAPHRASES, ToyWorld
-from ..evaluation.evaluate import append_row, read_rows, spread, start_run
+from ..evaluation.report import spread
+from ..evaluation.runs import append_row, read_rows, start_run
 from ..paths import DEFAULT_IDM_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
+from .models import load_models
 from .planner import DEFAULT_MEMORY_SETTING, MEMORY_SETTINGS, plan_retrace
 
 INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
@@ -84,8 +86,6 @@ def row_name(model: str, setting: str, loop: str) -> str:
 
 def evaluate_planning(options: PlanningOptions) -> dict | None:
     """Run (or resume) Table 2; returns the summary on the main process."""
-    from .cli import load_models
-
     options.check()
     output_dir = Path(options.output_dir)
     state, done_rows = start_run(output_dir, options.identity())

@@ -25,21 +25,21 @@ import torch
 
 from ..data.retrace import RETRACE_INSTRUCTIONS, HELD_OUT_INSTRUCTIONS, RetraceTask, retrace_scores
 from ..data.toyworld import ToyWorld, parse_action
-from ..evaluation.evaluate import decode
+from ..evaluation.protocols import decode
 from ..pipelines import (DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS, EpisodicMemory, SlowFastVGenPipeline,
                          TempLoRAConfig, memory_generator_for)
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
+from ..pipelines.memorize import memorize, memory_of
 
 Decomposer = Callable[[str], list[str]]
 KNOWN_INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
 
-# The memories to plan with (docs/planning.md): no memory, or a Temp-LoRA preset. "memory" is the name
-# the first planning runs gave the "strong" preset (what the first loop-trained task model learned with).
+# The memories to plan with (docs/planning.md): no memory, or a Temp-LoRA preset. "memory" is another name
+# of the "strong" preset, kept for the plan-eval runs and commands that use it.
 MEMORY_SETTINGS: dict[str, TempLoRAConfig | None] = {"none": None, **TEMP_LORA_PRESETS,
                                                      "memory": TEMP_LORA_PRESETS["strong"]}
-# `plan`'s memory, and the one Table 2 compares with none: the panorama knows the way back (docs/planning.md,
-# runs 5 and 7; the paper's update beside it changed nothing); the way-back Temp-LoRA, the best before it,
-# shortens the distance by 39 % at 6x the time.
+# `plan`'s memory, and the one Table 2 compares with none: the panorama, which recalls the way back
+# (the comparison with the other memories, and its figures: docs/planning.md, "Table 2 on ToyWorld").
 DEFAULT_MEMORY_SETTING = "panorama"
 
 
@@ -113,14 +113,11 @@ def learn_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: 
                way_back: str | None = None,
                callback_on_step_end: Callable[[int, int], None] | None = None) -> Iterator[EpisodicMemory]:
     """Temp-LoRA over recorded chunks (the start frame's latents first), one update per chunk as the episode
-    loop learns them; yields the memory after each. `way_back` is the text of going back through each chunk
-    (for memories that learn the way back with its text, `direction="backward"` and `action_text=True`);
-    `callback_on_step_end` is `update_memory`'s."""
-    for index, action in enumerate(actions):
-        memory = pipe.update_memory(memory, chunks[index], chunks[index + 1], action=action, config=config,
-                                    generator=generator, reverse_action=way_back,
-                                    callback_on_step_end=callback_on_step_end)
-        yield memory
+    loop learns them; yields the memory after each (`pipelines.memorize.memorize`). `way_back` is the text
+    of going back through each chunk (for memories that learn the way back with its text,
+    `direction="backward"` and `action_text=True`); `callback_on_step_end` is `update_memory`'s."""
+    return memorize(pipe, chunks, actions, memory, config, generator, [way_back] * len(actions),
+                    callback_on_step_end)
 
 
 def memory_of_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
@@ -129,10 +126,8 @@ def memory_of_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actio
     """The memory of an observed trip (`learn_trip`'s last); None without a memory setting."""
     if config is None:
         return None
-    memory = None
-    for memory in learn_trip(pipe, chunks, actions, config, generator, way_back=way_back):
-        pass
-    return memory
+    return memory_of(pipe, chunks, actions, settings=config, generator=generator,
+                     reverse_actions=[way_back] * len(actions))
 
 
 def execute(world: ToyWorld, start: tuple[int, int], actions: list[str]) -> list[tuple[int, int]]:
@@ -189,7 +184,7 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
     for subgoal, chunks in subgoals:
         if not closed_loop:
             planned = list(pipe.stream_episode([subgoal] * chunks, start_latents=context, memory=memory,
-                                               temp_lora=temp_lora if temp_lora is not None else False,
+                                               memory_settings=temp_lora, update_memory=temp_lora is not None,
                                                generator=generator, memory_generator=memory_generator,
                                                **chunk_kwargs, **recall_for(subgoal, temp_lora)))
             if temp_lora is not None:
@@ -209,8 +204,8 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
                 chunk_walked, chunk_frames_seen = walk_and_see(world, position, chunk_read)
                 observed_chunk = pipe.encode_frames(chunk_frames_seen)
                 if temp_lora is not None:  # learn what was really seen, not what was imagined
-                    memory = pipe.update_memory(memory, context, observed_chunk, action=subgoal, config=temp_lora,
-                                                generator=memory_generator)
+                    memory = memory_of(pipe, [context, observed_chunk], [subgoal], memory, temp_lora,
+                                       memory_generator)
                 context, last_frame, position = observed_chunk, chunk_frames_seen[-1], chunk_walked[-1]
                 plan.append(chunk_plan)
                 walked += chunk_walked
@@ -246,7 +241,7 @@ def plan_from_image(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, image
     start = pipe.start_latents(image, resize=True)
     generator = torch.Generator().manual_seed(seed)
     # One episode: the way out, then each subgoal's chunks, with one noise stream and one memory stream.
-    episode = dict(temp_lora=temp_lora if temp_lora is not None else False,
+    episode = dict(memory_settings=temp_lora, update_memory=temp_lora is not None,
                    memory_generator=memory_generator_for(generator), num_frames=pipe.context_window // 2,
                    generator=generator, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     chunks = list(pipe.stream_episode(list(outward_actions), start_latents=start, **episode))

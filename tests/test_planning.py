@@ -25,7 +25,7 @@ from slowfast_vgen.planning import plan_retrace, scripted_decomposer
 from slowfast_vgen.planning.evaluate import idm_accuracy_true, true_pairs
 from slowfast_vgen.planning.planner import execute, recall_for, untrained_instruction
 from slowfast_vgen.pipelines import SlowFastVGenPipeline, TempLoRAConfig, temp_lora_preset
-from slowfast_vgen.training.slow_fast import EpisodeStream
+from slowfast_vgen.data.streams import EpisodeStream
 
 
 @pytest.fixture(scope="module")
