@@ -346,7 +346,8 @@ def run(args: argparse.Namespace) -> int:
             sink.write(start_frames)
             chunks = pipe.stream_episode(
                 actions, start_latents=start_latents, memory=memory,
-                temp_lora=False if args.no_temp_lora else (memory.config if memory else config),
+                memory_settings=None if args.no_temp_lora else (memory.config if memory else config),
+                update_memory=not args.no_temp_lora,
                 num_frames=args.frames_per_chunk, generator=generator, num_inference_steps=args.steps,
                 guidance_scale=args.guidance,
             )

@@ -240,7 +240,8 @@ class RunEpisode:
             state = start_chunk(pipe, image, chunk)
             videos = [decode_and_preview(pipe, state.latents, bar)]
             episode = pipe.stream_episode(
-                script, start_latents=state.last, memory=memory, temp_lora=learning, num_frames=num_frames,
+                script, start_latents=state.last, memory=memory, memory_settings=settings if learning else None,
+                update_memory=bool(learning), num_frames=num_frames,
                 generator=generator_for(seed), num_inference_steps=steps, guidance_scale=guidance,
                 conditioning=conditioning, recall=recall or "action", callback_on_step_end=step_callback(bar),
                 callback_on_update_step=update_step_callback(bar),

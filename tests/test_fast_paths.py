@@ -19,7 +19,7 @@ from slowfast_vgen.pipelines import (
     scheduler_from_name,
     scheduler_name,
 )
-from slowfast_vgen.pipelines import temp_lora
+from slowfast_vgen.pipelines import lora_layers as temp_lora  # where memory_for_sampling reads foldable
 from slowfast_vgen.pipelines.temp_lora import (
     MemoryClip,
     foldable,
