@@ -94,6 +94,12 @@ def reverse_actions() -> dict[str, str]:
     return {phrase: TRAIN_PARAPHRASES[OPPOSITE[motion]][0] for phrase, motion in _PHRASE_TO_MOTION.items()}
 
 
+def action_motions() -> dict[str, list[int]]:
+    """Every action Memory Maze knows -> [turn, walk] per frame (1/16 turns, quarter-cell steps): what its world
+    model's folder records as `action_motions`, from which the pose memory follows the camera."""
+    return {phrase: list(MOTIONS[motion]) for phrase, motion in _PHRASE_TO_MOTION.items()}
+
+
 @dataclass(frozen=True)
 class Pose:
     """A camera pose: quarter-cell steps taken along each of the 8 axes (negative: the opposite way), and

@@ -23,6 +23,7 @@ from .fast_learning import update_memory as fast_update  # the function; `update
 from .image_input import ImageInput
 from .lora_layers import check_memory, new_memory
 from .memory_settings import TempLoRAConfig, temp_lora_preset
+from .pose_memory import pose_views_after_chunk
 
 
 class _NotGiven:
@@ -155,6 +156,9 @@ class EpisodeMixin:
         noise_scheduler = DDPMScheduler.from_config(self.scheduler.config)
         updated = fast_update(self.unet, noise_scheduler, memory, clip, text_embeds, action, generator,
                               callback_on_step_end)
+        if updated.config.poses:
+            updated = replace(updated, poses=pose_views_after_chunk(
+                memory.poses, self.action_motions, self.pose_headings, previous_latents, new_latents, action))
         if updated.config.panorama:
             updated = replace(updated, panorama=self.updated_panorama(memory.panorama, previous_latents,
                                                                       new_latents, action))
@@ -215,6 +219,10 @@ class EpisodeMixin:
             if learns:  # Lines 11-14: Θ_{i+1} from X_i ⊕ Y_i.
                 memory = self.update_memory(memory, context, chunk, action=action, config=config,
                                             generator=memory_generator, callback_on_step_end=callback_on_update_step)
+            elif memory is not None and memory.config.poses and memory.poses is not None:
+                # A frozen pose memory still follows the camera, so that it recalls the views where it is now.
+                memory = replace(memory, poses=pose_views_after_chunk(memory.poses, {}, 0, context, chunk, action,
+                                                                      paste=False))
             elif memory is not None and memory.config.panorama and memory.panorama is not None:
                 # A frozen memory still follows the camera, so that it recalls places where the camera is now.
                 memory = replace(memory, panorama=self.panorama_with_chunk(memory.panorama, chunk, action,

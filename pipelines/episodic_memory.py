@@ -12,6 +12,7 @@ import torch
 from .memory_file import atomic_save_safetensors, memory_fields, memory_file_contents, read_safetensors
 from .memory_settings import TempLoRAConfig
 from .panorama import Panorama
+from .pose_memory import PoseViews
 
 
 class MemoryMismatchError(ValueError):
@@ -51,6 +52,7 @@ class EpisodicMemory:
     actions: tuple[str, ...] = ()
     clips: tuple[UpdateClip, ...] = ()  # kept for replay (`TempLoRAConfig.replay`), else empty
     panorama: Panorama | None = None  # with `TempLoRAConfig.panorama`, from the first update on
+    poses: PoseViews | None = None  # with `TempLoRAConfig.poses`, from the first update on
 
     @property
     def num_parameters(self) -> int:
@@ -64,6 +66,8 @@ class EpisodicMemory:
                 f"{len(self.clips)} clips, {self._panorama_summary()}, base {self.base_fingerprint})")
 
     def _panorama_summary(self) -> str:
+        if self.poses is not None:
+            return self.poses.summary()
         if self.panorama is None:
             return "no panorama"
         height, width = self.panorama.known.shape

@@ -20,10 +20,11 @@ from safetensors.torch import load_file, save_file
 from .atomic_files import partial_path, remove_stale_partials
 from .memory_settings import TempLoRAConfig, recorded_settings
 from .panorama import Panorama
+from .pose_memory import PoseViews
 
 MEMORY_FORMAT = "slowfast-vgen-memory"
 MEMORY_FORMAT_VERSION = "1"
-_NOT_LORA = ("optimizer.", "clip.", "panorama.")
+_NOT_LORA = ("optimizer.", "clip.", "panorama.", "poses.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -90,6 +91,8 @@ def memory_file_contents(memory) -> tuple[dict[str, torch.Tensor], dict[str, str
     tensors.update({f"clip.{i}": clip.latents.detach().contiguous().cpu() for i, clip in enumerate(memory.clips)})
     if memory.panorama is not None:
         tensors.update(memory.panorama.tensors())
+    if memory.poses is not None:
+        tensors.update(memory.poses.tensors())
     metadata = {
         "format": MEMORY_FORMAT,
         "format_version": MEMORY_FORMAT_VERSION,
@@ -104,6 +107,8 @@ def memory_file_contents(memory) -> tuple[dict[str, torch.Tensor], dict[str, str
     }
     if memory.panorama is not None:
         metadata["panorama"] = memory.panorama.metadata()
+    if memory.poses is not None:
+        metadata["poses"] = memory.poses.metadata()
     return tensors, metadata
 
 
@@ -131,6 +136,7 @@ def memory_fields(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
             clips=tuple((tensors[f"clip.{i}"], int(new_frames), text, reverse_text)
                         for i, (new_frames, text, reverse_text) in enumerate(clip_texts)),
             panorama=Panorama.from_saved(tensors, metadata["panorama"]) if "panorama" in metadata else None,
+            poses=PoseViews.from_saved(tensors, metadata["poses"]) if "poses" in metadata else None,
         )
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path} has corrupted memory metadata ({error!r}); it cannot be loaded.") from None

@@ -51,6 +51,8 @@ class TempLoRAConfig:
             ablation "without local learning rule" (each step learns one clip drawn from the whole episode).
         panorama: also keep a panorama of what the episode showed (`panorama.Panorama`), from which the
             sampler brings places back into view (not in the paper; assumes a panning camera).
+        poses: also keep every frame at the camera pose the actions imply (`pose_memory.PoseViews`) and
+            bring it back at that pose; needs the world model's `action_motions`.
         gradient_checkpointing: recompute the UNet's activations in the backward pass of an update (same
             result, less memory, one more forward); None decides per update from the free memory
             (`needs_checkpointing`).
@@ -66,6 +68,7 @@ class TempLoRAConfig:
     replay: int = 0
     local: bool = True
     panorama: bool = False
+    poses: bool = False
     gradient_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
@@ -80,13 +83,16 @@ class TempLoRAConfig:
         if self.steps_per_update < 0:
             raise ValueError(f"TempLoRAConfig.steps_per_update must be 0 (no training) or more, got "
                              f"{self.steps_per_update}.")
-        for name in ("action_text", "local", "panorama"):
+        for name in ("action_text", "local", "panorama", "poses"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TempLoRAConfig.{name} must be true or false, got {getattr(self, name)!r}.")
-        if self.steps_per_update == 0 and not self.panorama:
+        if self.steps_per_update == 0 and not self.panorama and not self.poses:
             raise ValueError("TempLoRAConfig.steps_per_update is 0 and panorama is off: such a memory learns nothing. "
-                             "Train it (steps_per_update 1, the paper's update), keep a panorama (panorama on), or "
-                             "use no memory.")
+                             "Train it (steps_per_update 1, the paper's update), keep a panorama (panorama on) or "
+                             "views by pose (poses on), or use no memory.")
+        if self.panorama and self.poses:
+            raise ValueError("TempLoRAConfig.panorama and poses are two ways to bring places back (a panning camera, "
+                             "a camera that turns and walks): choose one.")
         if self.gradient_checkpointing not in (None, True, False):
             raise ValueError("TempLoRAConfig.gradient_checkpointing must be None (automatic), true or false, "
                              f"got {self.gradient_checkpointing!r}.")
@@ -147,6 +153,7 @@ def legacy_settings(values: dict) -> tuple[dict, float]:
     the default). Retired settings that held other values than today's fixed ones are named in a warning."""
     values = dict(values)
     values.setdefault("panorama", False)  # memories saved before the field existed
+    values.setdefault("poses", False)
     alpha = values.pop("alpha", None)
     scale = 1.0 if alpha is None else float(alpha) / int(values.get("rank", 32))
     changed = []
@@ -201,6 +208,10 @@ TEMP_LORA_PRESETS: dict[str, TempLoRAConfig] = {
     "panorama": TempLoRAConfig(panorama=True, steps_per_update=0),
     # The paper's update and the panorama together.
     "paper+panorama": TempLoRAConfig(panorama=True),
+    # Every frame kept at the pose the actions imply and brought back at that pose, from any direction (not
+    # in the paper; for a camera that turns and walks, with a world model whose folder records its
+    # action_motions), and no Temp-LoRA training.
+    "poses": TempLoRAConfig(poses=True, steps_per_update=0),
 }
 
 

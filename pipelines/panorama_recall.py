@@ -73,6 +73,8 @@ class PanoramaRecallMixin:
         episode has not played yet is first measured on a probe chunk sampled without recall (its own fixed
         noise, so the caller's generator is not touched), as is, every time, an action whose motion changed
         from chunk to chunk. `context` is the prepared context (the frames that condition, on the device)."""
+        if memory is not None and memory.config.poses:
+            return self.recall_poses(memory, action, context, num_frames)
         panorama = memory.panorama if memory is not None and memory.config.panorama else None
         if panorama is None or panorama.lost:
             return None

@@ -39,11 +39,11 @@ from .image_input import ImageInput
 from .lora_layers import check_memory, memory_for_sampling, temp_lora_detached
 from .model_folder import REQUIRED_COMPONENTS, check_model_folder, drop_source_paths  # noqa: F401
 from .panorama_recall import RECALL_MODES, PanoramaRecallMixin
+from .pose_memory import PoseRecallMixin
 from .schedulers import SCHEDULERS, scheduler_from_name, scheduler_name  # noqa: F401
 from .video_latents import VideoLatentsMixin
 
-# diffusers copies into its custom-pipeline cache only the sibling modules this file itself imports: the
-# modules that only the ones above import are named here too.
+# diffusers copies to its custom-pipeline cache only the siblings this file imports: the rest are named here.
 from .atomic_files import write_text_atomically  # noqa: F401,I001
 from .fast_learning import update_memory  # noqa: F401
 from .memory_file import read_safetensors  # noqa: F401
@@ -52,9 +52,8 @@ from .panorama import Panorama  # noqa: F401
 
 CONDITIONING_MODES = ("mask", "replace")
 
-# The sampling settings the command line, the nodes, `evaluate` and the benchmarks start from, picked for
-# the shipped model by measurement (docs/benchmarks.md, "Sampling steps"). The pipeline's own `__call__`
-# keeps diffusers' usual 20 steps for any model.
+# The sampling settings the CLI, the nodes, `evaluate` and the benchmarks start from (docs/benchmarks.md,
+# "Sampling steps"); the pipeline's own `__call__` keeps diffusers' usual 20 steps for any model.
 DEFAULT_STEPS = 4
 DEFAULT_GUIDANCE = 2.0
 
@@ -98,7 +97,7 @@ class SlowFastVGenPipelineOutput(BaseOutput):
     latents: torch.Tensor
 
 
-class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, PanoramaRecallMixin):
+class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, PanoramaRecallMixin, PoseRecallMixin):
     """Masked-conditional chunk generation with Temp-LoRA episodic memory (SlowFast-VGen).
 
     Components are those of a ModelScope text-to-video checkpoint: `vae` (AutoencoderKL), `text_encoder`
@@ -128,10 +127,13 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
         scheduler: KarrasDiffusionSchedulers,
         context_window: int = 16,
         reverse_actions: dict[str, str] | None = None,
+        action_motions: dict[str, list[int]] | None = None,
+        pose_headings: int = 16,
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.register_to_config(context_window=context_window, reverse_actions=reverse_actions)
+        self.register_to_config(context_window=context_window, reverse_actions=reverse_actions,
+                                action_motions=action_motions, pose_headings=pose_headings)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
