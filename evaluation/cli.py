@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 
 from ..data.episodes import PATH_FAMILIES
+from ..data.worlds import WORLDS
 from ..pipelines import SCHEDULERS
 from .options import SETTINGS, EvaluationOptions
 from .protocols import load_pipeline, next_chunk_quality
@@ -43,13 +44,16 @@ def add_evaluate_command(commands) -> None:
     defaults = EvaluationOptions()
     parser.add_argument("output_dir", nargs="?", default=defaults.output_dir,
                         help="where rows, summary and plots go (default: %(default)s); an existing run resumes")
-    parser.add_argument("--model", default=defaults.model, help="world model folder (default: the shipped one)")
+    parser.add_argument("--model", default=None, help="world model folder (default: the shipped model of --world)")
+    parser.add_argument("--world", choices=tuple(WORLDS), default=defaults.world,
+                        help="the built-in world whose held-out episodes are scored (default: %(default)s)")
     parser.add_argument("--episodes", type=int, default=defaults.episodes)
-    parser.add_argument("--families", default=",".join(defaults.families),
-                        help=f"path families, comma-separated (default: all of {', '.join(PATH_FAMILIES)})")
+    parser.add_argument("--families", default=None,
+                        help=f"path families, comma-separated (default: all of the world's: in ToyWorld "
+                             f"{', '.join(PATH_FAMILIES)}; in Memory Maze {', '.join(WORLDS['memory-maze'].families)})")
     parser.add_argument("--path-file", help="your own path: JSON {\"actions\": [...], \"start\": [x, y]}")
     parser.add_argument("--first-seed", type=int, default=defaults.first_seed,
-                        help="held-out ToyWorld seeds from here (training uses 1..64)")
+                        help="held-out worlds from here (ToyWorld's model trained on 1..64, Memory Maze's on 1..100)")
     parser.add_argument("--chunks", type=int, default=defaults.chunks, help="chunks per episode")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--guidance", type=float, default=defaults.guidance)
@@ -95,15 +99,17 @@ def run(args: argparse.Namespace) -> int:
         if args.next_chunk is not None:
             if args.next_chunk < 1:
                 raise ValueError(f"--next-chunk must be at least 1 world, got {args.next_chunk}.")
-            pipe = load_pipeline(args.model, args.scheduler)
+            pipe = load_pipeline(args.model or str(WORLDS[args.world].model_dir), args.scheduler)
             results = next_chunk_quality(pipe, range(1000, 1000 + args.next_chunk), args.steps, args.guidance)
             print(json.dumps({"model": args.model, "seeds": args.next_chunk, "steps": args.steps,
                               "scheduler": args.scheduler or type(pipe.scheduler).__name__,
                               "guidance": args.guidance, "results": results}, indent=2))
             return 0
+        kind = WORLDS[args.world]
+        families = kind.families if args.families is None else args.families.split(",")
         options = EvaluationOptions(
-            output_dir=args.output_dir, model=args.model, episodes=args.episodes,
-            families=tuple(f for f in args.families.split(",") if f.strip()), path_file=args.path_file,
+            output_dir=args.output_dir, model=args.model or str(kind.model_dir), episodes=args.episodes,
+            families=tuple(f.strip() for f in families if f.strip()), path_file=args.path_file, world=args.world,
             first_seed=args.first_seed, chunks=args.chunks, steps=args.steps, guidance=args.guidance,
             scheduler=args.scheduler,
             settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()),
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         )
         summary = evaluate(options)
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"slowfast-vgen evaluate: {error}") from None
+        raise SystemExit(str(error)) from None
     if summary is not None:
         print((Path(options.output_dir) / "summary.md").read_text(encoding="utf-8"))
     return 0

@@ -7,7 +7,8 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from ..data.episodes import PATH_FAMILIES, EpisodePath, load_path_file, make_episode
+from ..data.episodes import PATH_FAMILIES, EpisodePath, load_path_file
+from ..data.worlds import WORLDS, world_kind
 from ..paths import DEFAULT_MODEL_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, TEMP_LORA_PRESETS, TempLoRAConfig
 from ..pipelines.checks import sampling_problem
@@ -46,9 +47,14 @@ class EvaluationOptions:
     resnet18: str | None = None
     scuts_threshold: float = metrics.SCUTS_THRESHOLD
     strips: bool = True
+    world: str = "toyworld"  # a `data.worlds.WORLDS` name
 
     def check(self) -> None:
         """Clear errors for bad options, before any work starts."""
+        if self.world not in WORLDS:
+            raise ValueError(f"--world: unknown world {self.world!r}; known: {', '.join(WORLDS)}.")
+        if self.path_file and self.world != "toyworld":
+            raise ValueError("--path-file gives a ToyWorld path; for --world memory-maze choose --families.")
         if self.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}.")
         if self.chunks < 2:
@@ -58,10 +64,12 @@ class EvaluationOptions:
             raise ValueError(problem)
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"--scheduler: unknown sampler {self.scheduler!r}; known: {', '.join(SCHEDULERS)}.")
-        unknown = [f for f in self.families if f not in PATH_FAMILIES]
+        families = world_kind(self.world).families
+        unknown = [f for f in self.families if f not in families]
         if unknown:
-            raise ValueError(f"--families: unknown path family {unknown[0]!r}; known: {', '.join(PATH_FAMILIES)} "
-                             "(or give your own path with --path-file).")
+            raise ValueError(f"--families: unknown path family {unknown[0]!r} in {self.world}; known: "
+                             f"{', '.join(families)}" + (" (or give your own path with --path-file)." if
+                                                         self.world == "toyworld" else "."))
         if not self.families and not self.path_file:
             raise ValueError("--families is empty and no --path-file is given: there is no path to evaluate.")
         if self.path_file and not os.path.isfile(self.path_file):
@@ -89,7 +97,7 @@ class EvaluationOptions:
         except (TypeError, ValueError) as error:
             raise ValueError(f"--setting {name}: {error}") from None
 
-    def plan(self, view_size: int, chunk_frames: int) -> list[EpisodePath]:
+    def plan(self, view_size: int, chunk_frames: int) -> list:
         """The episodes, in order: seed first_seed + i, family i mod len(families) (the path file's in turn)."""
         kinds = list(self.families) + (["path-file"] if self.path_file else [])
         episodes = []
@@ -98,7 +106,7 @@ class EvaluationOptions:
             if kind == "path-file":
                 episodes.append(load_path_file(self.path_file, seed, chunk_frames, view_size))
             else:
-                episodes.append(make_episode(seed, kind, self.chunks, chunk_frames, view_size))
+                episodes.append(world_kind(self.world).make_episode(seed, kind, self.chunks, chunk_frames, view_size))
         return episodes
 
     def identity(self) -> dict:
@@ -106,6 +114,8 @@ class EvaluationOptions:
         described = dataclasses.asdict(self)
         for key in ("episodes", "output_dir", "strips"):
             described.pop(key)
+        if described["world"] == "toyworld":  # as runs from before the option recorded it
+            described.pop("world")
         if described["scheduler"] is None:  # as runs from before the option recorded it
             described.pop("scheduler")
         if not described["teacher_forced"]:  # likewise

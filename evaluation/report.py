@@ -14,6 +14,7 @@ import numpy as np
 from . import metrics
 from .options import BASELINE, EvaluationOptions, describe_setting
 
+WORLD_TITLES = {"toyworld": "ToyWorld", "memory-maze": "Memory Maze"}
 STRIP_ZOOM = 3  # ToyWorld's 64-pixel views, drawn 3 times larger in the pictures
 
 
@@ -98,7 +99,8 @@ def fmt(entry: dict | None, digits: int = 2) -> str:
 
 def summary_markdown(summary: dict, options: EvaluationOptions, plots: list[str], strips: list[str]) -> str:
     lines = [f"# Evaluation of {options.model}", "",
-             f"{summary['episodes']} held-out episodes (ToyWorld seeds from {options.first_seed}), {options.chunks} "
+             f"{summary['episodes']} held-out episodes ({WORLD_TITLES.get(options.world, options.world)} seeds from "
+             f"{options.first_seed}), {options.chunks} "
              f"chunks each, {options.steps} steps{f' of {options.scheduler}' if options.scheduler else ''}, "
              f"guidance {options.guidance}; every setting of an episode samples "
              "the same noise (`stream_episode`, one seed). Revisit PSNR/SSIM: pixels first seen before the chunk's "

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..data.episodes import RevisitMap, place_path
 from ..data.toyworld import ToyWorld
+from ..data.worlds import world_kind
 from . import metrics
 from .options import EvaluationOptions
 from .protocols import decode, load_pipeline, oracle_revisit, run_setting, teacher_forced_revisit
@@ -54,7 +55,7 @@ def evaluate_episode(pipe, episode, options: EvaluationOptions,
     """One row of the JSONL: the episode and every setting's metrics."""
     started = time.perf_counter()
     truth = episode.frames()
-    revisits = RevisitMap(episode)
+    revisits = world_kind(options.world).revisits(episode)
     start_latents = pipe.encode_frames(truth[:1])
     # PySceneDetect finds cuts in some true pans at its default threshold: the truth's count is the floor.
     row = {"episode": episode.describe(), "truth_scuts": metrics.scene_cuts(truth, threshold=options.scuts_threshold),
