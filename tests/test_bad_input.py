@@ -346,6 +346,33 @@ def test_memory_tools_refuse_bad_arguments_with_exit_2(finished, tmp_path, tiny_
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["memory", "fuse", "{memory}", "{world}", "-o", "{world}", "--link", "--force"], "is the model folder"),
+    (["model", "import", "{world}", "-o", "{world}", "--link", "--force"], "is the ModelScope folder"),
+    (["model", "import", "{world}", "-o", "{world}/inner", "--link", "--force"], "lies inside the ModelScope folder"),
+    (["model", "import", "{world}", "-o", "{tmp}", "--force"], "contains the ModelScope folder"),
+    (["model", "cast", "{world}", "-o", "{world}", "--force"], "is the model folder"),
+    (["memory", "fuse", "{world}/episode.memory.safetensors", "{model}", "-o", "{world}", "--force"],
+     "contains the memory"),
+])
+def test_weights_tools_refuse_an_output_that_overlaps_the_source(finished, tmp_path, tiny_pipe_dir, capsys, argv,
+                                                                 message):
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_pipe_dir, world)
+    shutil.copy(finished / "episode.memory.safetensors", world / "episode.memory.safetensors")
+    values = {"memory": str(finished / "episode.memory.safetensors"), "model": str(tiny_pipe_dir),
+              "tmp": str(tmp_path), "world": str(world)}
+    before = snapshot(tmp_path)
+    code = run_cli([a.format(**values) for a in argv])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "choose an output folder outside it" in error, error
+    assert len(error.strip().splitlines()) == 1, error
+    assert snapshot(tmp_path) == before
+    assert not any(p.is_symlink() for p in tmp_path.rglob("*"))
+
+
 def test_memory_check_answers_1_only_for_a_memory_that_does_not_fit(finished, tiny_pipe_dir, tmp_path, capsys):
     from slowfast_vgen.pipelines import WorldModelSpec, build_pipeline
 

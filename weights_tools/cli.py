@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..pipelines.temp_lora import MemoryMismatchError
-from .files import WeightsFileError
+from .files import WeightsFileError, check_apart
 from .fingerprint import file_fingerprint
 from .memory_tools import (
     DTYPES,
@@ -201,6 +201,7 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 @_reports_errors
 def _run_fuse(args: argparse.Namespace) -> int:
+    check_apart(args.memory, args.output, "the memory")
     result = fuse_memory(load_memory(args.memory), args.model, args.output, args.strength, args.link, args.force)
     print(f"Wrote world model {result.path}: fingerprint {result.fused_fingerprint} (base {result.base_fingerprint}).")
     return 0

@@ -117,6 +117,25 @@ def child_path(folder: str | os.PathLike, name: str) -> Path:
     return target
 
 
+def check_apart(source: str | os.PathLike, destination: str | os.PathLike, what: str = "the source") -> None:
+    """Refuse an output that is `source`, contains it, or lies inside it (symlinks followed).
+
+    Replacing such an output (with --force) would delete the source it is being made from, and --link would
+    leave symlinks pointing at themselves.
+    """
+    source_path, output_path = Path(source).resolve(), Path(destination).resolve()
+    if output_path == source_path:
+        relation = "is"
+    elif output_path in source_path.parents:
+        relation = "contains"
+    elif source_path in output_path.parents:
+        relation = "lies inside"
+    else:
+        return
+    raise WeightsFileError(f"--output {os.fspath(destination)} {relation} {what} {os.fspath(source)}; writing it "
+                           "would destroy what it is made from: choose an output folder outside it.")
+
+
 def check_destination(path: str | os.PathLike, force: bool) -> None:
     """Refuse to replace an existing file or folder unless `force`."""
     if os.path.lexists(path) and not force:

@@ -33,6 +33,7 @@ from ..pipelines.temp_lora import (
 from .files import (
     WeightsFileError,
     atomic_folder,
+    check_apart,
     check_destination,
     copy_component,
     is_pickle_file,
@@ -303,6 +304,7 @@ def fuse_memory(memory: EpisodicMemory, model_path: str | os.PathLike, out_dir: 
     a model that already contains one. A record of what was fused is kept in `slowfast_vgen_fused.json`.
     """
     model_path = Path(model_path)
+    check_apart(model_path, out_dir, "the model folder")
     if not math.isfinite(strength):
         raise ValueError(f"strength must be a finite number, got {strength}.")
     if not (model_path / "model_index.json").is_file():

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from .files import (
     WeightsFileError,
     atomic_folder,
+    check_apart,
     child_path,
     copy_component,
     copy_or_link,
@@ -123,6 +124,7 @@ def import_modelscope(source: str | os.PathLike, out_dir: str | os.PathLike, lin
     With `link`, weight files are symlinked instead of copied (the source must then stay where it is).
     """
     source = Path(source)
+    check_apart(source, out_dir, "the ModelScope folder")
     index = read_model_index(source, (MODELSCOPE_CLASS, PIPELINE_CLASS))
     if variant is not None and variant not in KNOWN_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(KNOWN_VARIANTS)}, got {variant!r}.")
@@ -219,6 +221,8 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | o
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"No checkpoint folder {checkpoint_dir}.")
     base = Path(base_model_dir) if base_model_dir is not None else checkpoint_base_model(checkpoint_dir)
+    check_apart(base, out_dir, "the base model folder")
+    check_apart(checkpoint_dir, out_dir, "the checkpoint folder")
     read_model_index(base, (PIPELINE_CLASS,))
     state, used_ema = checkpoint_unet_weights(checkpoint_dir, use_ema, allow_pickle)
     unet = UNet3DConditionModel.from_config(unet_config(base))
@@ -268,6 +272,7 @@ def cast_world_model(source: str | os.PathLike, out_dir: str | os.PathLike, dtyp
     VAE, whose fp16 decode can overflow) are copied unchanged.
     """
     source = Path(source)
+    check_apart(source, out_dir, "the model folder")
     index = read_model_index(source, (PIPELINE_CLASS,))
     plans = {name: plan_component(source / name, None, allow_pickle=False) for name in COMPONENTS}
     bytes_before = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
