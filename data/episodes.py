@@ -111,11 +111,11 @@ def load_path_file(path: str | Path, seed: int, chunk_frames: int = 4, view_size
     if not isinstance(actions, list) or len(actions) < 2 or not all(isinstance(a, str) for a in actions):
         raise ValueError(f"path file {str(path)!r}: 'actions' must be a list of at least 2 action texts, "
                          "one per chunk.")
-    for index, action in enumerate(actions):
-        try:
-            parse_action(action)
-        except ValueError as error:
-            raise ValueError(f"path file {str(path)!r}, actions[{index}]: {error}") from None
+    from ..pipelines.checks import actions_problem  # here: the pipelines import data at module level
+
+    problem = actions_problem(actions, parse_action)
+    if problem:
+        raise ValueError(f"path file {str(path)!r}, {problem}")
     start = data.get("start")
     well_formed = isinstance(start, list) and len(start) == 2 and all(isinstance(v, int) for v in start)
     if start is not None and not well_formed:

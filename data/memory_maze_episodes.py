@@ -311,12 +311,3 @@ def load_cache(root: str | os.PathLike, seeds: range, per_maze: int = 10, num_ch
                                  f"at {view_size} pixels; delete the folder and record it again.")
             episodes.append(record)
     return episodes
-
-
-def check_motions(actions: list[str]) -> None:
-    """Every action is one Memory Maze knows (raises ValueError naming the first that is not)."""
-    for index, action in enumerate(actions):
-        try:
-            parse_action(action)
-        except ValueError as error:
-            raise ValueError(f"actions[{index}]: {error}") from None

@@ -45,12 +45,9 @@ class WorldKind:
         return None
 
     def actions_problem(self, actions: list[str], name: str = "actions") -> str | None:
-        for index, action in enumerate(actions):
-            try:
-                self.parse_action(action)
-            except ValueError as error:
-                return f"{name}[{index}]: {error}"
-        return None
+        from ..pipelines.checks import actions_problem  # here: the pipelines import data at module level
+
+        return actions_problem(actions, self.parse_action, name)
 
     def demo(self, seed: int, view_size: int = 64) -> tuple[np.ndarray, list[str]]:
         """The demo episode of `generate`: its first frame (uint8) and its actions, which revisit places."""
