@@ -402,6 +402,11 @@ def test_pipeline_refuses_bad_sampling_settings_before_running(tiny_pipe, tiny_c
     (["evaluate", "--next-chunk", "0"], "--next-chunk must be at least 1"),
     (["evaluate", "--video", "{tmp}/missing.mp4"], "does not exist"),
     (["train", "--model", "{tmp}/missing", "--output-dir", "{tmp}/run"], "not a pipeline folder"),
+    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--max-steps", "-1"], "--max-steps must be at least 1"),
+    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--checkpointing-steps", "0"],
+     "--checkpointing-steps must be at least 1"),
+    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--learning-rate", "nan"], "--learning-rate must be"),
     (["model", "fingerprint", "{tmp}/missing"], ""),
 ])
 def test_other_commands_report_errors_in_one_line_with_exit_2(tmp_path, capsys, argv, message):
@@ -410,6 +415,27 @@ def test_other_commands_report_errors_in_one_line_with_exit_2(tmp_path, capsys, 
     error = capsys.readouterr().err
     assert code == 2 and message in error and "Traceback" not in error, error
     assert snapshot(tmp_path) == before
+
+
+def test_train_into_an_earlier_run_is_refused_unless_resumed_or_forced(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "new:tiny", "--output-dir", str(run), "--max-steps", "1", "--batch-size", "1",
+            "--world-seeds", "1", "--lr-warmup-steps", "0"]
+    assert run_cli(argv) == 0
+    capsys.readouterr()
+    (run / "notes.txt").write_text("the earlier run's")
+    before = snapshot(run)
+    assert run_cli(argv) == 2
+    error = capsys.readouterr().err
+    assert "--output-dir" in error and "--resume-from-checkpoint latest" in error and "--force" in error, error
+    assert len(error.strip().splitlines()) == 1, error
+    assert snapshot(run) == before
+    (tmp_path / "file").write_text("")
+    assert run_cli([*argv[:4], str(tmp_path / "file"), *argv[5:]]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert run_cli([*argv, "--force"]) == 0
+    assert not (run / "notes.txt").exists(), "--force replaces the earlier run"
+    assert [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()] == [1]
 
 
 def test_memory_check_of_a_truncated_or_pickle_model_is_an_error_not_a_no(finished, tiny_pipe_dir, tmp_path, capsys):

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -96,6 +98,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--checkpointing-steps", type=int, default=500)
     parser.add_argument("--checkpoints-total-limit", type=int, default=2)
     parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the earlier run in --output-dir (deleted once the new run has its model "
+                             "loaded); without it an --output-dir that holds files needs --resume-from-checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu", action="store_true",
                         help="train on CPU; with several processes (torchrun) they then join over gloo")
@@ -113,6 +118,15 @@ def add_train_command(commands) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse option combinations that cannot train, before anything is loaded or written."""
+    for flag, value, least in (("--max-steps", args.max_steps, 1), ("--batch-size", args.batch_size, 1),
+                               ("--checkpointing-steps", args.checkpointing_steps, 1),
+                               ("--gradient-accumulation-steps", args.gradient_accumulation_steps, 1),
+                               ("--lr-warmup-steps", args.lr_warmup_steps, 0)):
+        if value < least:
+            raise SystemExit(f"{flag} must be at least {least}, got {value}.")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise SystemExit(f"--learning-rate must be a positive finite number, got {args.learning_rate}.")
+    check_output_dir(args)
     if args.families and args.stage != "slow-fast":
         raise SystemExit("--families chooses the slow-fast stage's episodes: use it with --stage slow-fast.")
     if args.stage == "slow-fast":
@@ -132,6 +146,20 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.stage == "idm" and (args.model.startswith("new:") or args.train_text_encoder):
         raise SystemExit("--stage idm learns frames as a trained world model draws them: give --model a trained "
                          "world model folder (e.g. models/toyworld), and drop --train-text-encoder.")
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """An --output-dir that holds an earlier run is only continued (--resume-from-checkpoint) or replaced
+    (--force), never silently mixed with a new run."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SystemExit(f"--output-dir {args.output_dir} is a file: give a folder.")
+    if args.resume_from_checkpoint or getattr(args, "force", False):
+        return
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    raise SystemExit(f"--output-dir {args.output_dir} already holds files of an earlier run: pass "
+                     "--resume-from-checkpoint latest to continue it, --force to replace it, or choose a new folder.")
 
 
 def load_base_pipeline(model: str) -> SlowFastVGenPipeline:
@@ -234,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(seed)
     step = resume(accelerator, args, output_dir, stream, generator) if args.resume_from_checkpoint else 0
     if accelerator.is_main_process:
+        if getattr(args, "force", False) and not args.resume_from_checkpoint and output_dir.is_dir():
+            shutil.rmtree(output_dir)  # the earlier run, replaced as --force asked
         output_dir.mkdir(parents=True, exist_ok=True)
         run_config = {**vars(args), "base_model": args.model, "num_processes": accelerator.num_processes}
         run_config.pop("run", None)
