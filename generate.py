@@ -112,7 +112,11 @@ def read_actions(args: argparse.Namespace) -> list[str]:
     if args.actions_file:
         if not os.path.isfile(args.actions_file):
             raise SystemExit(f"--actions-file {args.actions_file!r} does not exist.")
-        lines = Path(args.actions_file).read_text(encoding="utf-8").splitlines()
+        try:
+            lines = Path(args.actions_file).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise SystemExit(f"--actions-file {args.actions_file!r} is not UTF-8 text ({error.reason} at byte "
+                             f"{error.start}); save it as UTF-8, one action per line.") from None
     elif args.actions is not None:
         lines = args.actions.split(";")
     else:
@@ -234,15 +238,32 @@ def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
         raise SystemExit(f"{flag}: {error}") from None
 
 
+def check_contact_sheet(sheet: Path, outputs: list[Path], inputs: dict[str, str | None]) -> None:
+    """`--contact-sheet`: an image format OpenCV can write, and neither another output nor an input file."""
+    if not cv2.haveImageWriter(str(sheet)):
+        kind = f"the extension {sheet.suffix!r}" if sheet.suffix else "a file name without an extension"
+        raise SystemExit(f"--contact-sheet {sheet}: OpenCV cannot write an image with {kind}; use .png or .jpg.")
+    for path in outputs:
+        if sheet.resolve() == path.resolve():
+            raise SystemExit(f"--contact-sheet {sheet} is also the run's {path.name}; choose another file name.")
+    for flag, path in inputs.items():
+        if path and (sheet.resolve() == Path(path).resolve()
+                     or (sheet.exists() and os.path.exists(path) and os.path.samefile(sheet, path))):
+            raise SystemExit(f"--contact-sheet {sheet} is the {flag} file; writing the sheet would replace it: "
+                             "choose another file name.")
+
+
 class Outputs:
     """The files a run writes: refused if they exist (unless `force`), written under temporary names beside
     them and renamed into place only when complete, so a failed run leaves every earlier file as it was."""
 
-    def __init__(self, video: str, contact_sheet: str | None, force: bool):
+    def __init__(self, video: str, contact_sheet: str | None, force: bool, inputs: dict[str, str | None] | None = None):
         self.video = Path(video)
         self.memory = self.video.with_suffix(".memory.safetensors")
         self.summary = self.video.with_suffix(".json")
         self.contact_sheet = Path(contact_sheet) if contact_sheet else None
+        if self.contact_sheet is not None:
+            check_contact_sheet(self.contact_sheet, [self.video, self.memory, self.summary], inputs or {})
         targets = [self.video, self.memory, self.summary] + ([self.contact_sheet] if self.contact_sheet else [])
         for target in targets:
             if target.is_dir():
@@ -318,7 +339,8 @@ def load_memory(path: str | None, pipe: SlowFastVGenPipeline) -> EpisodicMemory 
 def run(args: argparse.Namespace) -> int:
     # 1. Everything the user gave is checked before any work or write.
     config = check_arguments(args)
-    outputs = Outputs(args.output, args.contact_sheet, args.force)
+    outputs = Outputs(args.output, args.contact_sheet, args.force,
+                      {"--image": args.image, "--memory": args.memory, "--actions-file": args.actions_file})
     actions = read_actions(args)
     started = time.time()
     pipe = load_pipeline(args)

@@ -101,6 +101,10 @@ GENERATE_CASES = [
     (["--output", "{tmp}/episode.avi"], "must end in .mp4"),
     (["--output", "{tmp}/new/folder/out.mp4", "--steps", "0"], "--steps"),  # no folder made for a failed run
     (["--output", "{tmp}/garbage.safetensors/out.mp4"], "is not a writable folder"),
+    (["--contact-sheet", "{tmp}/sheet.txt"], "sheet.txt: OpenCV cannot write an image with the extension '.txt'"),
+    (["--contact-sheet", "{tmp}/sheet"], "OpenCV cannot write an image with a file name without an extension"),
+    (["--contact-sheet", "{tmp}/tiny.png", "--image", "{tmp}/tiny.png", "--force"], "is the --image file"),
+    (["--actions-file", "{tmp}/latin1.txt"], "is not UTF-8 text"),
 ]
 
 
@@ -108,6 +112,7 @@ GENERATE_CASES = [
 def test_generate_refuses_bad_input_and_changes_nothing(tiny_pipe_dir, finished, tmp_path, capsys, extra, message):
     (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
     cv2.imwrite(str(tmp_path / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    (tmp_path / "latin1.txt").write_bytes("move left\nfl\xe2ner\n".encode("latin-1"))
     values = {"tmp": str(tmp_path), "finished": str(finished)}
     if "{nan}" in extra:
         values["nan"] = str(nan_memory(tiny_pipe_dir, tmp_path))
