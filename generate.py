@@ -345,6 +345,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     pipe = load_pipeline(args)
     memory = load_memory(args.memory, pipe)
+    if memory is None and not args.no_temp_lora:
+        from .pipelines.lora_layers import expected_lora_shapes
+
+        try:
+            expected_lora_shapes(pipe.unet, config)
+        except ValueError as error:
+            raise SystemExit(f"--lora-target {config.target!r}: {error} Give a preset name or a regular expression "
+                             "that matches the UNet's attention projections.") from None
     if args.scheduler:
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
     if args.compile:

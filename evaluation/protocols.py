@@ -26,7 +26,11 @@ from .options import EvaluationOptions
 
 def load_pipeline(model: str, scheduler: str | None = None) -> SlowFastVGenPipeline:
     """The world model to evaluate, with the sampler asked for (default: its own)."""
-    pipe = SlowFastVGenPipeline.from_pretrained(model)
+    try:
+        pipe = SlowFastVGenPipeline.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(f"--model {model!r} cannot be loaded: {message}") from None
     pipe.set_progress_bar_config(disable=True)
     if scheduler is not None:
         pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler.config)

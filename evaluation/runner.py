@@ -27,9 +27,9 @@ def evaluate(options: EvaluationOptions) -> dict | None:
     """Run (or resume) the evaluation; returns the summary on the main process, None on the others."""
     options.check()
     output_dir = Path(options.output_dir)
+    pipe = load_pipeline(options.model, options.scheduler)  # a model that cannot load leaves no run folder
     state, done_rows = start_run(output_dir, options.identity())
-
-    pipe = load_pipeline(options.model, options.scheduler).to(state.device)
+    pipe.to(state.device)
     resnet = metrics.load_resnet18(options.resnet18) if options.resnet18 else None
     plan = options.plan(pipe.native_size, pipe.context_window // 2)
     done = {episode_key(row["episode"]) for row in done_rows}
@@ -91,7 +91,13 @@ def evaluate_video(video_path: str, resnet18: str | None = None,
     if not summary_path.is_file():
         raise ValueError(f"--video {video_path!r} has no episode JSON beside it ({summary_path}); evaluate the MP4 "
                          "that `slowfast-vgen generate` wrote, with its JSON.")
-    info = json.loads(summary_path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--video {video_path!r}: its episode JSON {summary_path} is not valid JSON ({error}).") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"--video {video_path!r}: its episode JSON {summary_path} holds a {type(info).__name__}, not "
+                         "the object `slowfast-vgen generate` writes.")
     capture, frames = cv2.VideoCapture(str(video_path)), []
     while (read := capture.read())[0]:
         frames.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB).astype(np.float32) / 255)

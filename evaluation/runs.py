@@ -46,10 +46,16 @@ def episode_key(described: dict) -> tuple:
 def claim_run_folder(output_dir: Path, identity: dict) -> None:
     """Create `output_dir` for a run with these settings, or resume the run it holds if its settings are the
     same; a folder holding a run with other settings is refused, naming them."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"The output folder {output_dir} is a file: give a folder (new, or one to resume).")
     output_dir.mkdir(parents=True, exist_ok=True)
     run_file = output_dir / "run.json"
     if run_file.is_file():
-        earlier = json.loads(run_file.read_text(encoding="utf-8"))
+        try:
+            earlier = json.loads(run_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{run_file} is not valid JSON ({error}): it is not a run of this tool; give another "
+                             "output folder.") from None
         if earlier != identity:
             changed = sorted(k for k in set(earlier) | set(identity) if earlier.get(k) != identity.get(k))
             raise ValueError(f"{output_dir} holds a run with other settings ({', '.join(changed)} differ); resume it "

@@ -87,6 +87,7 @@ GENERATE_CASES = [
     (["--lora-steps", "-1"], "--lora-steps: TempLoRAConfig.steps_per_update must be 0 (no training) or more"),
     (["--lora-replay", "-1"], "--lora-replay: TempLoRAConfig.replay"),
     (["--lora-target", "("], "--lora-target: TempLoRAConfig.target '(' is neither a preset"),
+    (["--lora-target", "nothing_matches_this"], "--lora-target 'nothing_matches_this': Temp-LoRA target"),
     (["--actions", " ; "], "No action given"),
     (["--actions-file", "{tmp}/missing.txt"], "--actions-file"),
     (["--model", "{tmp}/no-model"], "is not a world model folder"),
@@ -420,6 +421,35 @@ def test_other_commands_report_errors_in_one_line_with_exit_2(tmp_path, capsys, 
     error = capsys.readouterr().err
     assert code == 2 and message in error and "Traceback" not in error, error
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "{tmp}/afile", "--model", "{model}"], "afile is a file"),
+    (["evaluate", "{tmp}/run", "--model", "{model}"], "run.json is not valid JSON"),
+    (["evaluate", "{tmp}/new", "--model", "{tmp}/corrupt", "--episodes", "1"], "--model '{tmp}/corrupt' cannot be loaded"),
+    (["evaluate", "--video", "{tmp}/list.mp4"], "list.json holds a list, not the object"),
+    (["evaluate", "--video", "{tmp}/broken.mp4"], "broken.json is not valid JSON"),
+])
+def test_evaluate_reports_bad_folders_models_and_summaries_in_one_line(tiny_pipe_dir, finished, tmp_path, capsys, argv,
+                                                                        message):
+    import shutil
+
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{bad")
+    shutil.copytree(tiny_pipe_dir, tmp_path / "corrupt")
+    weights = tmp_path / "corrupt" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    for name, text in (("list", "[1]"), ("broken", "{bad")):
+        shutil.copy(finished / "episode.mp4", tmp_path / f"{name}.mp4")
+        (tmp_path / f"{name}.json").write_text(text)
+    before = snapshot(tmp_path)
+    code = run_cli([a.format(tmp=tmp_path, model=tiny_pipe_dir) for a in argv])
+    error = capsys.readouterr().err
+    reported = [line for line in error.splitlines() if line.startswith("slowfast-vgen evaluate: ")]
+    assert code == 2 and len(reported) == 1 and message.format(tmp=tmp_path) in reported[0], error
+    assert "This is a bug" not in error and "evaluate: evaluate:" not in error, error
+    assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
 
 
 def test_train_into_an_earlier_run_is_refused_unless_resumed_or_forced(tmp_path, capsys):
