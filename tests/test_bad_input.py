@@ -379,6 +379,45 @@ def test_weights_tools_refuse_an_output_that_overlaps_the_source(finished, tmp_p
     assert not any(p.is_symlink() for p in tmp_path.rglob("*"))
 
 
+def test_merging_memories_of_other_layer_shapes_is_refused_in_one_line(finished, tmp_path, capsys):
+    def wider_a(tensors, metadata):
+        key = first_lora_key(tensors, "A")
+        tensors[key] = torch.zeros(tensors[key].shape[0], tensors[key].shape[1] + 1)
+        for moment in ("exp_avg", "exp_avg_sq"):
+            tensors.pop(f"optimizer.{key}.{moment}", None)
+
+    memory = str(finished / "episode.memory.safetensors")
+    wider = damaged_copy(finished / "episode.memory.safetensors", tmp_path / "wider.safetensors", wider_a)
+    before = snapshot(tmp_path)
+    code = run_cli(["memory", "merge", memory, str(wider), "-o", str(tmp_path / "merged.safetensors")])
+    error = capsys.readouterr().err
+    assert code == 2 and "lora_A.weight" in error and "cannot be merged" in error and "bug" not in error, error
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda config: {**config, "r": 0}, "adapter_config.json: r must be a whole number of at least 1, got 0"),
+    (lambda config: {k: v for k, v in config.items() if k != "r"}, "r must be a whole number of at least 1, got None"),
+    (lambda config: {**config, "lora_alpha": "x"}, "lora_alpha must be a finite number"),
+    (lambda config: "{bad", "adapter_config.json is not valid JSON"),
+    (lambda config: [1], "adapter_config.json holds a list"),
+])
+def test_a_bad_peft_adapter_config_is_refused_naming_the_file(finished, tmp_path, tiny_pipe_dir, capsys, change,
+                                                              message):
+    peft = tmp_path / "peft"
+    assert run_cli(["memory", "convert", str(finished / "episode.memory.safetensors"), "-o", str(peft)]) == 0
+    config_file = peft / "adapter_config.json"
+    changed = change(json.loads(config_file.read_text()))
+    config_file.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    code = run_cli(["memory", "convert", str(peft), "-o", str(tmp_path / "back.safetensors"), "--base",
+                    str(tiny_pipe_dir)])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "bug" not in error and len(error.strip().splitlines()) == 1, error
+    assert snapshot(tmp_path) == before
+
+
 def test_memory_check_answers_1_only_for_a_memory_that_does_not_fit(finished, tiny_pipe_dir, tmp_path, capsys):
     from slowfast_vgen.pipelines import WorldModelSpec, build_pipeline
 

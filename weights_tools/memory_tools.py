@@ -235,6 +235,13 @@ def merge_memories(memories: list[EpisodicMemory], weights: list[float] | None =
                 f"Memory {index} was made on world model {memory.base_fingerprint}, memory 0 on "
                 f"{first.base_fingerprint}; memories of different world models cannot be merged."
             )
+        for key, tensor in memory.lora.items():  # the module's side of each factor; the rank side may differ
+            side = 1 if ".lora_A." in key else 0
+            if tensor.dim() != 2 or first.lora[key].dim() != 2 or tensor.shape[side] != first.lora[key].shape[side]:
+                raise MemoryMismatchError(
+                    f"Memory {index}'s {key} has shape {tuple(tensor.shape)} but memory 0's has "
+                    f"{tuple(first.lora[key].shape)}: they do not adapt the same layers, so they cannot be merged."
+                )
     if rank is None:
         rank = max(m.config.rank for m in memories)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
@@ -384,9 +391,15 @@ def _config_from_peft(adapter_config: dict, path: Path) -> tuple[TempLoRAConfig,
         targets = rf"(?:.*\.)?(?:{'|'.join(re.escape(t) for t in targets)})"
     if not isinstance(targets, str):
         raise WeightsFileError(f"{path} has no usable target_modules ({targets!r}).")
-    rank = int(adapter_config["r"])
-    scale = float(adapter_config.get("lora_alpha", 8)) / rank  # peft's default lora_alpha is 8
-    return TempLoRAConfig(rank=rank, target=targets), scale
+    rank = adapter_config.get("r")
+    if isinstance(rank, float) and rank.is_integer():
+        rank = int(rank)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise WeightsFileError(f"{path / PEFT_CONFIG_NAME}: r must be a whole number of at least 1, got {rank!r}.")
+    alpha = adapter_config.get("lora_alpha", 8)  # peft's default lora_alpha is 8
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise WeightsFileError(f"{path / PEFT_CONFIG_NAME}: lora_alpha must be a finite number, got {alpha!r}.")
+    return TempLoRAConfig(rank=rank, target=targets), float(alpha) / rank
 
 
 def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | None = None) -> EpisodicMemory:
@@ -404,7 +417,13 @@ def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | 
         if pickles:
             refuse_pickle(pickles[0])
         raise WeightsFileError(f"{folder} has no {PEFT_WEIGHTS_NAME}.")
-    config, scale = _config_from_peft(json.loads(config_file.read_text()), folder)
+    try:
+        adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WeightsFileError(f"{config_file} is not valid JSON ({error}).") from None
+    if not isinstance(adapter_config, dict):
+        raise WeightsFileError(f"{config_file} holds a {type(adapter_config).__name__}, not a peft LoRA config object.")
+    config, scale = _config_from_peft(adapter_config, folder)
     base_fingerprint = file_fingerprint(base_model).value if base_model is not None else None
     with open_safetensors(weights_file) as handle:
         lora = {}
