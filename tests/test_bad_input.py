@@ -418,6 +418,26 @@ def test_a_bad_peft_adapter_config_is_refused_naming_the_file(finished, tmp_path
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["model", "cast", "{bad}", "-o", "{tmp}/out"],
+    ["memory", "fuse", "{memory}", "{bad}", "-o", "{tmp}/out"],
+    ["train", "--model", "{bad}", "--output-dir", "{tmp}/out", "--max-steps", "1"],
+    ["generate", "{tmp}/out.mp4", "--model", "{bad}", "--actions", "move left", *FAST],
+], ids=lambda argv: " ".join(argv[:2]))
+def test_a_broken_model_index_is_reported_naming_the_file(finished, tmp_path, tiny_pipe_dir, capsys, argv):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_pipe_dir, bad)
+    (bad / "model_index.json").write_text("{bad")
+    before = snapshot(tmp_path)
+    values = {"bad": str(bad), "tmp": str(tmp_path), "memory": str(finished / "episode.memory.safetensors")}
+    code = run_cli([a.format(**values) for a in argv])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "model_index.json is not valid JSON" in error[0], error
+    assert "bug" not in error[0] and snapshot(tmp_path) == before
+
+
 def test_memory_check_answers_1_only_for_a_memory_that_does_not_fit(finished, tiny_pipe_dir, tmp_path, capsys):
     from slowfast_vgen.pipelines import WorldModelSpec, build_pipeline
 

@@ -170,7 +170,10 @@ def load_base_pipeline(model: str) -> SlowFastVGenPipeline:
         return build_pipeline(getattr(WorldModelSpec, name)())
     if not os.path.isfile(os.path.join(model, "model_index.json")):
         raise SystemExit(f"--model {model!r} is not a pipeline folder (no model_index.json).")
-    return SlowFastVGenPipeline.from_pretrained(model)
+    try:
+        return SlowFastVGenPipeline.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--model {model!r} cannot be loaded: {' '.join(str(error).split())}") from None
 
 
 def read_reverse_actions(path: str) -> dict[str, str]:

@@ -316,6 +316,12 @@ def fuse_memory(memory: EpisodicMemory, model_path: str | os.PathLike, out_dir: 
         raise ValueError(f"strength must be a finite number, got {strength}.")
     if not (model_path / "model_index.json").is_file():
         raise WeightsFileError(f"{model_path} is not a world-model folder (no model_index.json).")
+    try:
+        index = json.loads((model_path / "model_index.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WeightsFileError(f"{model_path / 'model_index.json'} is not valid JSON ({error}).") from None
+    if not isinstance(index, dict):
+        raise WeightsFileError(f"{model_path / 'model_index.json'} holds a {type(index).__name__}, not a JSON object.")
     base_fingerprint = file_fingerprint(model_path).value
     unet = UNet3DConditionModel.from_pretrained(unet_folder(model_path), use_safetensors=True)
     check_memory(unet, memory, base_fingerprint)
