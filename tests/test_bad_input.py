@@ -532,6 +532,18 @@ def test_train_into_an_earlier_run_is_refused_unless_resumed_or_forced(tmp_path,
     assert [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()] == [1]
 
 
+def test_train_on_bad_record_fatal_is_the_users_data_not_a_bug(tmp_path, capsys):
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text(json.dumps({"video": "missing.mp4", "start": 0, "end": 6, "action": "go left"}) + "\n")
+    before = snapshot(tmp_path)
+    code = run_cli(["train", "--model", "new:tiny", "--data", "manifest", "--manifest", str(manifest),
+                    "--on-bad-record", "fatal", "--output-dir", str(tmp_path / "run"), "--max-steps", "1"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "clips.jsonl:1:" in error[0] and "does not exist" in error[0], error
+    assert error[0].startswith("slowfast-vgen train: --manifest: ") and "bug" not in error[0]
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
+
+
 def test_memory_check_of_a_truncated_or_pickle_model_is_an_error_not_a_no(finished, tiny_pipe_dir, tmp_path, capsys):
     import shutil
 

@@ -42,6 +42,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..data import memory_maze, streams
+from ..data.manifest import BadRecordError
 from ..data.toyworld import reverse_actions
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from ..pipelines._deprecation import deprecated_aliases
@@ -247,6 +248,14 @@ def prepare(accelerator: Accelerator, args: argparse.Namespace, pipe: SlowFastVG
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except BadRecordError as error:  # --on-bad-record fatal, as asked: the user's data, not a bug
+        raise SystemExit(f"--manifest: {error} (--on-bad-record fatal stops at the first bad record; "
+                         "--on-bad-record skip skips them with a warning).") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     check_arguments(args)
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision, cpu=args.cpu)
