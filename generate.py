@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.worlds import WORLDS, world_kind
+from .pipelines.atomic_files import _alive as process_alive
 from .pipelines.atomic_files import partial_path, remove_stale_partials, stale_partials, write_text_atomically
 from .pipelines.checks import sampling_problem
 from .pipelines.temp_lora import check_memory, first_non_finite
@@ -275,12 +276,65 @@ class Outputs:
         existing = next(folder for folder in [self.video.parent, *self.video.parent.parents] if folder.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK):
             raise SystemExit(f"Cannot write to {self.video.parent}: {existing} is not a writable folder.")
-        for target, frames in recover_killed_runs(self.video):
-            print(f"An earlier run to {self.video} was killed; its {frames} frames were recovered into {target}.")
-        for target in targets:
-            remove_stale_partials(target)
+        self.lock = self.video.with_name(f".{self.video.name}.lock")
+        self.made_folders = [f for f in [self.video.parent, *self.video.parent.parents] if not f.exists()]
+        self.claim()
+        try:
+            for target in targets:  # again, now that no other run can be writing them
+                if target.exists() and not force:
+                    raise SystemExit(f"{target} already exists; pass --force to replace it (or choose another "
+                                     "output).")
+            for target, frames in recover_killed_runs(self.video):
+                print(f"An earlier run to {self.video} was killed; its {frames} frames were recovered into {target}.")
+            for target in targets:
+                remove_stale_partials(target)
+        except BaseException:
+            self.release(failed=True)
+            raise
         self.partial_video = partial_path(self.video)
         self.journal = partial_path(self.video.with_suffix(".frames"))
+
+    def claim(self) -> None:
+        """Claim the output for this run: a lock file beside it, made with O_EXCL, holding this process's id.
+        A second run to the same output is refused while the first runs; a lock whose process has ended
+        (a SIGKILL) is taken over."""
+        self.video.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                handle = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = int(self.lock.read_text(encoding="ascii").strip() or 0)
+                except (OSError, ValueError):
+                    holder = 0
+                if holder <= 0:  # being written this instant, or unreadable: look again
+                    time.sleep(0.1)
+                    try:
+                        holder = int(self.lock.read_text(encoding="ascii").strip() or 0)
+                    except (OSError, ValueError):
+                        holder = 0
+                if holder > 0 and holder != os.getpid() and process_alive(holder):
+                    self.release(failed=True, locked=False)
+                    raise SystemExit(f"Another run (process {holder}) is writing {self.video} now; wait for it to "
+                                     f"end or choose another output (if no such run is going on, delete {self.lock}).")
+                self.lock.unlink(missing_ok=True)  # left by a run that has ended
+                continue
+            with os.fdopen(handle, "w", encoding="ascii") as file:
+                file.write(str(os.getpid()))
+            return
+        self.release(failed=True, locked=False)
+        raise SystemExit(f"Could not claim {self.video}: {self.lock} keeps coming back; is another run starting?")
+
+    def release(self, failed: bool = False, locked: bool = True) -> None:
+        """Drop the claim; after a failed run, also the folders that were made for it (when still empty)."""
+        if locked:
+            self.lock.unlink(missing_ok=True)
+        if failed:
+            for folder in self.made_folders:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 class Interrupted(KeyboardInterrupt):
@@ -341,6 +395,17 @@ def run(args: argparse.Namespace) -> int:
     config = check_arguments(args)
     outputs = Outputs(args.output, args.contact_sheet, args.force,
                       {"--image": args.image, "--memory": args.memory, "--actions-file": args.actions_file})
+    failed = True
+    try:
+        code = run_claimed(args, config, outputs)
+        failed = False
+        return code
+    finally:
+        outputs.release(failed=failed)
+
+
+def run_claimed(args: argparse.Namespace, config: TempLoRAConfig, outputs: Outputs) -> int:
+    """The run itself, once every setting is checked and the outputs are claimed."""
     actions = read_actions(args)
     started = time.time()
     pipe = load_pipeline(args)

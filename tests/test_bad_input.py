@@ -177,6 +177,30 @@ def test_force_replaces_only_a_finished_run_and_a_failure_keeps_the_old_files(ti
     assert after.keys() == before.keys() and after["episode.mp4"] != before["episode.mp4"]
 
 
+def test_a_second_run_to_the_same_output_is_refused_while_the_first_runs(tiny_pipe_dir, tmp_path, capsys):
+    output = tmp_path / "new" / "episode.mp4"
+    argv = ["generate", str(output), "--model", str(tiny_pipe_dir), "--actions", "move left", *FAST]
+    lock = output.with_name(".episode.mp4.lock")
+    lock.parent.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the first run, still going
+    try:
+        lock.write_text(str(other.pid))
+        before = snapshot(tmp_path)
+        assert run_cli(argv) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and f"Another run (process {other.pid}) is writing" in error[0], error
+        assert snapshot(tmp_path) == before and not output.exists()
+        assert run_cli([*argv, "--force"]) == 2, "--force does not take a live run's output"
+    finally:
+        other.kill()
+        other.wait()
+    capsys.readouterr()
+    assert run_cli(argv) == 0, "the lock of a run that has ended is taken over"
+    assert output.is_file() and not lock.exists()
+    assert run_cli(argv) == 2 and "already exists" in capsys.readouterr().err
+    assert not lock.exists(), "a refused run leaves no lock behind"
+
+
 def test_stale_temporaries_of_ended_processes_are_removed_and_live_ones_kept(tmp_path):
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
