@@ -15,9 +15,17 @@ import sys
 EXIT_ERROR = 2
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's errors in one line, `slowfast-vgen <command>: <message> (see ... --help)`, instead of the
+    whole usage block (the subcommands' parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="slowfast-vgen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="slowfast-vgen", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True)
     from .evaluation.evaluate import add_evaluate_command

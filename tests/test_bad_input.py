@@ -568,6 +568,22 @@ def test_train_on_bad_record_fatal_is_the_users_data_not_a_bug(tmp_path, capsys)
     assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "out.mp4", "--steps", "1e12"], "slowfast-vgen generate: argument --steps: invalid int value: '1e12'"),
+    (["generate", "out.mp4", "--world", "mars"], "slowfast-vgen generate: argument --world: invalid choice: 'mars'"),
+    (["memory", "fuse"], "slowfast-vgen memory fuse: the following arguments are required: memory, model"),
+    (["model", "cast", "a", "-o", "b", "--dtype", "fp8"], "slowfast-vgen model cast: argument --dtype"),
+    (["train", "--output-dir", "x", "--stage", "nope"], "slowfast-vgen train: argument --stage: invalid choice"),
+    ([], "slowfast-vgen: the following arguments are required: command"),
+])
+def test_argparse_errors_are_one_line_naming_the_command(tmp_path, capsys, argv, message):
+    assert run_cli(argv) == 2
+    captured = capsys.readouterr()
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(message) and error[0].endswith("--help)"), error
+    assert "usage:" not in captured.err + captured.out
+
+
 def test_memory_check_of_a_truncated_or_pickle_model_is_an_error_not_a_no(finished, tiny_pipe_dir, tmp_path, capsys):
     import shutil
 
