@@ -153,6 +153,26 @@ def test_generate_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, caps
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("extra", [[], ["--keep-fp32", "unet"]], ids=["cast", "keep-fp32"])
+def test_model_cast_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, capsys, extra):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipe_dir, model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    key = sorted(tensors)[3]
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, weights)
+    before = snapshot(tmp_path)
+    code = run_cli(["model", "cast", str(model), "-o", str(tmp_path / "half"), *extra])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and f"tensor {key} holds NaN or infinite values" in error[0], error
+    assert snapshot(tmp_path) == before and not (tmp_path / "half").exists()
+
+
 def test_force_replaces_only_a_finished_run_and_a_failure_keeps_the_old_files(tiny_pipe_dir, tmp_path, capsys,
                                                                              monkeypatch):
     video = tmp_path / "episode.mp4"

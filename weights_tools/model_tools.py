@@ -284,6 +284,9 @@ def cast_world_model(source: str | os.PathLike, out_dir: str | os.PathLike, dtyp
     with atomic_folder(out_dir, force) as folder:
         for name, plan in plans.items():
             if name not in WEIGHTED_COMPONENTS or name in keep_fp32:
+                for file, _ in plan:
+                    if name in WEIGHTED_COMPONENTS and file.suffix == ".safetensors":
+                        _refuse_non_finite(file, load_weights(file))
                 write_component(plan, folder / name, link=False, allow_pickle=False)
                 continue
             for file, relative in plan:
@@ -292,6 +295,7 @@ def cast_world_model(source: str | os.PathLike, out_dir: str | os.PathLike, dtyp
                 if file.suffix == ".safetensors":
                     header = read_header(file)
                     state = load_weights(file)
+                    _refuse_non_finite(file, state)
                     save_file({k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()},
                               str(target), metadata=header.metadata)
                 elif file.name == "config.json":
@@ -306,6 +310,16 @@ def cast_world_model(source: str | os.PathLike, out_dir: str | os.PathLike, dtyp
         fingerprint_after = file_fingerprint(folder).value
     return CastResult(path=Path(out_dir), bytes_before=bytes_before, bytes_after=bytes_after,
                       fingerprint_before=file_fingerprint(source).value, fingerprint_after=fingerprint_after)
+
+
+def _refuse_non_finite(file: Path, state: dict[str, torch.Tensor]) -> None:
+    """A damaged model is not copied: generate and fuse refuse it too."""
+    from ..pipelines.memory_file import first_non_finite
+
+    damaged = first_non_finite(state)
+    if damaged is not None:
+        raise WeightsFileError(f"{file}: tensor {damaged} holds NaN or infinite values; the model is damaged, so it is "
+                               "not copied.")
 
 
 def _with_dtype(config: dict, dtype: torch.dtype) -> dict:
