@@ -129,6 +129,18 @@ class EpisodeMixin:
         with `reverse_action` (default: the world model's `reverse_action(action)`).
         `callback_on_step_end(step, steps_per_update)` runs after every optimizer step (progress, cancel).
         """
+        if memory is not None and not isinstance(memory, EpisodicMemory):
+            raise TypeError(f"memory must be an EpisodicMemory or None, got {type(memory).__name__}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+        channels = self.unet.config.in_channels
+        for name, latents in (("previous_latents", previous_latents), ("new_latents", new_latents)):
+            if not isinstance(latents, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor (batch, {channels}, frames, height, width), got "
+                                f"{type(latents).__name__}.")
+            if latents.ndim != 5 or latents.shape[1] != channels:
+                raise ValueError(f"{name} must be (batch, {channels}, frames, height, width) latents of this world "
+                                 f"model, got {tuple(latents.shape)}.")
         if memory is None:
             memory = self.new_memory(config)
         else:

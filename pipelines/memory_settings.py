@@ -173,7 +173,14 @@ def legacy_settings(values: dict) -> tuple[dict, float]:
 def recorded_settings(text: str) -> tuple[TempLoRAConfig, float]:
     """The settings a memory file records (its `config` JSON), and the factor of `legacy_settings` for its LoRA
     B tensors."""
-    values, scale = legacy_settings(json.loads(text))
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TempLoRAConfig JSON is not valid JSON: {error}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"TempLoRAConfig JSON must be an object of settings, e.g. {{\"rank\": 32}}, not a "
+                         f"{type(values).__name__}.")
+    values, scale = legacy_settings(values)
     return TempLoRAConfig.from_fields(values), scale
 
 

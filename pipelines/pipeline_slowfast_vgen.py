@@ -217,10 +217,20 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
 
     def check_inputs(self, action, context_latents, num_frames, num_context_frames, conditioning,
                      output_type, callback_on_step_end_tensor_inputs, memory, num_inference_steps: int = 1,
-                     guidance_scale: float = 1.0, recall: str | Sequence[tuple[int, int]] = "action") -> None:
+                     guidance_scale: float = 1.0, recall: str | Sequence[tuple[int, int]] = "action",
+                     generator=None) -> None:
         problem = steps_problem(num_inference_steps) or guidance_problem(guidance_scale)
         if problem:
             raise ValueError(problem)
+        if memory is not None and not isinstance(memory, EpisodicMemory):
+            raise TypeError(f"memory must be an EpisodicMemory (pipe.new_memory(), EpisodicMemory.load(path)) or "
+                            f"None, got {type(memory).__name__}.")
+        generators = generator if isinstance(generator, (list, tuple)) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+            raise TypeError(f"generator must be a torch.Generator, a list of them (one per batch item) or None, got "
+                            f"{type(generator).__name__}.")
+        if context_latents is not None and not isinstance(context_latents, torch.Tensor):
+            raise TypeError(f"context_latents must be a torch.Tensor, got {type(context_latents).__name__}.")
         if isinstance(action, str):
             actions = [action]
         elif isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
@@ -354,6 +364,9 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
             if context_latents is not None:
                 raise ValueError("Pass `image` or `context_latents`, not both.")
             context_latents = self.encode_frames(image, resize=resize, argument="image")
+        if context_latents is not None and not isinstance(context_latents, torch.Tensor):
+            raise TypeError(f"context_latents must be a torch.Tensor (batch, channels, frames, height, width), got "
+                            f"{type(context_latents).__name__}.")
         if num_frames is None:
             num_frames = self.context_window // 2
         if not isinstance(num_frames, int) or isinstance(num_frames, bool):
@@ -361,7 +374,8 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
         if num_context_frames is None and context_latents is not None:
             num_context_frames = max(1, min(context_latents.shape[2], self.context_window - num_frames))
         self.check_inputs(action, context_latents, num_frames, num_context_frames, conditioning, output_type,
-                          callback_on_step_end_tensor_inputs, memory, num_inference_steps, guidance_scale, recall)
+                          callback_on_step_end_tensor_inputs, memory, num_inference_steps, guidance_scale, recall,
+                          generator=generator)
         self._guidance_scale = guidance_scale
         self._interrupt = False
 

@@ -505,6 +505,42 @@ def test_pipeline_refuses_bad_sampling_settings_before_running(tiny_pipe, tiny_c
         tiny_pipe("stay", context_latents=tiny_context, **{"num_frames": 2, "output_type": "latent", **kwargs})
 
 
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"context_latents": "latents"}, TypeError, "context_latents must be a torch.Tensor"),
+    ({"memory": "memory.safetensors"}, TypeError, "memory must be an EpisodicMemory"),
+    ({"generator": "seed"}, TypeError, "generator must be a torch.Generator"),
+    ({"generator": [0]}, TypeError, "generator must be a torch.Generator"),
+])
+def test_pipeline_refuses_arguments_of_the_wrong_type(tiny_pipe, tiny_context, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tiny_pipe("stay", **{"context_latents": tiny_context, "num_frames": 2, "output_type": "latent",
+                             "num_inference_steps": 1, **kwargs})
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (("memory", None, None), TypeError, "memory must be an EpisodicMemory or None, got str"),
+    ((None, "context", None), TypeError, "previous_latents must be a torch.Tensor"),
+    ((None, None, torch.zeros(1, 3, 2, 16, 16)), ValueError, r"new_latents must be \(batch, 4, frames, height, width\)"),
+    ((None, None, torch.zeros(4, 2, 16, 16)), ValueError, r"new_latents must be .* got \(4, 2, 16, 16\)"),
+])
+def test_update_memory_refuses_arguments_of_the_wrong_type_or_shape(tiny_pipe, tiny_context, args, error, message):
+    memory, previous, new = args
+    with pytest.raises(error, match=message):
+        tiny_pipe.update_memory(memory, tiny_context if previous is None else previous,
+                                torch.zeros(1, 4, 2, 16, 16) if new is None else new, generator=torch.Generator())
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got str"):
+        tiny_pipe.update_memory(None, tiny_context, torch.zeros(1, 4, 2, 16, 16), generator="seed")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{bad", "TempLoRAConfig JSON is not valid JSON: Expecting property name enclosed in double quotes"),
+    ("[1]", "TempLoRAConfig JSON must be an object of settings.*not a list"),
+])
+def test_temp_lora_config_from_json_names_the_json_problem(text, message):
+    with pytest.raises(ValueError, match=message):
+        TempLoRAConfig.from_json(text)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "{tmp}/eval", "--episodes", "0"], "--episodes must be at least 1"),
     (["evaluate", "{tmp}/eval", "--guidance", "nan"], "--guidance must be a finite number"),
