@@ -363,6 +363,14 @@ def termination_as_interrupt():
 def load_pipeline(args: argparse.Namespace) -> SlowFastVGenPipeline:
     """The world model of `--model`, refused if it cannot load, holds damaged weights or has no room for
     `--frames-per-chunk` beside its context."""
+    if not args.allow_pickle:
+        for component in ("unet", "vae", "text_encoder"):
+            folder = Path(args.model) / component
+            pickles = sorted(f.name for f in folder.glob("*") if f.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            if folder.is_dir() and pickles and not any(folder.glob("*.safetensors")):
+                raise SystemExit(f"--model {args.model!r}: {component}/ holds only pickle weights ({pickles[0]}), "
+                                 "which can run code when loaded; if you trust them pass --allow-pickle, or "
+                                 "convert them once with `slowfast-vgen model import ... --allow-pickle`.")
     try:
         pipe = SlowFastVGenPipeline.from_pretrained(args.model, use_safetensors=not args.allow_pickle)
     except (OSError, ValueError, EnvironmentError) as error:

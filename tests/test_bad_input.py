@@ -153,6 +153,22 @@ def test_generate_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, caps
     assert snapshot(tmp_path) == before
 
 
+def test_generate_with_pickle_only_weights_names_allow_pickle(tiny_pipe_dir, tmp_path, capsys):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_pipe_dir, pickled, ignore=shutil.ignore_patterns("diffusion_pytorch_model.safetensors"))
+    SlowFastVGenPipeline.from_pretrained(tiny_pipe_dir).unet.save_pretrained(pickled / "unet", safe_serialization=False)
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    code = run_cli(["generate", str(tmp_path / "out.mp4"), "--model", str(pickled), "--actions", "stay", *FAST])
+    captured = capsys.readouterr()
+    error = captured.err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "unet/ holds only pickle weights" in error[0], error
+    assert "--allow-pickle" in error[0] and "fetch" not in captured.err + captured.out
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("extra", [[], ["--keep-fp32", "unet"]], ids=["cast", "keep-fp32"])
 def test_model_cast_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, capsys, extra):
     import shutil
