@@ -164,7 +164,9 @@ def _require_renderer() -> None:
         raise _no_renderer(error) from None
 
 
-@functools.lru_cache(maxsize=4)  # building a maze takes seconds; episodes of one maze reuse it
+# Building a maze takes seconds, and a built scene holds about 1 GB (its textures): a few recent ones are
+# kept, and a `MemoryMaze` holds none itself, so that many episodes can be planned at once.
+@functools.lru_cache(maxsize=2)
 def _scene(size: int, seed: int):
     _require_renderer()
     from memory_maze import tasks
@@ -204,7 +206,7 @@ class MemoryMaze:
         if isinstance(view_size, bool) or not isinstance(view_size, int) or not 16 <= view_size <= 1024:
             raise ValueError(f"view_size must be a whole number of pixels from 16 to 1024, got {view_size!r}.")
         self.seed, self.size, self.view_size = seed, size, view_size
-        (self._env, self._physics), self.layout, self._height = _scene(size, seed)
+        _, self.layout, self._height = _scene(size, seed)
         self.start_cell, self.start_heading = self._start_cell()
 
     # ------------------------------------------------------------------ geometry
@@ -273,7 +275,7 @@ class MemoryMaze:
         if problem:
             raise ValueError(f"Memory Maze {self.seed}: {problem}; the camera cannot stand there.")
         x, y = self.position(pose)
-        physics = self._physics
+        (_, physics), _, _ = _scene(self.size, self.seed)
         with physics.reset_context():
             physics.data.qpos[:] = [x, y, self._height, -2 * math.pi * (pose.heading % HEADINGS) / HEADINGS, 0.0]
         return physics.render(self.view_size, self.view_size, camera_id="walker/egocentric").copy()
