@@ -94,7 +94,9 @@ class TempLoRAPreset:
                    "paper's Table 4 ablations), strong (lr 3e-3, 2 steps), way-back (learns the way back through each "
                    "chunk; planning's memory), replay (the strongest Temp-LoRA measured on out-and-back paths, "
                    "and by far the slowest), panorama (a panorama of the places seen, brought back from any "
-                   "direction, with no Temp-LoRA training unless the camera is no pan) and paper+panorama (both). "
+                   "direction, with no Temp-LoRA training unless the camera is no pan), paper+panorama (both) and "
+                   "poses (every frame kept at the pose the actions imply and brought back there: for a camera "
+                   "that turns and walks, with a model that records its action motions, e.g. memory-maze). "
                    "Temp-LoRA Settings sets every field by hand.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (TEMP_LORA,)
