@@ -94,7 +94,8 @@ def evaluate_video(video_path: str, resnet18: str | None = None,
     try:
         info = json.loads(summary_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"--video {video_path!r}: its episode JSON {summary_path} is not valid JSON ({error}).") from None
+        raise ValueError(f"--video {video_path!r}: its episode JSON {summary_path} is not valid JSON "
+                         f"({error}).") from None
     if not isinstance(info, dict):
         raise ValueError(f"--video {video_path!r}: its episode JSON {summary_path} holds a {type(info).__name__}, not "
                          "the object `slowfast-vgen generate` writes.")

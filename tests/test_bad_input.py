@@ -536,7 +536,8 @@ def test_pipeline_refuses_arguments_of_the_wrong_type(tiny_pipe, tiny_context, k
 @pytest.mark.parametrize("args, error, message", [
     (("memory", None, None), TypeError, "memory must be an EpisodicMemory or None, got str"),
     ((None, "context", None), TypeError, "previous_latents must be a torch.Tensor"),
-    ((None, None, torch.zeros(1, 3, 2, 16, 16)), ValueError, r"new_latents must be \(batch, 4, frames, height, width\)"),
+    ((None, None, torch.zeros(1, 3, 2, 16, 16)), ValueError,
+     r"new_latents must be \(batch, 4, frames, height, width\)"),
     ((None, None, torch.zeros(4, 2, 16, 16)), ValueError, r"new_latents must be .* got \(4, 2, 16, 16\)"),
 ])
 def test_update_memory_refuses_arguments_of_the_wrong_type_or_shape(tiny_pipe, tiny_context, args, error, message):
@@ -563,11 +564,14 @@ def test_temp_lora_config_from_json_names_the_json_problem(text, message):
     (["evaluate", "--next-chunk", "0"], "--next-chunk must be at least 1"),
     (["evaluate", "--video", "{tmp}/missing.mp4"], "does not exist"),
     (["train", "--model", "{tmp}/missing", "--output-dir", "{tmp}/run"], "not a pipeline folder"),
-    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--max-steps", "-1"], "--max-steps must be at least 1"),
-    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--max-steps", "-1"],
+     "--max-steps must be at least 1"),
+    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--batch-size", "0"],
+     "--batch-size must be at least 1"),
     (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--checkpointing-steps", "0"],
      "--checkpointing-steps must be at least 1"),
-    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--learning-rate", "nan"], "--learning-rate must be"),
+    (["train", "--model", "new:tiny", "--output-dir", "{tmp}/run", "--learning-rate", "nan"],
+     "--learning-rate must be"),
     (["model", "fingerprint", "{tmp}/missing"], ""),
 ])
 def test_other_commands_report_errors_in_one_line_with_exit_2(tmp_path, capsys, argv, message):
@@ -581,7 +585,8 @@ def test_other_commands_report_errors_in_one_line_with_exit_2(tmp_path, capsys, 
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "{tmp}/afile", "--model", "{model}"], "afile is a file"),
     (["evaluate", "{tmp}/run", "--model", "{model}"], "run.json is not valid JSON"),
-    (["evaluate", "{tmp}/new", "--model", "{tmp}/corrupt", "--episodes", "1"], "--model '{tmp}/corrupt' cannot be loaded"),
+    (["evaluate", "{tmp}/new", "--model", "{tmp}/corrupt", "--episodes", "1"],
+     "--model '{tmp}/corrupt' cannot be loaded"),
     (["evaluate", "--video", "{tmp}/list.mp4"], "list.json holds a list, not the object"),
     (["evaluate", "--video", "{tmp}/broken.mp4"], "broken.json is not valid JSON"),
 ])
