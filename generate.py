@@ -81,10 +81,12 @@ def add_generate_command(commands) -> None:
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                         help="classifier-free guidance scale (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lora-preset", choices=tuple(TEMP_LORA_PRESETS), default=DEFAULT_PRESET,
-                        help="named memory settings (default: panorama, a panorama of the places seen, with the "
-                             "paper's Temp-LoRA update only where the camera is no pan; 'paper' is Algorithm 1 (a) "
-                             "alone, 'paper+panorama' both); the --lora-* flags below change single fields of it")
+    parser.add_argument("--lora-preset", choices=tuple(TEMP_LORA_PRESETS), default=None,
+                        help="named memory settings (default: the model's: 'poses', the views kept by camera pose, "
+                             "for a model that records its action motions such as memory-maze; else 'panorama', a "
+                             "panorama of the places seen, with the paper's Temp-LoRA update only where the camera "
+                             "is no pan; 'paper' is Algorithm 1 (a) alone, 'paper+panorama' both); the --lora-* "
+                             "flags below change single fields of it")
     parser.add_argument("--lora-rank", type=int, help="default: the preset's (the paper's 32)")
     parser.add_argument("--lora-lr", type=float, help="default: the preset's (the paper's 1e-4)")
     parser.add_argument("--lora-steps", type=int, help="default: the preset's (the paper's 1)")
@@ -211,6 +213,18 @@ LORA_FLAGS = {"rank": "--lora-rank", "learning_rate": "--lora-lr", "steps_per_up
               "action_text": "--lora-action-text", "replay": "--lora-replay", "panorama": "--panorama"}
 
 
+def default_preset(model: str) -> str:
+    """The memory preset for `model` when none is asked for: `poses` for a model whose folder records what its
+    actions do to the camera (a camera that turns and walks, e.g. Memory Maze's), else `DEFAULT_PRESET` (the
+    panorama, for a panning camera such as ToyWorld's)."""
+    try:
+        with open(os.path.join(model, "model_index.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return DEFAULT_PRESET  # the model's own loading reports a broken folder, naming it
+    return "poses" if isinstance(config, dict) and config.get("action_motions") else DEFAULT_PRESET
+
+
 def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
     """Every setting checked before anything is loaded or written; returns the Temp-LoRA settings."""
     problem = sampling_problem(args.steps, args.guidance, "--steps", "--guidance")
@@ -230,6 +244,8 @@ def check_arguments(args: argparse.Namespace) -> TempLoRAConfig:
                              "(docs/training.md) and pass it with --model.")
     if not os.path.isfile(os.path.join(args.model, "model_index.json")):
         raise SystemExit(f"--model {args.model!r} is not a world model folder (no model_index.json).")
+    if args.lora_preset is None:
+        args.lora_preset = default_preset(args.model)
     given = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag in LORA_FLAGS.items()}
     try:
         return replace(TEMP_LORA_PRESETS[args.lora_preset], **{k: v for k, v in given.items() if v is not None})

@@ -141,3 +141,11 @@ def test_the_truth_scores_no_gain_and_the_psnr_cap(world):
     assert scores["revisit_psnr_truth"] == metrics.masked_psnr(truth, truth)  # the cap
     assert scores["revisit_psnr"] == scores["revisit_psnr_truth"]  # a revisit equals its first sighting
     assert sum(scores["revisit_pixels"]) > 0
+
+
+def test_generate_defaults_to_the_pose_memory_for_a_model_with_action_motions(maze_pipe, tiny_pipe_dir, tmp_path):
+    from slowfast_vgen.generate import default_preset
+
+    maze_pipe.save_pretrained(tmp_path / "maze-model")
+    assert default_preset(str(tmp_path / "maze-model")) == "poses"
+    assert default_preset(str(tiny_pipe_dir)) == "panorama"  # ToyWorld-like: a panning camera
