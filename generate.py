@@ -30,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.worlds import WORLDS, world_kind
+from .video_files import JOURNAL_MAGIC, VideoSink, recover_killed_runs, write_contact_sheet  # noqa: F401
 from .pipelines.atomic_files import _alive as process_alive
-from .pipelines.atomic_files import partial_path, remove_stale_partials, stale_partials, write_text_atomically
+from .pipelines.atomic_files import partial_path, remove_stale_partials, write_text_atomically
 from .pipelines.checks import sampling_problem
 from .pipelines.temp_lora import check_memory, first_non_finite
 from .pipelines import (
@@ -142,69 +143,6 @@ def first_frame(args: argparse.Namespace, size: int) -> np.ndarray:
     if args.actions is None and args.actions_file is None:
         return kind.demo(args.world_seed, size)[0]
     return kind.build(args.world_seed, size).start_frame()
-
-
-JOURNAL_MAGIC = b"slowfast-vgen frame journal 1\n"
-
-
-class VideoSink:
-    """An MP4 written frame by frame with OpenCV, and beside it a journal of the same frames (raw 8-bit BGR)
-    flushed to disk after each chunk: an MP4 has no index until it is closed, so a run killed with SIGKILL
-    leaves an unplayable file, but the next run to the same output rebuilds the video from the journal
-    (`recover_killed_runs`). Refuses to start if the writer cannot open."""
-
-    def __init__(self, path: str, fps: float, size: int, journal: Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
-        if not self.writer.isOpened():
-            raise SystemExit(f"OpenCV could not open a video writer for {path!r} (codec mp4v).")
-        self.journal_path = journal
-        self.journal = open(journal, "wb")
-        self.journal.write(JOURNAL_MAGIC + json.dumps({"fps": fps, "width": size, "height": size}).encode() + b"\n")
-        self.frames = 0
-
-    def write(self, frames: np.ndarray) -> None:
-        for frame in frames:
-            bgr = cv2.cvtColor((frame * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
-            self.writer.write(bgr)
-            self.journal.write(bgr.tobytes())
-            self.frames += 1
-        self.journal.flush()
-        os.fsync(self.journal.fileno())
-
-    def close(self) -> None:
-        self.writer.release()
-        self.journal.close()
-        self.journal_path.unlink(missing_ok=True)  # the MP4 is complete: the journal is no longer needed
-
-
-def recover_killed_runs(video: Path) -> list[tuple[Path, int]]:
-    """Rebuild, from their journals, the videos of earlier runs to `video` that were killed (SIGKILL):
-    `NAME.recovered.mp4` (then `-2`, `-3`, ...) with every whole frame written; the journal and the
-    unplayable MP4 are removed. Returns the recovered videos and their frame counts."""
-    recovered = []
-    for journal in stale_partials(video.with_suffix(".frames")):
-        with open(journal, "rb") as handle:
-            if handle.readline() != JOURNAL_MAGIC:
-                continue
-            header = json.loads(handle.readline())
-            width, height, fps = header["width"], header["height"], header["fps"]
-            data = handle.read()
-        frame_bytes = width * height * 3
-        frames = np.frombuffer(data[:len(data) - len(data) % frame_bytes], np.uint8).reshape(-1, height, width, 3)
-        index, target = 1, video.with_name(f"{video.stem}.recovered.mp4")
-        while target.exists():
-            index += 1
-            target = video.with_name(f"{video.stem}.recovered-{index}.mp4")
-        temporary = partial_path(target)
-        writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        for frame in frames:
-            writer.write(frame)
-        writer.release()
-        os.replace(temporary, target)
-        journal.unlink()
-        recovered.append((target, len(frames)))
-    return recovered
 
 
 # TempLoRAConfig field -> the generate flag that sets it (over the --lora-preset's value).
@@ -515,19 +453,3 @@ def run_claimed(args: argparse.Namespace, config: TempLoRAConfig, outputs: Outpu
     print(f"Wrote {sink.frames} frames to {outputs.video} in {generation_seconds:.1f} s; "
           f"summary in {outputs.summary}.")
     return 128 + interrupted if interrupted is not None else 0
-
-
-def write_contact_sheet(frames: list[np.ndarray], path: str, every: int = 4, columns: int = 8) -> None:
-    """A grid of every `every`-th frame, the way the README shows an episode."""
-    picked = frames[::every]
-    rows = [picked[i:i + columns] for i in range(0, len(picked), columns)]
-    blank = np.ones_like(picked[0])
-    grid = np.concatenate([np.concatenate(row + [blank] * (columns - len(row)), 1) for row in rows], 0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    temporary = partial_path(path)
-    try:
-        if not cv2.imwrite(str(temporary), cv2.cvtColor((grid * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)):
-            raise OSError(f"OpenCV could not write the contact sheet {path} (is its extension an image format?).")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

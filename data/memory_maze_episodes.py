@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .memory_maze import HEADINGS, TRAIN_PARAPHRASES, MemoryMaze, Pose, parse_action
+from .memory_maze import HEADINGS, TRAIN_PARAPHRASES, MemoryMaze, Pose
 
 PATH_FAMILIES_3D = ("out-and-back", "loop", "full-turn", "detour", "random-walk")
 TRAINING_FAMILIES_3D = PATH_FAMILIES_3D + ("explore",)

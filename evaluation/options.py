@@ -7,7 +7,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from ..data.episodes import PATH_FAMILIES, EpisodePath, load_path_file
+from ..data.episodes import PATH_FAMILIES, load_path_file
 from ..data.worlds import WORLDS, world_kind
 from ..paths import DEFAULT_MODEL_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SCHEDULERS, TEMP_LORA_PRESETS, TempLoRAConfig

@@ -57,3 +57,10 @@ def actions_problem(actions: Iterable[str], parse: Callable[[str], object], name
         except ValueError as error:
             return f"{name}[{index}]: {error}" if numbered else f"{name}: {error}"
     return None
+
+
+def wrong_type(name: str, value, expected: type | tuple[type, ...], what: str) -> str | None:
+    """`name` must be None or an instance of `expected` (described as `what` in the message)."""
+    if value is None or isinstance(value, expected):
+        return None
+    return f"{name} must be {what}, got {type(value).__name__}."

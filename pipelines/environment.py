@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import torch
 
@@ -30,3 +31,20 @@ def compile_unavailable(device: torch.device) -> str | None:
         if shutil.which(compiler) is None:
             return f"no C++ compiler ({compiler!r}) on PATH for the CPU backend; install g++ or set CXX"
     return None
+
+
+class CompileMixin:
+    """`compile_unet` for `SlowFastVGenPipeline` (its `predict` samples with the compiled UNet once set)."""
+
+    def compile_unet(self, **compile_kwargs) -> bool:
+        """Sample with `torch.compile(unet)` from now on (the Temp-LoRA update stays eager: compiling its
+        backward costs more than it saves). Returns False, with a warning saying why, where compiling
+        cannot work; generation then runs uncompiled. Compiling takes a while on the first chunk (and
+        again when the number of context frames changes), and pays on long episodes only (docs/benchmarks.md)."""
+        reason = compile_unavailable(self._execution_device)
+        if reason:
+            warnings.warn(f"torch.compile is not available here: {reason}; generating uncompiled.",
+                          RuntimeWarning, stacklevel=2)
+            return False
+        self._compiled_unet = torch.compile(self.unet, **compile_kwargs)
+        return True

@@ -30,8 +30,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 # Names marked F401 are imported from here by other modules and tests, as they always were.
 from ._deprecation import deprecated_aliases
-from .checks import guidance_problem, steps_problem
-from .environment import compile_unavailable, dtype_argument  # noqa: F401
+from .checks import guidance_problem, steps_problem, wrong_type
+from .environment import CompileMixin, compile_unavailable, dtype_argument  # noqa: F401
 from .episode import EpisodeMixin, EpisodeOutput, EpisodeStep, memory_generator_for  # noqa: F401
 from .episodic_memory import EpisodicMemory
 from .fingerprint import model_fingerprint, weights_version
@@ -97,7 +97,8 @@ class SlowFastVGenPipelineOutput(BaseOutput):
     latents: torch.Tensor
 
 
-class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, PanoramaRecallMixin, PoseRecallMixin):
+class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, PanoramaRecallMixin, PoseRecallMixin,
+                           CompileMixin):
     """Masked-conditional chunk generation with Temp-LoRA episodic memory (SlowFast-VGen).
 
     Components are those of a ModelScope text-to-video checkpoint: `vae` (AutoencoderKL), `text_encoder`
@@ -222,15 +223,14 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
         problem = steps_problem(num_inference_steps) or guidance_problem(guidance_scale)
         if problem:
             raise ValueError(problem)
-        if memory is not None and not isinstance(memory, EpisodicMemory):
-            raise TypeError(f"memory must be an EpisodicMemory (pipe.new_memory(), EpisodicMemory.load(path)) or "
-                            f"None, got {type(memory).__name__}.")
         generators = generator if isinstance(generator, (list, tuple)) else [generator]
-        if not all(g is None or isinstance(g, torch.Generator) for g in generators):
-            raise TypeError(f"generator must be a torch.Generator, a list of them (one per batch item) or None, got "
-                            f"{type(generator).__name__}.")
-        if context_latents is not None and not isinstance(context_latents, torch.Tensor):
-            raise TypeError(f"context_latents must be a torch.Tensor, got {type(context_latents).__name__}.")
+        problem = (wrong_type("memory", memory, EpisodicMemory, "an EpisodicMemory (pipe.new_memory(), "
+                              "EpisodicMemory.load(path)) or None")
+                   or next(filter(None, (wrong_type("generator", g, torch.Generator, "a torch.Generator, a list of "
+                                                    "them (one per batch item) or None") for g in generators)), None)
+                   or wrong_type("context_latents", context_latents, torch.Tensor, "a torch.Tensor"))
+        if problem:
+            raise TypeError(problem)
         if isinstance(action, str):
             actions = [action]
         elif isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
@@ -476,19 +476,6 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
                               "generating uncompiled.", RuntimeWarning, stacklevel=2)
         return self.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
 
-    def compile_unet(self, **compile_kwargs) -> bool:
-        """Sample with `torch.compile(unet)` from now on (the Temp-LoRA update stays eager: compiling its
-        backward costs more than it saves). Returns False, with a warning saying why, where compiling
-        cannot work; generation then runs uncompiled. Compiling takes a while on the first chunk (and
-        again when the number of context frames changes), and pays on long episodes only (docs/benchmarks.md)."""
-        reason = compile_unavailable(self._execution_device)
-        if reason:
-            warnings.warn(f"torch.compile is not available here: {reason}; generating uncompiled.",
-                          RuntimeWarning, stacklevel=2)
-            return False
-        self._compiled_unet = torch.compile(self.unet, **compile_kwargs)
-        return True
-
     def condition_frames(self, context: torch.Tensor, context_noise: torch.Tensor | None, t) -> torch.Tensor:
         """The context as the UNet sees it at step t: clean ("mask") or re-noised to t ("replace")."""
         if context_noise is None:
@@ -498,8 +485,6 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
     def prepare_extra_step_kwargs(self, generator) -> dict:
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         return {"generator": generator} if "generator" in accepted else {}
-
-    # ------------------------------------------------------------------ saving
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """`DiffusionPipeline.save_pretrained` of the base model: Temp-LoRA layers never leak into it."""
