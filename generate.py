@@ -55,7 +55,7 @@ from .pipelines import (
 # workflows and scripts run as they were made.
 DEFAULT_PRESET = "panorama"
 
-DEMO_ACTIONS = WORLDS["toyworld"].demo(0)[1]
+DEMO_ACTIONS = WORLDS["toyworld"].demo(0, frame=False)[1]
 
 
 def add_generate_command(commands) -> None:
@@ -124,7 +124,7 @@ def read_actions(args: argparse.Namespace) -> list[str]:
     elif args.actions is not None:
         lines = args.actions.split(";")
     else:
-        return world_kind(args.world).demo(args.world_seed)[1]
+        return world_kind(args.world).demo(args.world_seed, frame=False)[1]
     actions = [line.strip() for line in lines if line.strip()]
     if not actions:
         raise SystemExit("No action given: write one action per chunk (e.g. --actions 'move left; stay').")

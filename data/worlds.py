@@ -8,7 +8,6 @@ with revisits, as episodes whose revisit map says which frames (or pixels) only 
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,21 +43,17 @@ class WorldKind:
             return f"{name} must be a whole number from 0 to {self.max_seed} for {self.name}, got {seed!r}."
         return None
 
-    def actions_problem(self, actions: list[str], name: str = "actions") -> str | None:
-        from ..pipelines.checks import actions_problem  # here: the pipelines import data at module level
-
-        return actions_problem(actions, self.parse_action, name)
-
-    def demo(self, seed: int, view_size: int = 64) -> tuple[np.ndarray, list[str]]:
-        """The demo episode of `generate`: its first frame (uint8) and its actions, which revisit places."""
+    def demo(self, seed: int, view_size: int = 64, frame: bool = True) -> tuple[np.ndarray | None, list[str]]:
+        """The demo episode of `generate`: its first frame (uint8; None with `frame=False`, which renders
+        nothing) and its actions, which revisit places."""
         if self.name == "toyworld":
             actions = (toyworld.out_and_back("right", 6) + toyworld.out_and_back("down", 4) + toyworld.loop(1)
                        + ["stay", "stay"])
-            return toyworld.ToyWorld(seed, view_size=view_size).start_frame(), actions
+            return (toyworld.ToyWorld(seed, view_size=view_size).start_frame() if frame else None), actions
         # Round a block (back at the start from the other side), then a full turn on the spot and more.
         episode = make_maze_episode(seed, "loop", num_chunks=9, view_size=view_size)
         actions = list(episode.actions) + ["turn left"] * 5
-        return episode.world.render_pose(episode.positions[0]), actions
+        return (episode.world.render_pose(episode.positions[0]) if frame else None), actions
 
 
 def _toyworld_episode(seed: int, family: str, num_chunks: int = 8, chunk_frames: int = 4,
@@ -105,8 +100,3 @@ def world_kind(name: str) -> WorldKind:
     if name not in WORLDS:
         raise ValueError(f"Unknown world {name!r}; known worlds: {', '.join(WORLDS)}.")
     return WORLDS[name]
-
-
-def held_out_wording(kind: WorldKind, action: str, rng: random.Random) -> str:
-    """`action` said in one of its held-out paraphrases (to test generalisation over wording)."""
-    return rng.choice(kind.held_out_paraphrases[kind.parse_action(action)])

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+import numpy as np
 from diffusers import AutoencoderKL
 
 from ..pipelines import WorldModelSpec, build_pipeline
@@ -40,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = build_pipeline(getattr(WorldModelSpec, args.spec)(), seed=args.seed)
     if vae is not None:
         sizes = ("block_out_channels", "latent_channels", "sample_size")
-        if any(tuple(map(int, [vae.config[k]] if isinstance(vae.config[k], int) else vae.config[k]))
-               != tuple(map(int, [pipe.vae.config[k]] if isinstance(pipe.vae.config[k], int) else pipe.vae.config[k]))
-               for k in sizes):
+        if any(list(np.atleast_1d(vae.config[k])) != list(np.atleast_1d(pipe.vae.config[k])) for k in sizes):
             parser.error(f"--vae-from {args.vae_from!r}: its VAE does not have the sizes of --spec {args.spec}.")
         pipe.vae.load_state_dict(vae.state_dict())
         pipe.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
