@@ -352,6 +352,24 @@ def load_memory(path: str | None, pipe: SlowFastVGenPipeline) -> EpisodicMemory 
     return memory
 
 
+def episode_summary(args: argparse.Namespace, pipe: SlowFastVGenPipeline, outputs: Outputs, frames: int,
+                    memory: EpisodicMemory | None, config: TempLoRAConfig, actions: list[str], interrupted: bool,
+                    seconds: dict) -> dict:
+    """The JSON summary of an episode written to `outputs`; `play` exports with it too, so both read alike."""
+    return {
+        "video": str(outputs.video), "frames": frames, "fps": args.fps, "model": args.model,
+        "model_fingerprint": pipe.base_fingerprint, "memory": str(outputs.memory) if memory is not None else None,
+        "continued_from": args.memory, "actions": actions, "interrupted": interrupted,
+        "seed": args.seed, "world": None if args.image else args.world,
+        "world_seed": None if args.image else args.world_seed, "image": args.image,
+        "frames_per_chunk": args.frames_per_chunk or pipe.context_window // 2,
+        "steps": args.steps, "scheduler": scheduler_name(pipe.scheduler) or type(pipe.scheduler).__name__,
+        "guidance": args.guidance, "compiled": pipe.__dict__.get("_compiled_unet") is not None,
+        "temp_lora": None if args.no_temp_lora else vars(memory.config if memory is not None else config),
+        "seconds": seconds,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     # 1. Everything the user gave is checked before any work or write.
     config = check_arguments(args)
@@ -436,19 +454,9 @@ def run_claimed(args: argparse.Namespace, config: TempLoRAConfig, outputs: Outpu
         memory.save(outputs.memory)
     if sheet_frames:
         write_contact_sheet(sheet_frames, outputs.contact_sheet)
-    summary = {
-        "video": str(outputs.video), "frames": sink.frames, "fps": args.fps, "model": args.model,
-        "model_fingerprint": pipe.base_fingerprint, "memory": str(outputs.memory) if memory is not None else None,
-        "continued_from": args.memory, "actions": completed, "interrupted": interrupted is not None,
-        "seed": args.seed, "world": None if args.image else args.world,
-        "world_seed": None if args.image else args.world_seed, "image": args.image,
-        "frames_per_chunk": args.frames_per_chunk or pipe.context_window // 2,
-        "steps": args.steps, "scheduler": scheduler_name(pipe.scheduler) or type(pipe.scheduler).__name__,
-        "guidance": args.guidance, "compiled": pipe.__dict__.get("_compiled_unet") is not None,
-        "temp_lora": None if args.no_temp_lora else vars(memory.config if memory is not None else config),
-        "seconds": {"load": round(load_seconds, 2), "generate_and_write": round(generation_seconds, 2),
-                    "chunks": chunk_seconds},
-    }
+    summary = episode_summary(args, pipe, outputs, sink.frames, memory, config, completed, interrupted is not None,
+                              {"load": round(load_seconds, 2), "generate_and_write": round(generation_seconds, 2),
+                               "chunks": chunk_seconds})
     write_text_atomically(outputs.summary, json.dumps(summary, indent=2, default=str))
     print(f"Wrote {sink.frames} frames to {outputs.video} in {generation_seconds:.1f} s; "
           f"summary in {outputs.summary}.")
