@@ -1,5 +1,5 @@
-"""`slowfast-vgen` command line: generate (the main job), train (slow learning), evaluate, plan, memory and
-model tools.
+"""`slowfast-vgen` command line: generate (the main job), train (slow learning), evaluate, plan, play (a live
+page), memory and model tools.
 
 Exit status: 0 done; 1 a "no" answer (`memory check`: does not fit); 2 an error, reported in one line
 naming what was wrong and how to fix it (argparse's own errors included); 128 + N stopped by signal N,
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluation.evaluate import add_evaluate_command
     from .generate import add_generate_command
     from .planning.cli import add_plan_commands
+    from .play.command import add_play_command
     from .training.train import add_train_command
     from .weights_tools.cli import add_weights_commands
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_command(commands)
     add_evaluate_command(commands)
     add_plan_commands(commands)
+    add_play_command(commands)
     add_weights_commands(commands)
     args = parser.parse_args(argv)
     try:
