@@ -230,7 +230,8 @@ class PlaySession:
         if not path.name.endswith(".safetensors"):
             raise PlayError(f"{path}: a memory file must end in .safetensors.")
         if path.is_dir() or (path.exists() and not force):
-            raise PlayError(f"{path} already exists; tick 'replace' to overwrite it, or choose another name.")
+            raise PlayError(f"{path} already exists; tick 'replace existing files' to overwrite it, or choose another "
+                            "name.")
         memory.save(path)
         return path
 
@@ -272,8 +273,8 @@ class PlaySession:
         try:
             inputs = {"--memory": self.continued_from, "--image": self.image_path}
             outputs = Outputs(os.fspath(video), None, force, inputs)
-        except SystemExit as refusal:
-            raise PlayError(str(refusal.code)) from None
+        except SystemExit as refusal:  # generate's words, but the page's switch
+            raise PlayError(str(refusal.code).replace("pass --force", "tick 'replace existing files'")) from None
         failed = True
         try:
             sink = VideoSink(str(outputs.partial_video), self.args.fps, self.pipe.native_size, outputs.journal)
