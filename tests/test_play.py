@@ -363,3 +363,19 @@ def test_ctrl_c_saves_the_episode_so_far_as_an_interrupted_run(tiny_pipe_dir, tm
     assert saved.with_suffix(".memory.safetensors").is_file()
     assert len(video_frames(saved)) == summary["frames"]
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name or p.name.endswith(".lock")]
+
+
+def test_keys_come_from_the_models_folder_not_a_toyworld_table():
+    from slowfast_vgen.paths import PACKAGE_DIR
+    from slowfast_vgen.play.controls import key_actions
+
+    def config(world):
+        return json.loads((PACKAGE_DIR / "models" / world / "model_index.json").read_text())
+
+    assert key_actions(config("toyworld")) == {"up": "move up", "down": "move down", "left": "move left",
+                                               "right": "move right", "stay": "stay"}
+    assert key_actions(config("memory-maze")) == {"up": "walk forward", "down": "walk back", "left": "turn left",
+                                                  "right": "turn right", "stay": "stay"}
+    chosen = {**config("toyworld"), "play_controls": {"up": "pan up", "stay": "wait"}}
+    assert key_actions(chosen)["up"] == "pan up" and key_actions(chosen)["stay"] == "wait"
+    assert key_actions({}) == {}  # a model that names no action: the page offers the text box alone
