@@ -8,9 +8,10 @@ folders (unless extra_model_paths.yaml already did).
 """
 
 from . import comfy_services, nodes_planning, nodes_slowfast
+from .errors import public_errors
 
 NODE_ID_PREFIX = "SlowFastVGen_"
-NODE_CLASSES = {f"{NODE_ID_PREFIX}{key}": (cls, f"{name} (SlowFast-VGen)")
+NODE_CLASSES = {f"{NODE_ID_PREFIX}{key}": (public_errors(cls), name)
                 for key, (cls, name) in {**nodes_slowfast.NODE_CLASSES, **nodes_planning.NODE_CLASSES}.items()}
 
 comfy_services.register_model_folders()

@@ -8,9 +8,11 @@ import and run without ComfyUI (tests, diffusers users) and follow ComfyUI's set
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,8 +78,9 @@ def throw_if_interrupted() -> None:
 
 ProgressHook = Callable[[int, int, "Image.Image | None"], None]
 _progress_hook: ProgressHook | None = None
-# Previews are shown at least this tall: ToyWorld's 64-pixel frames would be specks on the node.
-PREVIEW_MIN_HEIGHT = 256
+# A preview shows at most this many frames, as a grid: a long strip would come out a few pixels high once
+# ComfyUI fits it into --preview-size.
+PREVIEW_MAX_FRAMES = 9
 
 
 def set_progress_hook(hook: ProgressHook | None) -> None:
@@ -96,16 +99,59 @@ def preview_size() -> int:
     return 512
 
 
-def preview_image(frames: torch.Tensor) -> Image.Image:
-    """Frames F,H,W,3 in [0, 1] as one strip, left to right, enlarged (nearest) to be seen on the node."""
-    frames = frames[..., :3].clamp(0, 1)
-    height = frames.shape[1]
-    scale = max(1, PREVIEW_MIN_HEIGHT // height)
-    gap = frames.new_ones(height, max(1, frames.shape[2] // 32), 3)  # a white line between frames
-    strip = torch.cat([part for frame in frames for part in (gap, frame)][1:], dim=1)
-    pixels = (strip * 255).round().to(torch.uint8).cpu().numpy()
+def preview_frames(count: int, limit: int = PREVIEW_MAX_FRAMES) -> list[int]:
+    """Which of `count` frames a preview shows: all of up to `limit`, else `limit` evenly spaced ones
+    from the first to the last."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
+
+
+def preview_image(frames: torch.Tensor, size: int | None = None) -> Image.Image:
+    """Frames F,H,W,3 in [0, 1] as a near-square grid (2x2 for a 4-frame chunk, at most
+    `PREVIEW_MAX_FRAMES` frames), left to right then top to bottom, with white lines between them,
+    enlarged (nearest, by a whole factor) to fill `size` (ComfyUI's --preview-size) without exceeding it."""
+    size = size or preview_size()
+    frames = frames[..., :3].clamp(0, 1)[preview_frames(len(frames))]
+    count, height, width = frames.shape[:3]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    line = max(1, min(height, width) // 32)
+    grid = frames.new_ones(rows * height + (rows - 1) * line, columns * width + (columns - 1) * line, 3)
+    for index, frame in enumerate(frames):
+        top, left = (index // columns) * (height + line), (index % columns) * (width + line)
+        grid[top:top + height, left:left + width] = frame
+    pixels = (grid * 255).round().to(torch.uint8).cpu().numpy()
     image = Image.fromarray(pixels)
+    scale = max(1, size // max(image.width, image.height))
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+def temp_directory() -> str:
+    return folder_paths.get_temp_directory() if IN_COMFYUI else os.path.join(os.getcwd(), "temp")
+
+
+def text_card(lines: list[str], prefix: str) -> dict:
+    """`lines` drawn on a small image in ComfyUI's temp folder, as an output node's ui "images" entry:
+    what the node shows after it ran (ComfyUI shows an output node's images, not its text)."""
+    from PIL import ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=18)
+    except TypeError:  # Pillow before 10.1: the small bitmap font
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    boxes = [measure.textbbox((0, 0), line, font=font) for line in lines]
+    line_height = max(box[3] for box in boxes) + 8
+    card = Image.new("RGB", (max(box[2] for box in boxes) + 24, line_height * len(lines) + 16), (32, 32, 32))
+    draw = ImageDraw.Draw(card)
+    for index, line in enumerate(lines):
+        draw.text((12, 8 + index * line_height), line, fill=(230, 230, 230), font=font)
+    folder = temp_directory()
+    os.makedirs(folder, exist_ok=True)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}.png"
+    card.save(os.path.join(folder, name))
+    return {"filename": name, "subfolder": "", "type": "temp"}
 
 
 class ProgressBar:

@@ -10,7 +10,11 @@ from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..pipelines.checks import MAX_STEPS
 from ..pipelines.pipeline_slowfast_vgen import RECALL_MODES
 
-CATEGORY = "SlowFast-VGen"
+CATEGORY = "SlowFast-VGen"  # the pack's top category; its nodes are in these subcategories:
+MODELS_CATEGORY = f"{CATEGORY}/models"
+EPISODE_CATEGORY = f"{CATEGORY}/episode"
+MEMORY_CATEGORY = f"{CATEGORY}/memory"
+PLANNING_CATEGORY = f"{CATEGORY}/planning"
 WORLD_MODEL, CHUNK, MEMORY, TEMP_LORA = "SFV_WORLD_MODEL", "SFV_CHUNK", "SFV_MEMORY", "SFV_TEMP_LORA"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 

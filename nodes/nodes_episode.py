@@ -12,10 +12,11 @@ from ..data.worlds import WORLDS, world_kind
 from ..pipelines import EpisodicMemory, TempLoRAConfig
 from . import comfy_services
 from .inputs import (
-    CATEGORY,
     CHUNK,
+    EPISODE_CATEGORY,
     MEMORY,
     MEMORY_INPUT,
+    MODELS_CATEGORY,
     RECALL_INPUT,
     SAMPLER_INPUTS,
     SEED_MAX,
@@ -24,7 +25,7 @@ from .inputs import (
     WORLD_MODEL,
     WORLD_MODEL_INPUT,
 )
-from .validation import linked_type_problem, problem_of, start_problem, verdict
+from .validation import check_start, problem_of, verdict
 from .world_model import (
     BUILTIN_MODEL_NAME,
     DEVICES,
@@ -32,6 +33,7 @@ from .world_model import (
     EpisodeSoFar,
     WorldModel,
     check_action,
+    check_memory_fits,
     decode_and_preview,
     generator_for,
     list_world_models,
@@ -42,6 +44,7 @@ from .world_model import (
     step_callback,
     update_step_callback,
     update_steps,
+    world_model_folder,
 )
 
 
@@ -51,7 +54,7 @@ class LoadWorldModel:
     DESCRIPTION = ("Loads a SlowFast-VGen world model: the built-in ToyWorld model, or a diffusers-format folder "
                    "put in models/world_models. ComfyUI's model manager loads it onto the GPU when a node needs it "
                    "and unloads it when other models need the room, as for its own models.")
-    CATEGORY = CATEGORY
+    CATEGORY = MODELS_CATEGORY
     RETURN_TYPES = (WORLD_MODEL,)
     RETURN_NAMES = ("world_model",)
     OUTPUT_TOOLTIPS = ("The loaded world model, for the other SlowFast-VGen nodes.",)
@@ -69,6 +72,11 @@ class LoadWorldModel:
                                        "tooltip": "auto: ComfyUI's device (the CPU with --cpu). cpu: always the CPU."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name: str | None = None) -> bool | str:
+        # Named here (not left to ComfyUI's list check) to say where world models go.
+        return verdict(None if model_name is None else problem_of(world_model_folder, model_name))
+
     def load(self, model_name: str, dtype: str, device: str) -> tuple[WorldModel]:
         return (load_world_model(model_name, dtype, device),)
 
@@ -79,7 +87,7 @@ class ToyWorldStartFrame:
     DESCRIPTION = ("Renders the start view of a seeded built-in world, ToyWorld (the world the built-in model "
                    "learned) or Memory Maze (a 3-D maze seen in first person, for the memory-maze model), so the "
                    "example workflows need no image of yours. Any IMAGE of the model's size works as a start.")
-    CATEGORY = CATEGORY
+    CATEGORY = EPISODE_CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("One frame, size x size.",)
@@ -99,15 +107,11 @@ class ToyWorldStartFrame:
                                                 "extra installed."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, world: str | None = None, size: int | None = None) -> bool | str:
-        if world is not None and world not in WORLDS:
-            return f"world: unknown world {world!r}; choose one of {', '.join(WORLDS)}."
-        if world == "memory-maze" and size is not None and size < 16:
-            return f"size: Memory Maze renders frames of at least 16 pixels, got {size}."
-        return True
-
     def render(self, seed: int, size: int, world: str | None = None) -> tuple[torch.Tensor]:
+        if world is not None and world not in WORLDS:
+            raise ValueError(f"world: unknown world {world!r}; choose one of {', '.join(WORLDS)}.")
+        if world == "memory-maze" and size < 16:
+            raise ValueError(f"size: Memory Maze renders frames of at least 16 pixels, got {size}.")
         if world == "memory-maze":
             frame = world_kind(world).build(seed % (MAX_MAZE_SEED + 1), size).start_frame()
         else:
@@ -121,7 +125,7 @@ class ActionChunk:
     DESCRIPTION = ("Generates the next chunk of frames from the current world state (a start image or the previous "
                    "chunk) and a free-text action, with an optional episodic memory. Chain chunks without decoding; "
                    "decode with Decode Chunk.")
-    CATEGORY = CATEGORY
+    CATEGORY = EPISODE_CATEGORY
     RETURN_TYPES = (CHUNK,)
     RETURN_NAMES = ("chunk",)
     OUTPUT_TOOLTIPS = ("The episode so far with the new chunk appended (latents).",)
@@ -139,14 +143,15 @@ class ActionChunk:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, input_types: dict[str, str], action: str | None = None) -> bool | str:
-        return verdict(linked_type_problem(cls, input_types), start_problem(input_types),
-                       None if action is None else problem_of(check_action, action))
+    def VALIDATE_INPUTS(cls, action: str | None = None) -> bool | str:
+        return verdict(None if action is None else problem_of(check_action, action))
 
     def generate(self, world_model: WorldModel, action: str, num_frames: int, steps: int, guidance: float,
                  seed: int, conditioning: str, image: torch.Tensor | None = None, chunk: EpisodeSoFar | None = None,
                  memory: EpisodicMemory | None = None, recall: str | None = None) -> tuple[EpisodeSoFar]:
+        check_start(image, chunk)
         action = check_action(action)
+        check_memory_fits(world_model, memory)
         bar = comfy_services.ProgressBar(steps + 1)
         with world_model.running() as pipe:
             state = start_chunk(pipe, image, chunk)
@@ -164,7 +169,7 @@ class DecodeChunk:
 
     DESCRIPTION = ("Decodes a chunk's latents into an IMAGE batch (frames, height, width, RGB in [0, 1]) for core "
                    "Create Video / Save Video, Video Helper Suite's Video Combine or any image node.")
-    CATEGORY = CATEGORY
+    CATEGORY = EPISODE_CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The decoded frames, in order.",)
@@ -194,7 +199,7 @@ class RunEpisode:
     DESCRIPTION = ("Runs one chunk per line of the action script, learning the episodic memory (Temp-LoRA) after "
                    "every chunk, and returns every frame, the final memory and the final chunk (to continue in "
                    "another node). Cancel stops at the next denoising step and changes no memory.")
-    CATEGORY = CATEGORY
+    CATEGORY = EPISODE_CATEGORY
     RETURN_TYPES = ("IMAGE", MEMORY, CHUNK)
     RETURN_NAMES = ("images", "memory", "chunk")
     OUTPUT_TOOLTIPS = (
@@ -221,15 +226,17 @@ class RunEpisode:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, input_types: dict[str, str], actions: str | None = None) -> bool | str:
-        return verdict(linked_type_problem(cls, input_types), start_problem(input_types),
-                       None if actions is None else problem_of(parse_actions, actions))
+    def VALIDATE_INPUTS(cls, actions: str | None = None) -> bool | str:
+        return verdict(None if actions is None else problem_of(parse_actions, actions))
 
     def run(self, world_model: WorldModel, actions: str, num_frames: int, steps: int, guidance: float, seed: int,
             conditioning: str, temp_lora: str, image: torch.Tensor | None = None, chunk: EpisodeSoFar | None = None,
             memory: EpisodicMemory | None = None, settings: TempLoRAConfig | None = None,
             recall: str | None = None) -> tuple[torch.Tensor, EpisodicMemory | None, EpisodeSoFar]:
+        check_start(image, chunk)
         script = parse_actions(actions)
+        if temp_lora != "off":
+            check_memory_fits(world_model, memory, makes_memory=temp_lora == "learn")
         memory = None if temp_lora == "off" else memory_with_settings(memory, settings)
         learning = (settings or True) if temp_lora == "learn" else False
         # One unit per denoising step, per Temp-LoRA step and per decoded chunk (the start's included), so
@@ -257,7 +264,7 @@ class SideBySide:
 
     DESCRIPTION = ("Places two IMAGE batches side by side (left | right), frame by frame; the shorter one holds its "
                    "last frame. Use it to compare episodes, e.g. with and without memory.")
-    CATEGORY = CATEGORY
+    CATEGORY = EPISODE_CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The combined frames.",)

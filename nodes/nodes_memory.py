@@ -12,11 +12,19 @@ from ..pipelines import (
     temp_lora_preset,
 )
 from . import comfy_services
-from .inputs import CATEGORY, CHUNK, MEMORY, SEED_MAX, SETTINGS_INPUT, TEMP_LORA, WORLD_MODEL_INPUT
-from .validation import linked_type_problem, problem_of, verdict
+from .inputs import (
+    CHUNK,
+    MEMORY,
+    MEMORY_CATEGORY,
+    SEED_MAX,
+    SETTINGS_INPUT,
+    TEMP_LORA,
+    WORLD_MODEL_INPUT,
+)
 from .world_model import (
     EpisodeSoFar,
     WorldModel,
+    check_memory_fits,
     generator_for,
     memory_with_settings,
     update_step_callback,
@@ -29,7 +37,7 @@ class TempLoRASettings:
 
     DESCRIPTION = ("Settings of the fast learner (Temp-LoRA). Rank, alpha and target fix a memory's layout; learning "
                    "rate, steps and timesteps may change from one update to the next.")
-    CATEGORY = CATEGORY
+    CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = (TEMP_LORA,)
     RETURN_NAMES = ("settings",)
     OUTPUT_TOOLTIPS = ("Temp-LoRA settings.",)
@@ -70,13 +78,6 @@ class TempLoRASettings:
                                                 "training pass; assumes a panning camera; not in the paper)."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, steps_per_update: int | None = None, panorama: bool | None = None) -> bool | str:
-        if steps_per_update is None:  # linked, known only when it runs
-            return True
-        return verdict(problem_of(lambda: TempLoRAConfig(steps_per_update=steps_per_update,
-                                                         panorama=bool(panorama))))
-
     def make(self, rank: int, learning_rate: float, target: str, steps_per_update: int,
              objective: str | None = None, direction: str | None = None, action_text: bool | None = None,
              replay: int | None = None, panorama: bool | None = None) -> tuple[TempLoRAConfig]:
@@ -98,7 +99,7 @@ class TempLoRAPreset:
                    "poses (every frame kept at the pose the actions imply and brought back there: for a camera "
                    "that turns and walks, with a model that records its action motions, e.g. memory-maze). "
                    "Temp-LoRA Settings sets every field by hand.")
-    CATEGORY = CATEGORY
+    CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = (TEMP_LORA,)
     RETURN_NAMES = ("settings",)
     OUTPUT_TOOLTIPS = ("Temp-LoRA settings.",)
@@ -120,7 +121,7 @@ class TempLoRAUpdate:
     DESCRIPTION = ("Trains Temp-LoRA on the previous chunk followed by the new chunk and returns a NEW memory. The "
                    "memory, chunks and model that come in are never changed, so any earlier memory can be reused "
                    "to branch the episode.")
-    CATEGORY = CATEGORY
+    CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = (MEMORY,)
     RETURN_NAMES = ("memory",)
     OUTPUT_TOOLTIPS = ("The memory after this update (a new one; the input memory is untouched).",)
@@ -143,17 +144,15 @@ class TempLoRAUpdate:
             },
         }
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, input_types: dict[str, str]) -> bool | str:
-        return verdict(linked_type_problem(cls, input_types))
-
     def update(self, world_model: WorldModel, new_chunk: EpisodeSoFar, seed: int,
                memory: EpisodicMemory | None = None, previous_chunk: EpisodeSoFar | None = None,
                settings: TempLoRAConfig | None = None) -> tuple[EpisodicMemory]:
         previous = previous_chunk.last if previous_chunk is not None else new_chunk.previous
+        check_memory_fits(world_model, memory, makes_memory=True)
         memory = memory_with_settings(memory, settings)
         bar = comfy_services.ProgressBar(update_steps(memory, settings))
         with world_model.running() as pipe:
+            comfy_services.throw_if_interrupted()
             updated = pipe.update_memory(memory, previous, new_chunk.last, action=new_chunk.actions[-1],
                                          config=settings, generator=generator_for(seed),
                                          callback_on_step_end=update_step_callback(bar))

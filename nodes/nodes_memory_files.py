@@ -7,7 +7,7 @@ import os
 from ..pipelines import EpisodicMemory
 from ..pipelines.temp_lora import memory_file_problem
 from . import comfy_services
-from .inputs import CATEGORY, MEMORY
+from .inputs import MEMORY, MEMORY_CATEGORY
 from .validation import problem_of, verdict
 
 MEMORY_SAVE_FOLDER = "slowfast_vgen"  # in the output folder; Load Memory lists what is saved there
@@ -18,7 +18,7 @@ class SaveMemory:
 
     DESCRIPTION = (f"Saves the memory (Temp-LoRA weights, optimizer state and provenance) as a .safetensors adapter "
                    f"in ComfyUI's output folder. Memories saved under {MEMORY_SAVE_FOLDER}/ appear in Load Memory.")
-    CATEGORY = CATEGORY
+    CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "save"
@@ -43,7 +43,15 @@ class SaveMemory:
                              "'off' outputs none). Connect a memory from Temp-LoRA Update or a learning episode.")
         path, file, subfolder = comfy_services.save_path(filename_prefix, ".safetensors")
         memory.save(path)
-        return {"ui": {"memories": [{"filename": file, "subfolder": subfolder, "type": "output"}]}}
+        name = f"{subfolder}/{file}" if subfolder else file
+        lines = [f"Saved output/{name}",
+                 f"{memory.num_updates} updates, {memory.frames_seen} frames learned, rank {memory.config.rank}"]
+        if subfolder.replace("\\", "/").split("/")[0] == MEMORY_SAVE_FOLDER:
+            lines.append(f"Load Memory lists it as {name}{comfy_services.OUTPUT_ANNOTATION} (press R)")
+        return {"ui": {"memories": [{"filename": file, "subfolder": subfolder, "type": "output"}],
+                       "text": ["\n".join(lines)],
+                       # What the node shows: ComfyUI shows an output node's "images" on it, and no text.
+                       "images": [comfy_services.text_card(lines, f"{MEMORY_SAVE_FOLDER}_saved")]}}
 
 
 def memory_files() -> list[str]:
@@ -67,7 +75,7 @@ class LoadMemory:
     DESCRIPTION = ("Loads an episodic memory (.safetensors adapter) from models/temp_lora_memories, or one saved by "
                    f"Save Memory under output/{MEMORY_SAVE_FOLDER}/, to continue or branch an episode. It must have "
                    "been made with the same world model.")
-    CATEGORY = CATEGORY
+    CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = (MEMORY,)
     RETURN_NAMES = ("memory",)
     OUTPUT_TOOLTIPS = ("The loaded memory.",)
@@ -82,9 +90,9 @@ class LoadMemory:
         # Validated here rather than against the list, to say where memories come from when one is missing.
         path = memory_path(memory_name)
         if path is None:
-            return (f"Memory adapter {memory_name!r} not found. Save one with Save Memory (the long-episode example "
-                    f"workflow saves {MEMORY_SAVE_FOLDER}/toyworld_memory_00001_.safetensors), or put a .safetensors "
-                    "adapter in models/temp_lora_memories, then press R to refresh.")
+            return verdict(f"Memory adapter {memory_name!r} not found. Save one with Save Memory (the long-episode "
+                           f"example workflow saves {MEMORY_SAVE_FOLDER}/toyworld_memory_00001_.safetensors), or put "
+                           "a .safetensors adapter in models/temp_lora_memories, then press R to refresh.")
         return verdict(memory_file_problem(path))
 
     @classmethod

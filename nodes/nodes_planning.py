@@ -19,10 +19,28 @@ from ..pipelines import EpisodicMemory, TempLoRAConfig
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from ..planning.planner import execute, learn_trip
 from . import comfy_services
-from .inputs import CATEGORY, CHUNK, MEMORY, SEED_MAX, SETTINGS_INPUT, WORLD_MODEL_INPUT
-from .validation import linked_type_problem, problem_of, verdict
-from .world_model import (EpisodeSoFar, WorldModel, generator_for, image_to_frames, memory_with_settings,
-                          parse_actions, update_step_callback, update_steps)
+from .inputs import (
+    CHUNK,
+    MEMORY,
+    MEMORY_CATEGORY,
+    MODELS_CATEGORY,
+    PLANNING_CATEGORY,
+    SEED_MAX,
+    SETTINGS_INPUT,
+    WORLD_MODEL_INPUT,
+)
+from .validation import problem_of, verdict
+from .world_model import (
+    EpisodeSoFar,
+    WorldModel,
+    check_memory_fits,
+    generator_for,
+    image_to_frames,
+    memory_with_settings,
+    parse_actions,
+    update_step_callback,
+    update_steps,
+)
 
 INVERSE_DYNAMICS = "SFV_INVERSE_DYNAMICS"
 BUILTIN_IDM_NAME = "toyworld-idm (built-in)"
@@ -42,7 +60,8 @@ def inverse_dynamics_folder(name: str) -> str:
         path = os.path.join(base, name)
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
-    raise FileNotFoundError(f"Inverse dynamics model {name!r} not found in {folders}. Put a folder saved by "
+    raise FileNotFoundError(f"Inverse dynamics model {name!r} not found in {' or '.join(folders)}. Put a folder "
+                            "saved by "
                             "`slowfast-vgen train --stage idm` (inverse_dynamics/) there, then press R to refresh.")
 
 
@@ -52,7 +71,7 @@ class LoadInverseDynamicsModel:
     DESCRIPTION = ("Loads the inverse dynamics model that reads actions off a video plan: the built-in one of the "
                    "ToyWorld models, or one trained with `slowfast-vgen train --stage idm` and put in "
                    "models/inverse_dynamics.")
-    CATEGORY = CATEGORY
+    CATEGORY = MODELS_CATEGORY
     RETURN_TYPES = (INVERSE_DYNAMICS,)
     RETURN_NAMES = ("inverse_dynamics",)
     OUTPUT_TOOLTIPS = ("The inverse dynamics model, for Video Plan To Actions.",)
@@ -62,6 +81,11 @@ class LoadInverseDynamicsModel:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {"idm_name": (list_inverse_dynamics_models(), {
             "default": BUILTIN_IDM_NAME, "tooltip": "Inverse dynamics model folder (models/inverse_dynamics/...)."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, idm_name: str | None = None) -> bool | str:
+        # Named here (not left to ComfyUI's list check) to say where inverse dynamics models go.
+        return verdict(None if idm_name is None else problem_of(inverse_dynamics_folder, idm_name))
 
     def load(self, idm_name: str) -> tuple[InverseDynamicsModel]:
         return (InverseDynamicsModel.from_pretrained(inverse_dynamics_folder(idm_name)).eval(),)
@@ -73,7 +97,7 @@ class VideoPlanToActions:
     DESCRIPTION = ("Reads the action between every two consecutive frames of a video plan with the inverse dynamics "
                    "model, from frame 'skip_frames' on (skip frames that were context, not plan). With "
                    "frames_per_action above 1, each group of that many reads becomes one action (the most common).")
-    CATEGORY = CATEGORY
+    CATEGORY = PLANNING_CATEGORY
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("actions", "plan")
     OUTPUT_TOOLTIPS = ("The actions, one per line.", "The frames that were read (the plan, from skip_frames on).")
@@ -112,7 +136,7 @@ class ToyWorldWalk:
                    "frames_per_action frames. The first frame is where the walk starts. The camera stops at the "
                    "world's edge. Connect 'plan_actions' (from Video Plan To Actions) to walk a plan instead of the "
                    "typed actions.")
-    CATEGORY = CATEGORY
+    CATEGORY = PLANNING_CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The start view, then one frame per step walked.",)
@@ -121,8 +145,9 @@ class ToyWorldWalk:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
-            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": False,
-                             "tooltip": "Which world (as in ToyWorld Start Frame)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                             "tooltip": "Which world (as in ToyWorld Start Frame): give it the start frame's "
+                                        "seed, to walk the world the episode began in."}),
             "size": ("INT", {"default": 64, "min": 8, "max": 1024, "step": 8, "tooltip": "Frame size in pixels."}),
             "actions": ("STRING", {"multiline": True, "default": "move left",
                                    "tooltip": "One ToyWorld action per line, e.g. from Video Plan To Actions."}),
@@ -136,12 +161,10 @@ class ToyWorldWalk:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, input_types: dict[str, str], actions: str | None = None,
-                        way_there: str | None = None) -> bool | str:
-        typed = None if actions is None or "plan_actions" in input_types else problem_of(
-            toyworld_actions, actions, "actions")
-        there = None if way_there is None else problem_of(toyworld_actions, way_there, "way_there", True)
-        return verdict(linked_type_problem(cls, input_types), typed, there)
+    def VALIDATE_INPUTS(cls, way_there: str | None = None) -> bool | str:
+        # Only way_there: the typed actions are walked only when plan_actions is not connected, which a
+        # check that names one input cannot see (validation.py); they are checked as the node starts.
+        return verdict(None if way_there is None else problem_of(toyworld_actions, way_there, "way_there", True))
 
     def walk(self, seed: int, size: int, actions: str, frames_per_action: int, way_there: str,
              plan_actions: str | None = None) -> tuple[torch.Tensor]:
@@ -176,7 +199,7 @@ class LearnVideo:
                    "and this one, as the episode loop does: e.g. a trip the agent really made, before planning the "
                    "way back. The video is its first frame, then num_frames frames per action. Returns the new "
                    "memory and the video as a chunk to continue from.")
-    CATEGORY = CATEGORY
+    CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = (MEMORY, CHUNK)
     RETURN_NAMES = ("memory", "chunk")
     OUTPUT_TOOLTIPS = ("The memory after the last chunk (a new one).", "The video as an episode, to continue.")
@@ -191,17 +214,17 @@ class LearnVideo:
                 "actions": ("STRING", {"multiline": True, "default": "move right",
                                        "tooltip": "The action of each chunk, one per line."}),
                 "num_frames": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames per chunk."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": False,
-                                 "tooltip": "Seed of the training noise."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                                 "tooltip": "Seed of the training noise; the same seed and inputs give the "
+                                            "same memory."}),
             },
             "optional": {"memory": (MEMORY, {"tooltip": "A memory to add to; empty: a new one."}),
                          "settings": SETTINGS_INPUT},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, input_types: dict[str, str], actions: str | None = None) -> bool | str:
-        return verdict(linked_type_problem(cls, input_types),
-                       None if actions is None else problem_of(parse_actions, actions))
+    def VALIDATE_INPUTS(cls, actions: str | None = None) -> bool | str:
+        return verdict(None if actions is None else problem_of(parse_actions, actions))
 
     def learn(self, world_model: WorldModel, images: torch.Tensor, actions: str, num_frames: int, seed: int,
               memory: EpisodicMemory | None = None,
@@ -211,6 +234,7 @@ class LearnVideo:
         if len(images) != expected:
             raise ValueError(f"The video has {len(images)} frames but {len(script)} actions of {num_frames} frames "
                              f"need 1 + {len(script)} x {num_frames} = {expected} (its first frame, then the chunks).")
+        check_memory_fits(world_model, memory, makes_memory=True)
         memory = memory_with_settings(memory, settings)
         bar = comfy_services.ProgressBar(len(script) * update_steps(memory, settings))
         generator = generator_for(seed)

@@ -40,8 +40,9 @@ class TempLoRASettingsLegacy(TempLoRASettings):
 
     @classmethod
     def VALIDATE_INPUTS(cls, alpha: float | None = None, timestep_low: float | None = None,
-                        timestep_high: float | None = None, keep_optimizer_state: bool | None = None,
-                        steps_per_update: int | None = None, panorama: bool | None = None) -> bool | str:
+                        timestep_high: float | None = None, keep_optimizer_state: bool | None = None) -> bool | str:
+        # ComfyUI shows the answer on each of the four retired widgets it names (see validation.py): the
+        # retired group, kept together rather than split, since this node only loads old graphs.
         given = {"alpha": alpha, "timestep_low": timestep_low, "timestep_high": timestep_high,
                  "keep_optimizer_state": keep_optimizer_state}
         for name, value in given.items():
@@ -49,7 +50,7 @@ class TempLoRASettingsLegacy(TempLoRASettings):
             if value is not None and value != accepted:
                 return (f"{name}={value!r} is no longer supported: {RETIRED_SETTINGS[setting]} Set it to "
                         f"{accepted!r}, or replace this node with Temp-LoRA Settings.")
-        return TempLoRASettings.VALIDATE_INPUTS(steps_per_update, panorama)
+        return True
 
     def make(self, rank: int, alpha: float, learning_rate: float, target: str, steps_per_update: int,
              timestep_low: float, timestep_high: float, keep_optimizer_state: bool, objective: str | None = None,

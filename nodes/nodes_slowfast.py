@@ -31,9 +31,22 @@ from .inputs import (  # noqa: F401 (re-exported)
     WORLD_MODEL,
     WORLD_MODEL_INPUT,
 )
-from .nodes_episode import ActionChunk, DecodeChunk, LoadWorldModel, RunEpisode, SideBySide, ToyWorldStartFrame
+from .nodes_episode import (
+    ActionChunk,
+    DecodeChunk,
+    LoadWorldModel,
+    RunEpisode,
+    SideBySide,
+    ToyWorldStartFrame,
+)
 from .nodes_memory import TempLoRAPreset, TempLoRASettings, TempLoRAUpdate
-from .nodes_memory_files import MEMORY_SAVE_FOLDER, LoadMemory, SaveMemory, memory_files, memory_path  # noqa: F401
+from .nodes_memory_files import (  # noqa: F401
+    MEMORY_SAVE_FOLDER,
+    LoadMemory,
+    SaveMemory,
+    memory_files,
+    memory_path,
+)
 from .nodes_retired import TempLoRASettingsLegacy
 
 NODE_CLASSES = {

@@ -26,12 +26,21 @@ _WIDGETS = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "BOOLEAN": io
 _SOCKETS = {"IMAGE": io.Image, "MASK": io.Mask, "STRING": io.String}
 
 
+class ListCombo(io.Combo.Input):
+    """A V3 combo that ComfyUI's executor and frontend see in the classic form, its list of values as its
+    type: ComfyUI 0.3.64 checks a value against such a list when a prompt is queued (and reports a wrong
+    one once, on the input), but not against a V3 "COMBO"'s options. Later ComfyUIs check both."""
+
+    def get_io_type(self):
+        return list(self.options)
+
+
 def v3_input(name: str, spec: tuple, optional: bool) -> io.Input:
     """A V3 input from a V1 input spec `(type or options list, {options})`."""
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     common = {"optional": optional, "tooltip": options.get("tooltip")}
     if isinstance(kind, (list, tuple)):
-        return io.Combo.Input(name, options=list(kind), default=options.get("default"), **common)
+        return ListCombo(name, options=list(kind), default=options.get("default"), **common)
     if kind in _WIDGETS:
         given = {key: options[key] for key in _WIDGET_OPTIONS[kind] if key in options}
         if "forceInput" in options:

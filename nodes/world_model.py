@@ -22,7 +22,12 @@ from typing import Any, Iterator
 import torch
 
 from ..paths import DEFAULT_MODEL_DIR, DEFAULT_PLANNER_DIR
-from ..pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig, dtype_argument
+from ..pipelines import (
+    EpisodicMemory,
+    SlowFastVGenPipeline,
+    TempLoRAConfig,
+    dtype_argument,
+)
 from . import comfy_services
 
 BUILTIN_MODEL_NAME = "toyworld (built-in)"
@@ -66,19 +71,59 @@ class WorldModel:
         Temp-LoRA layers injected on first use, chunks) must stay usable by Temp-LoRA's gradient steps,
         which inference tensors are not. The pipeline's own `no_grad` keeps generation gradient-free.
         """
+        comfy_services.throw_if_interrupted()  # before the model is moved
         with torch.inference_mode(False):
             if self.patcher is not None:
                 # Room for the weights and as much again for activations (a Temp-LoRA step's backward pass).
                 comfy_services.load_models([self.patcher], memory_required=self.patcher.model_size())
                 usable_for_training(self.pipe, self.device)
-                yield self.pipe
+                with cancel_points(self.pipe.unet):
+                    yield self.pipe
                 return
             self.pipe.to(self.device)
             try:
-                yield self.pipe
+                with cancel_points(self.pipe.unet):
+                    yield self.pipe
             finally:
                 if self.offload_device != self.device:
                     self.pipe.to(self.offload_device)
+
+
+# The UNet's layers at whose start (forward) and gradient (backward) Cancel is checked: a few dozen per UNet
+# call, so that a long call (a Temp-LoRA step's forward and backward pass above all) stops within a layer.
+CANCEL_POINT_LAYERS = ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer")
+
+
+def _check_cancel_in_backward(gradient: torch.Tensor) -> None:
+    comfy_services.throw_if_interrupted()
+
+
+def _check_cancel_before(module: torch.nn.Module, args: tuple) -> None:
+    comfy_services.throw_if_interrupted()
+
+
+def _check_cancel_after(module: torch.nn.Module, args: tuple, output: Any) -> None:
+    tensor = output[0] if isinstance(output, (tuple, list)) and output else getattr(output, "sample", output)
+    if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+        tensor.register_hook(_check_cancel_in_backward)  # runs as this layer's gradient is computed
+
+
+@contextlib.contextmanager
+def cancel_points(unet: torch.nn.Module) -> Iterator[None]:
+    """Cancel checked at every layer of `CANCEL_POINT_LAYERS`, forward and backward, for the block.
+
+    A denoising step and a Temp-LoRA step report progress (and check Cancel) only once they end; a
+    Temp-LoRA step on a big model or a loaded machine takes seconds, so Cancel is also checked inside them."""
+    handles = []
+    for module in unet.modules():
+        if type(module).__name__ in CANCEL_POINT_LAYERS:
+            handles += [module.register_forward_pre_hook(_check_cancel_before),
+                        module.register_forward_hook(_check_cancel_after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def usable_for_training(pipe: SlowFastVGenPipeline, device: torch.device) -> None:
@@ -93,6 +138,36 @@ def usable_for_training(pipe: SlowFastVGenPipeline, device: torch.device) -> Non
         pipe.to(device)
 
 
+# Fingerprint -> name of every world model loaded in this process, so that a memory of another model can be
+# named by the model it was made with, not only by its fingerprint (names only: no model is kept).
+_LOADED_NAMES: dict[str, str] = {}
+
+
+def model_called(fingerprint: str) -> str:
+    """'<name>' (fingerprint ...) for a model loaded here, else the fingerprint alone."""
+    name = _LOADED_NAMES.get(fingerprint)
+    if name:
+        return f"{name!r} (fingerprint {fingerprint})"
+    return f"a world model not loaded here (fingerprint {fingerprint})"
+
+
+def check_memory_fits(world_model: WorldModel, memory: EpisodicMemory | None, makes_memory: bool = False) -> None:
+    """Refuse a memory made with another world model, naming both models. Nodes that make memories pass
+    `makes_memory`, so that the name of their model is known to later checks."""
+    if not makes_memory and not isinstance(memory, EpisodicMemory):
+        return
+    fingerprint = world_model.pipe.base_fingerprint
+    _LOADED_NAMES.setdefault(fingerprint, world_model.name)
+    if not isinstance(memory, EpisodicMemory):
+        return
+    if memory.base_fingerprint != fingerprint:
+        raise ValueError(
+            f"This memory was made with the world model {model_called(memory.base_fingerprint)}, but the "
+            f"world_model input is {world_model.name!r} (fingerprint {fingerprint}). Load the world model it was "
+            "made with in Load World Model, or start a new memory (leave 'memory' empty)."
+        )
+
+
 def list_world_models() -> list[str]:
     """The built-in model first, then every diffusers folder (with model_index.json) in the world_models folders."""
     return [BUILTIN_MODEL_NAME, BUILTIN_PLANNER_NAME] + comfy_services.model_folder_names(
@@ -105,7 +180,7 @@ def world_model_folder(name: str) -> str:
     if builtin is not None:
         if not (builtin / "model_index.json").is_file():
             raise FileNotFoundError(
-                f"The built-in model {name!r} is missing from {builtin}. Update or reinstall the "
+                f"The built-in model {name!r} is missing from the pack ({builtin}). Update or reinstall the "
                 "SlowFast-VGen node pack (the model ships with it), or pick another world model."
             )
         return str(builtin)
@@ -115,8 +190,9 @@ def world_model_folder(name: str) -> str:
         if os.path.isfile(os.path.join(path, "model_index.json")):
             return path
     raise FileNotFoundError(
-        f"World model {name!r} not found: no folder {name!r} with a model_index.json in {folders}. Put a "
-        "diffusers-format world model folder there (as saved by `save_pretrained`), then press R to refresh."
+        f"World model {name!r} not found: no folder {name!r} with a model_index.json in "
+        f"{' or '.join(folders)}. Put a diffusers-format world model folder there (as saved by "
+        "`save_pretrained`), then press R to refresh, or pick a listed model."
     )
 
 
@@ -289,6 +365,8 @@ def decode_and_preview(pipe: SlowFastVGenPipeline, latents: torch.Tensor,
 
 def generator_for(seed: int) -> torch.Generator:
     """A CPU generator, so that a seed gives the same result on every device."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 0xFFFFFFFFFFFFFFFF:
+        raise ValueError(f"seed={seed!r} is out of range: give a whole number from 0 to {0xFFFFFFFFFFFFFFFF}.")
     return torch.Generator("cpu").manual_seed(seed)
 
 

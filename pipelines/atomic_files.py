@@ -55,6 +55,27 @@ def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), since setting it
+    to read it back would briefly change it for every thread of the process."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(path: str | os.PathLike) -> None:
+    """Give a finished temporary the mode a newly created file gets (0644 under the usual umask 022):
+    writers that create it through `mkstemp` (safetensors) make it 0600, readable by its owner only."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """Write a text file through a temporary beside it and an atomic rename."""
     temporary = partial_path(path)

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .atomic_files import partial_path, remove_stale_partials
+from .atomic_files import as_created, partial_path, remove_stale_partials
 from .memory_settings import TempLoRAConfig, recorded_settings
 from .panorama import Panorama
 from .pose_memory import PoseViews
@@ -65,6 +65,7 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     temporary = partial_path(path)
     try:
         save_file(tensors, temporary, metadata=metadata)
+        as_created(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -63,20 +63,26 @@ class StubSaveVideo:
 CORE_STUBS = {"CreateVideo": StubCreateVideo, "SaveVideo": StubSaveVideo}
 
 
-def validate_prompt(prompt: dict, classes: dict) -> None:
-    """The checks ComfyUI's validate_inputs makes before it runs anything (types, ranges, lists, VALIDATE_INPUTS),
-    with its rules: inputs named by VALIDATE_INPUTS are not range-checked, and naming `input_types` turns off
-    the link type check; VALIDATE_INPUTS gets the named widget values and the linked inputs' types."""
+def validate_prompt(prompt: dict, classes: dict) -> dict[str, list[dict]]:
+    """The checks ComfyUI 0.3.64's `validate_inputs` makes before it runs anything, with its rules, and the
+    errors it would report, by node id (empty when the graph would be queued):
+    - a link whose type differs from the input's, unless VALIDATE_INPUTS names `input_types`;
+    - for inputs VALIDATE_INPUTS does not name: min / max, and a value not in a classic (list) combo;
+    - VALIDATE_INPUTS gets the named inputs that are present (linked ones as None) and `input_types`, and
+      ComfyUI attaches a refusal to EVERY named input that is present (`extra_info.input_name`)."""
+    node_errors: dict[str, list[dict]] = {}
     for node_id, node in prompt.items():
         cls = classes[node["class_type"]]
         declared = cls.INPUT_TYPES() if hasattr(cls, "INPUT_TYPES") else None
         if declared is None:  # a core stub: its inputs are checked by the UI-format tests
             continue
+        errors = node_errors.setdefault(node_id, [])
         specs = {**declared.get("required", {}), **declared.get("optional", {})}
         custom = getattr(cls, "VALIDATE_INPUTS", None)
         named = set(inspect.signature(custom).parameters) if custom is not None else set()
         for name in declared.get("required", {}):
-            assert name in node["inputs"], f"node {node_id}: required input {name} missing"
+            if name not in node["inputs"]:
+                errors.append({"type": "required_input_missing", "details": name, "input_name": name})
         received_types, values = {}, {}
         for name, value in node["inputs"].items():
             spec = specs[name]
@@ -84,31 +90,41 @@ def validate_prompt(prompt: dict, classes: dict) -> None:
                 origin = prompt[value[0]]
                 received = classes[origin["class_type"]].RETURN_TYPES[value[1]]
                 received_types[name] = received
-                if "input_types" not in named:
-                    assert received == input_type(spec), f"node {node_id}.{name}: {received} into {spec[0]}"
+                if "input_types" not in named and received != input_type(spec):
+                    errors.append({"type": "return_type_mismatch", "input_name": name,
+                                   "details": f"{name}, received_type({received}) mismatch input_type({spec[0]})"})
+                    continue
+                if name in named:
+                    values[name] = None
                 continue
             if name in named:
                 values[name] = value
                 continue
             options = input_options(spec)
-            if input_type(spec) == "COMBO":
-                assert value in spec[0], f"node {node_id}.{name}: {value!r} not in {spec[0]}"
-            if "min" in options:
-                assert value >= options["min"], f"node {node_id}.{name}: {value} < min"
-            if "max" in options:
-                assert value <= options["max"], f"node {node_id}.{name}: {value} > max"
+            if input_type(spec) == "COMBO" and value not in spec[0]:
+                errors.append({"type": "value_not_in_list", "input_name": name, "details": f"{name}: {value!r}"})
+            elif "min" in options and value < options["min"]:
+                errors.append({"type": "value_smaller_than_min", "input_name": name, "details": name})
+            elif "max" in options and value > options["max"]:
+                errors.append({"type": "value_bigger_than_max", "input_name": name, "details": name})
         if named:
             if "input_types" in named:
                 values["input_types"] = received_types
             result = custom(**values)
-            assert result is True, f"node {node_id}: {result}"
+            if result is not True:
+                errors += [{"type": "custom_validation_failed", "input_name": name, "details": f"{name} - {result}"}
+                           for name in values]
+        if not errors:
+            del node_errors[node_id]
+    return node_errors
 
 
 def run_prompt(prompt: dict) -> dict:
     """Run an API-format graph: validate it, then execute every node in dependency order under
     `torch.inference_mode()`, as ComfyUI does; returns each node's raw return value by id."""
     classes = {**NODE_CLASS_MAPPINGS, **CORE_STUBS}
-    validate_prompt(prompt, classes)
+    node_errors = validate_prompt(prompt, classes)
+    assert not node_errors, node_errors
     results: dict = {}
 
     def execute(node_id: str):

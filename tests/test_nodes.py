@@ -73,7 +73,9 @@ def assert_same(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
 def test_declared_inputs_and_outputs_match_the_function(node_id):
     cls = NODE_CLASS_MAPPINGS[node_id]
     assert node_id.startswith("SlowFastVGen_") and node_id in NODE_DISPLAY_NAME_MAPPINGS
-    assert cls.CATEGORY == "SlowFast-VGen" and cls.DESCRIPTION.strip() and cls.__doc__
+    assert cls.CATEGORY in {"SlowFast-VGen/models", "SlowFast-VGen/episode", "SlowFast-VGen/memory",
+                            "SlowFast-VGen/planning"} and cls.DESCRIPTION.strip() and cls.__doc__
+    assert "SlowFast-VGen" not in NODE_DISPLAY_NAME_MAPPINGS[node_id], "the category says it"
     declared = cls.INPUT_TYPES()
     required, optional = declared.get("required", {}), declared.get("optional", {})
     parameters = dict(inspect.signature(getattr(cls, cls.FUNCTION)).parameters)
@@ -215,7 +217,7 @@ def test_the_preset_node_gives_the_librarys_presets():
     assert cls.INPUT_TYPES()["required"]["preset"][0] == list(TEMP_LORA_PRESETS)
     for name, config in TEMP_LORA_PRESETS.items():
         assert run("TempLoRAPreset", preset=name)[0] == config
-    with pytest.raises(ValueError, match="Unknown Temp-LoRA preset 'fast'; known presets: paper, transition"):
+    with pytest.raises(ValueError, match="preset: .fast. is not one of .paper., .transition."):
         run("TempLoRAPreset", preset="fast")
 
 
@@ -332,13 +334,16 @@ def test_file_inputs_resolve_only_inside_comfyuis_folders(world, start, comfy_di
 def test_a_memory_of_another_model_or_layout_is_refused(world, start, tiny_model_dir):
     other = world.pipe.new_memory(TempLoRAConfig(rank=4))
     other = EpisodicMemory(config=other.config, lora=other.lora, base_fingerprint="0123456789abcdef")
-    with pytest.raises(MemoryMismatchError, match="fingerprint"):
+    with pytest.raises(ValueError, match="made with the world model a world model not loaded here \\(fingerprint "
+                                         "0123456789abcdef\\), but the world_model input is 'tiny'") as refused:
         run("ActionChunk", world_model=world, action="move up", image=start, memory=other, **SAMPLING)
+    assert type(refused.value) is ValueError  # shown as "ValueError: ...", no module path
     memory = world.pipe.new_memory(TempLoRAConfig(rank=4))
     settings = TempLoRAConfig(rank=8)
     chunk = run("ActionChunk", world_model=world, action="move up", image=start, **SAMPLING)[0]
-    with pytest.raises(MemoryMismatchError, match="rank 4"):
+    with pytest.raises(ValueError, match="rank 4") as refused:
         run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0, memory=memory, settings=settings)
+    assert isinstance(refused.value.__cause__, MemoryMismatchError) and type(refused.value) is ValueError
 
 
 def test_run_episode_with_and_without_memory_share_the_first_chunk(world, start):
@@ -453,7 +458,8 @@ def test_run_episode_progress_counts_denoising_and_temp_lora_steps_and_previews_
     assert {t for _, t, _ in progress} == {total}
     previews = [(done, preview) for done, _, preview in progress if preview is not None]
     assert [done for done, _ in previews] == [1, 1 + per_chunk, total]  # the start, then each chunk when made
-    assert all(p.height == 256 and p.width > 2 * 256 for _, p in previews[1:])  # a strip of the chunk's 2 frames
+    # The chunk's 2 frames side by side, enlarged to fill ComfyUI's default --preview-size of 512 (not more).
+    assert all(max(p.size) <= 512 and p.height >= 200 and p.width <= 2.1 * p.height for _, p in previews[1:])
     assert len(images) == 1 + 2 * SAMPLING["num_frames"]
 
 
@@ -490,54 +496,227 @@ def validate(key: str, **values):
     return v3_node.VALIDATE_INPUTS(**values)
 
 
-START = {"world_model": "SFV_WORLD_MODEL", "image": "IMAGE"}
+def api_graph(name: str) -> dict:
+    import json
+
+    from slowfast_vgen.workflows.convert import API_DIR
+
+    return json.loads((API_DIR / f"{name}.json").read_text())
+
+
+def node_of(graph: dict, key: str, which: int = 0) -> dict:
+    return [n for n in graph.values() if n["class_type"] == f"SlowFastVGen_{key}"][which]
+
+
+def queue_errors(graph: dict) -> dict:
+    from comfy_graph import CORE_STUBS, validate_prompt
+
+    return validate_prompt(graph, {**NODE_CLASS_MAPPINGS, **CORE_STUBS})
+
+
+def _three():
+    return api_graph("3 Step by step memory flow")
+
+
+def _one():
+    return api_graph("1 Long episode with memory")
+
+
+def _bad_graphs():
+    """(case, graph, the input at fault, words of its message): one thing wrong each, as a user would queue it."""
+    cases = []
+
+    def case(name, base, edit, key, which, input_name, words):
+        graph = base()
+        node = node_of(graph, key, which)
+        edit(graph, node)
+        node_id = next(i for i, n in graph.items() if n is node)
+        cases.append(pytest.param(graph, node_id, input_name, words, id=name))
+
+    case("unknown world model", _three, lambda g, n: n["inputs"].update(model_name="no-such-model"),
+         "LoadWorldModel", 0, "model_name", "World model 'no-such-model' not found")
+    case("unknown dtype", _three, lambda g, n: n["inputs"].update(dtype="float8"), "LoadWorldModel", 0, "dtype",
+         "float8")
+    case("unknown conditioning", _three, lambda g, n: n["inputs"].update(conditioning="sideways"),
+         "ActionChunk", 0, "conditioning", "sideways")
+    case("unknown recall", _three, lambda g, n: n["inputs"].update(recall="forwards"), "ActionChunk", 1, "recall",
+         "forwards")
+    case("unknown temp_lora mode", _one, lambda g, n: n["inputs"].update(temp_lora="sometimes"), "RunEpisode", 0,
+         "temp_lora", "sometimes")
+    case("unknown frames", _three, lambda g, n: n["inputs"].update(frames="all"), "DecodeChunk", 0, "frames", "all")
+    case("unknown target", _three, lambda g, n: n["inputs"].update(target="everything"), "TempLoRASettingsV2", 0,
+         "target", "everything")
+
+    def preset(graph, node):
+        node["class_type"], node["inputs"] = "SlowFastVGen_TempLoRAPreset", {"preset": "fastest"}
+    case("unknown preset", _three, preset, "TempLoRASettingsV2", 0, "preset", "fastest")
+
+    def memory(graph, node):
+        node["class_type"], node["inputs"] = "SlowFastVGen_LoadMemory", {"memory_name": "gone.safetensors [output]"}
+    case("unknown memory", lambda: api_graph("5 Continue from a saved memory"), memory, "LoadMemory", 0,
+         "memory_name", "Memory adapter 'gone.safetensors [output]' not found")
+    case("a world model linked into image", _three, lambda g, n: n["inputs"].update(image=["2", 0]), "ActionChunk",
+         0, "image", "received_type(SFV_WORLD_MODEL) mismatch input_type(IMAGE)")
+    case("a chunk linked into memory", _three, lambda g, n: n["inputs"].update(memory=["5", 0]), "ActionChunk", 1,
+         "memory", "received_type(SFV_CHUNK) mismatch")
+    case("empty action", _three, lambda g, n: n["inputs"].update(action="  "), "ActionChunk", 0, "action",
+         "The action is empty")
+    case("empty action script", _one, lambda g, n: n["inputs"].update(actions=" \n \n"), "RunEpisode", 0, "actions",
+         "The action script is empty")
+    case("save name with '..'", _one, lambda g, n: n["inputs"].update(filename_prefix="../out/memory"),
+         "SaveMemory", 0, "filename_prefix", "contains '..'")
+    case("absolute save name", _one, lambda g, n: n["inputs"].update(filename_prefix="/tmp/memory"), "SaveMemory", 0,
+         "filename_prefix", "is an absolute path")
+    case("unknown way there", lambda: api_graph("6 Plan vs execution"),
+         lambda g, n: n["inputs"].update(way_there="fly"), "ToyWorldWalk", 1, "way_there", "way_there: ")
+    case("steps out of range", _three, lambda g, n: n["inputs"].update(steps=0), "ActionChunk", 0, "steps",
+         "value_smaller_than_min")
+    return cases
+
+
+@pytest.mark.parametrize("graph, node_id, input_name, words", _bad_graphs())
+def test_a_bad_graph_is_refused_at_queue_time_once_on_the_input_at_fault(graph, node_id, input_name, words):
+    errors = queue_errors(graph)
+    assert list(errors) == [node_id], errors
+    assert [e["input_name"] for e in errors[node_id]] == [input_name], errors[node_id]
+    assert words in errors[node_id][0]["details"] or words == errors[node_id][0]["type"]
+
+
+def test_the_shipped_graphs_pass_the_queue_time_checks(world, comfy_dir):
+    from slowfast_vgen.workflows.convert import API_DIR
+
+    for path in sorted(API_DIR.glob("*.json")):
+        graph = api_graph(path.stem)
+        for node in graph.values():  # what workflow 1 saves, listed once it ran
+            if node["class_type"] == "SlowFastVGen_LoadMemory":
+                world.pipe.new_memory().save(comfy_dir / "output" / node["inputs"]["memory_name"].removesuffix(
+                    " [output]"))
+        assert queue_errors(graph) == {}, path.name
+
+
+def test_a_retired_widget_at_another_value_is_refused_on_the_retired_widgets():
+    graph = _three()
+    node = node_of(graph, "TempLoRASettingsV2")
+    node["class_type"] = "SlowFastVGen_TempLoRASettings"
+    node["inputs"].update(alpha=0.0, timestep_low=0.8, timestep_high=1.0, keep_optimizer_state=True)
+    errors = next(iter(queue_errors(graph).values()))
+    assert {e["input_name"] for e in errors} == {"alpha", "timestep_low", "timestep_high", "keep_optimizer_state"}
+    assert all("timestep_low=0.8 is no longer supported" in e["details"] for e in errors)
 
 
 @pytest.mark.parametrize("key, values, message", [
-    ("ActionChunk", dict(input_types=START, action="  "), "The action is empty"),
-    ("ActionChunk", dict(input_types={**START, "chunk": "SFV_CHUNK"}, action="move right"),
-     "Both 'image' and 'chunk' are connected"),
-    ("ActionChunk", dict(input_types={"world_model": "SFV_WORLD_MODEL"}, action="move right"),
-     "Neither 'image' nor 'chunk' is connected"),
-    ("ActionChunk", dict(input_types={"world_model": "SFV_WORLD_MODEL", "image": "SFV_CHUNK"}),
-     "The input 'image' takes IMAGE, but the link brings SFV_CHUNK"),
-    ("RunEpisode", dict(input_types=START, actions=" \n\n "), "The action script is empty"),
-    ("RunEpisode", dict(input_types={**START, "memory": "SFV_TEMP_LORA"}, actions="stay"),
-     "The input 'memory' takes SFV_MEMORY"),
-    ("TempLoRAUpdate", dict(input_types={"world_model": "SFV_WORLD_MODEL", "new_chunk": "IMAGE"}),
-     "'new_chunk' takes SFV_CHUNK"),
+    ("ActionChunk", dict(action="  "), "The action is empty"),
+    ("RunEpisode", dict(actions=" \n\n "), "The action script is empty"),
     ("TempLoRASettings", dict(timestep_low=0.6, timestep_high=0.2), "timestep_low=0.6 is no longer supported"),
     ("TempLoRASettings", dict(keep_optimizer_state=False), "keep_optimizer_state=False is no longer supported"),
-    ("TempLoRASettingsV2", dict(steps_per_update=0, panorama=False), "such a memory learns nothing"),
-    ("TempLoRASettingsV2", dict(steps_per_update=0), "such a memory learns nothing"),
     ("SaveMemory", dict(filename_prefix="../outside/memory"), "contains '..'"),
     ("SaveMemory", dict(filename_prefix="/tmp/memory"), "is an absolute path"),
     ("SaveMemory", dict(filename_prefix="  "), "filename_prefix is empty"),
-    ("ToyWorldWalk", dict(input_types={}, actions="move left\njump", way_there=""), "actions: "),
-    ("ToyWorldWalk", dict(input_types={}, actions="move left", way_there="fly"), "way_there: "),
-    ("LearnVideo", dict(input_types={"world_model": "SFV_WORLD_MODEL", "images": "IMAGE"}, actions=""),
-     "The action script is empty"),
+    ("ToyWorldWalk", dict(way_there="fly"), "way_there: "),
+    ("LearnVideo", dict(actions=""), "The action script is empty"),
+    ("LoadWorldModel", dict(model_name="no-such-model"), "press R to refresh"),
+    ("LoadInverseDynamicsModel", dict(idm_name="no-such-idm"), "Inverse dynamics model 'no-such-idm' not found"),
 ])
-def test_bad_widgets_and_links_are_refused_at_queue_time(key, values, message):
+def test_bad_widgets_are_refused_at_queue_time(key, values, message):
     result = validate(key, **values)
     assert result is not True and message in result
 
 
 @pytest.mark.parametrize("key, values", [
-    ("ActionChunk", dict(input_types=START, action="move right")),
-    ("ActionChunk", dict(input_types={"world_model": "SFV_WORLD_MODEL", "chunk": "SFV_CHUNK"})),  # action linked
-    ("RunEpisode", dict(input_types={**START, "memory": "SFV_MEMORY", "settings": "SFV_TEMP_LORA"},
-                        actions="move right\n\nmove left")),
+    ("ActionChunk", dict(action="move right")),
+    ("ActionChunk", dict(action=None)),  # linked: decided when it runs
+    ("RunEpisode", dict(actions="move right\n\nmove left")),
     ("TempLoRASettings", dict(alpha=0.0, timestep_low=0.0, timestep_high=1.0, keep_optimizer_state=True)),
     ("TempLoRASettings", dict()),
-    ("TempLoRASettingsV2", dict(steps_per_update=0, panorama=True)),
-    ("TempLoRASettingsV2", dict(steps_per_update=1)),
     ("SaveMemory", dict(filename_prefix="slowfast_vgen/memory")),
-    ("ToyWorldWalk", dict(input_types={"plan_actions": "STRING"}, actions="jump", way_there="move up")),
-    ("LearnVideo", dict(input_types={"world_model": "SFV_WORLD_MODEL", "images": "IMAGE"}, actions="stay")),
+    ("ToyWorldWalk", dict(way_there="move up")),
+    ("LearnVideo", dict(actions="stay")),
+    ("LoadWorldModel", dict(model_name="toyworld (built-in)")),
 ])
-def test_good_widgets_and_links_pass_queue_time_checks(key, values):
+def test_good_widgets_pass_queue_time_checks(key, values):
     assert validate(key, **values) is True
+
+
+def test_no_queue_time_check_names_more_than_one_input_but_the_retired_node():
+    """ComfyUI shows a check's refusal on every input the check names (nodes/validation.py)."""
+    for node_id, cls in NODE_CLASS_MAPPINGS.items():
+        check = cls.__dict__.get("VALIDATE_INPUTS")
+        if check is None or node_id.endswith("_TempLoRASettings"):
+            continue
+        names = list(inspect.signature(check.__get__(None, cls)).parameters)
+        assert len(names) == 1 and names[0] != "input_types", (node_id, names)
+
+
+def test_what_needs_two_inputs_is_refused_as_the_node_starts(world, start, comfy_dir, monkeypatch):
+    chunk = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    monkeypatch.setattr(WorldModel, "running", lambda self: pytest.fail("the model was loaded before refusing"))
+    for key, extra in (("ActionChunk", dict(action="stay")), ("RunEpisode", dict(actions="stay", temp_lora="learn"))):
+        with pytest.raises(ValueError, match="Both 'image' and 'chunk' are connected"):
+            run(key, world_model=world, image=start, chunk=chunk, **extra, **SAMPLING)
+        with pytest.raises(ValueError, match="Neither 'image' nor 'chunk' is connected"):
+            run(key, world_model=world, **extra, **SAMPLING)
+    with pytest.raises(ValueError, match="such a memory learns nothing"):
+        run("TempLoRASettingsV2", rank=4, learning_rate=1e-4, target="all-attention", steps_per_update=0,
+            panorama=False)
+    with pytest.raises(ValueError, match="size: Memory Maze renders frames of at least 16 pixels, got 8"):
+        run("ToyWorldStartFrame", seed=0, size=8, world="memory-maze")
+
+
+@pytest.mark.parametrize("key, inputs, message", [
+    ("ToyWorldStartFrame", dict(seed=-1, size=64), "seed=-1 is out of range: give a value from 0 to"),
+    ("SideBySide", dict(left=torch.zeros(1, 8, 8, 3), right=torch.zeros(1, 8, 8, 3), gap=-5),
+     "gap=-5 is out of range: give a value from 0 to 256"),
+    ("ToyWorldStartFrame", dict(seed=0, size=64, world="mars"), "world: 'mars' is not one of 'toyworld'"),
+    ("TempLoRAPreset", dict(preset="fastest"), "preset: 'fastest' is not one of 'paper'"),
+])
+def test_nodes_called_directly_name_the_input_at_fault(key, inputs, message):
+    with pytest.raises(ValueError, match=message.replace("(", "\\(")):
+        run(key, **inputs)
+
+
+def test_no_error_shows_a_server_path_or_a_module_path(world, start, comfy_dir, tiny_model_dir):
+    """What a ComfyUI user is shown of a failed node or a refused graph names files relative to ComfyUI's
+    folders and raises builtin exceptions (ComfyUI shows `<module>.<type>` for others)."""
+    folder = comfy_dir / "models" / "temp_lora_memories"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    other = world.pipe.new_memory()
+    other = EpisodicMemory(config=other.config, lora=other.lora, base_fingerprint="0123456789abcdef")
+    chunk = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    failures = [
+        lambda: run("LoadWorldModel", model_name="not-there", dtype="float32", device="cpu"),
+        lambda: run("LoadMemory", memory_name="broken.safetensors"),
+        lambda: run("LoadMemory", memory_name="gone.safetensors"),
+        lambda: run("ActionChunk", world_model=world, action="up", image=start, memory=other, **SAMPLING),
+        lambda: run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0, memory=other),
+        lambda: run("LoadInverseDynamicsModel", idm_name="../elsewhere"),
+    ]
+    messages = []
+    for failure in failures:
+        with pytest.raises(Exception) as raised:
+            failure()
+        assert type(raised.value).__module__ == "builtins", type(raised.value)
+        messages.append(str(raised.value))
+    messages += [validate("LoadMemory", memory_name="broken.safetensors"),
+                 validate("LoadWorldModel", model_name="not-there")]
+    for message in messages:
+        assert str(comfy_dir) not in message and os.path.realpath(comfy_dir) not in message, message
+        assert tiny_model_dir not in message and "/tmp" not in message, message
+    assert any("models/temp_lora_memories/broken.safetensors" in m for m in messages), messages
+    assert any("models/world_models" in m for m in messages), messages
+    assert any("'tiny' (fingerprint" in m for m in messages), messages
+
+
+def test_public_message_makes_paths_relative_to_comfyuis_folders(comfy_dir):
+    from slowfast_vgen.nodes.errors import public_message
+    from slowfast_vgen.paths import DEFAULT_MODEL_DIR
+
+    output = os.path.join(os.getcwd(), "output", "slowfast_vgen", "m.safetensors")
+    assert public_message(f"{output} is broken") == "output/slowfast_vgen/m.safetensors is broken"
+    assert public_message(f"missing from {DEFAULT_MODEL_DIR}.") == "missing from slowfast_vgen/models/toyworld."
+    assert public_message("see /srv/secret/place/file.bin, or C:\\Users\\me\\x.json") == \
+        "see .../file.bin, or .../x.json"
+    assert public_message("https://example.org/a/b and ./relative/path") == "https://example.org/a/b and ./relative/path"
 
 
 def test_a_file_that_is_no_memory_is_refused_at_queue_time(comfy_dir):
