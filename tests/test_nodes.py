@@ -727,3 +727,112 @@ def test_a_file_that_is_no_memory_is_refused_at_queue_time(comfy_dir):
     save_file({"weight": torch.zeros(2)}, folder / "some_lora.safetensors", metadata={"format": "pt"})
     message = validate("LoadMemory", memory_name="some_lora.safetensors")
     assert "is not a SlowFast-VGen memory adapter" in message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cancel inside a Temp-LoRA step, determinism, saved files
+
+
+def test_cancel_is_checked_inside_every_unet_call_forward_and_backward(world, start, monkeypatch):
+    """A Temp-LoRA step (one forward and backward pass) checks Cancel at every layer both ways, so a long
+    step stops within a layer, not at its end; pressed during the first step, no step is reported."""
+    chunk = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    layers = [m for m in world.pipe.unet.modules() if type(m).__name__ in
+              ("ResnetBlock2D", "Transformer2DModel", "TransformerTemporalModel", "TemporalConvLayer")]
+    checks = []
+    real = comfy_services.throw_if_interrupted
+    monkeypatch.setattr(comfy_services, "throw_if_interrupted", lambda: (checks.append(1), real()))
+    run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0)  # one step
+    assert len(checks) >= 2 * len(layers) > 0, (len(checks), len(layers))  # forward and backward
+
+    # Cancel pressed while the first step's backward pass runs: stopped there, the step never reported.
+    backward_checks = []
+
+    def press_in_backward(gradient):
+        backward_checks.append(1)
+        comfy_services.request_interrupt()
+
+    def arm(module, args, output):
+        if output.requires_grad:
+            output.register_hook(press_in_backward)
+
+    hook = layers[len(layers) // 2].register_forward_hook(arm)
+    steps = []
+    comfy_services.set_progress_hook(lambda done, total, preview: steps.append(done))
+    try:
+        with pytest.raises(comfy_services.Interrupted):
+            run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0,
+                settings=TempLoRAConfig(steps_per_update=5))
+    finally:
+        hook.remove()
+        comfy_services.set_progress_hook(None)
+    assert backward_checks and steps == []
+    assert not world.pipe.unet._forward_pre_hooks and not layers[0]._forward_pre_hooks  # hooks removed after
+
+
+def test_cancel_inside_a_long_update_stops_within_a_second(world, start):
+    """Bounded wait: Cancel pressed from another thread (as ComfyUI's server does) during a 200-step update."""
+    import threading
+    import time
+
+    chunk = run("ActionChunk", world_model=world, action="move right", image=start, **SAMPLING)[0]
+    pressed = []
+    timer = threading.Timer(0.5, lambda: (pressed.append(time.monotonic()), comfy_services.request_interrupt()))
+    timer.start()
+    try:
+        with pytest.raises(comfy_services.Interrupted):
+            run("TempLoRAUpdate", world_model=world, new_chunk=chunk, seed=0,
+                settings=TempLoRAConfig(steps_per_update=200))
+        stopped = time.monotonic()
+    finally:
+        timer.cancel()
+    assert pressed and stopped - pressed[0] < 1.0
+
+
+def test_the_same_graph_twice_gives_the_same_frames(comfy_dir, tiny_model_dir):
+    """Workflow 3 (chunks, Temp-LoRA updates, chunks with memory) queued twice on fresh models: bit-identical."""
+    from comfy_graph import StubSaveVideo, run_prompt
+    from test_workflows import for_tiny_model
+
+    graph = for_tiny_model(api_graph("3 Step by step memory flow"))
+    videos = []
+    for _ in range(2):
+        StubSaveVideo.saved.clear()
+        run_prompt(graph)
+        videos.append(StubSaveVideo.saved[0]["video"]["images"])
+    assert torch.equal(videos[0], videos[1])
+
+
+def test_run_episode_gives_the_librarys_episode_bit_for_bit(world, start):
+    """The node and the library (what `slowfast-vgen generate` runs) with the same settings and seed."""
+    from slowfast_vgen.nodes.world_model import decode_to_image, start_chunk
+
+    settings = TempLoRAConfig()
+    actions = "move right\nmove right\nmove left"
+    images, memory, _ = run("RunEpisode", world_model=world, actions=actions, temp_lora="learn", image=start,
+                            settings=settings, **SAMPLING)
+    with torch.inference_mode():
+        with world.running() as pipe:
+            begin = start_chunk(pipe, start, None).last
+            steps = list(pipe.stream_episode(actions.splitlines(), start_latents=begin, memory_settings=settings,
+                                             num_frames=SAMPLING["num_frames"], num_inference_steps=SAMPLING["steps"],
+                                             guidance_scale=SAMPLING["guidance"], generator=torch.Generator().manual_seed(0),
+                                             conditioning="mask"))
+            library = torch.cat([decode_to_image(pipe, begin)] + [decode_to_image(pipe, s.latents) for s in steps])
+    assert torch.equal(images, library)
+    assert_same(tensors_of(memory), tensors_of(steps[-1].memory))
+
+
+def test_saved_memories_are_readable_like_videos_and_the_node_shows_the_file(world, comfy_dir):
+    previous = os.umask(0o022)
+    try:
+        result = run("SaveMemory", memory=world.pipe.new_memory(), filename_prefix="slowfast_vgen/shown")
+    finally:
+        os.umask(previous)
+    assert oct(os.stat("output/slowfast_vgen/shown_00001_.safetensors").st_mode & 0o777) == "0o644"
+    ui = result["ui"]
+    assert ui["memories"] == [{"filename": "shown_00001_.safetensors", "subfolder": "slowfast_vgen", "type": "output"}]
+    assert "output/slowfast_vgen/shown_00001_.safetensors" in ui["text"][0]
+    assert "slowfast_vgen/shown_00001_.safetensors [output]" in ui["text"][0]
+    card = ui["images"][0]
+    assert card["type"] == "temp" and os.path.isfile(os.path.join("temp", card["filename"]))
