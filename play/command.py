@@ -175,5 +175,6 @@ async def serve(sock: socket.socket, pipe, args: argparse.Namespace, preset: str
     for path in await save_episodes(context):
         print(f"Saved the episode so far to {path} (with its memory and summary, marked interrupted).")
     await runner.cleanup()
+    await asyncio.gather(*context.closing)  # the tabs' players, freed on the model thread
     context.worker.shutdown(wait=True)
     return 128 + received[0]

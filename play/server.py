@@ -78,9 +78,8 @@ def png_url(frame: np.ndarray | bytes) -> str:
 def memory_message(session: PlaySession) -> dict:
     state = session.current
     panorama = panorama_png(state.memory)
-    oldest = next((s.index for s in session.states if s.branchable and s.index > 0), session.chunks)
     return {"memory": memory_summary(state.memory, state.preset), "panorama": png_url(panorama) if panorama else None,
-            "chunks": session.chunks, "oldest_branch": oldest, "split": session.split}
+            "chunks": session.chunks, "oldest_branch": session.oldest_kept, "split": session.split}
 
 
 class Player:

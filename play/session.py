@@ -34,7 +34,7 @@ from .memory_view import memory_tensors, nbytes
 
 NO_MEMORY = "none"
 # What the states kept for branching may hold; older chunks stay in the episode but cannot be branched from.
-BRANCH_BUDGET_BYTES = 128 * 2**20
+BRANCH_BUDGET_BYTES = 64 * 2**20
 
 
 class PlayError(ValueError):
@@ -54,6 +54,7 @@ class ChunkState:
     generator_state: torch.Tensor | None = None
     memory_generator_state: torch.Tensor | None = None
     seconds: float = 0.0  # what the chunk took to make
+    own_bytes: int = 0  # what it keeps alive that the state before it does not
 
     @property
     def branchable(self) -> bool:
@@ -121,6 +122,7 @@ class PlaySession:
         self.continued_from, self.image_path = continued_from, image_path
         self.states = [ChunkState(0, None, preset, len(start_frames), latents.cpu(), memory, generator.get_state(),
                                   memory_generator_for(generator).get_state())]
+        self.kept_bytes, self.oldest_kept = 0, 1  # what the states after the start keep; the oldest kept
         self.spool.seek(0)
         self.spool.truncate()
         self.spool.write(start_frames.tobytes())
@@ -176,34 +178,40 @@ class PlaySession:
         self.lane = (step.latents, generator.get_state())
         return _to_uint8(self.pipe.postprocess(step.latents, "np")[0])
 
+    @staticmethod
+    def _arrays(state: ChunkState) -> dict[int, int]:
+        """Address -> bytes of every array a state keeps alive (its context and its memory's)."""
+        if not state.branchable:
+            return {}
+        arrays = [state.context] + (memory_tensors(state.memory) if state.memory is not None else [])
+        return {(a.data_ptr() if isinstance(a, torch.Tensor) else a.__array_interface__["data"][0]): nbytes(a)
+                for a in arrays}
+
     def _prune(self) -> None:
-        """Forget the oldest chunks' states (not their frames) once the kept states pass the budget."""
-        seen, total, sizes = set(), 0, []
-        for state in reversed(self.states[1:]):  # newest first: what a state shares with older ones counts here
-            size = 0
-            if state.branchable:
-                arrays = [state.context] + (memory_tensors(state.memory) if state.memory is not None else [])
-                for array in arrays:
-                    key = array.data_ptr() if isinstance(array, torch.Tensor) else array.__array_interface__["data"][0]
-                    if key not in seen:
-                        seen.add(key)
-                        size += nbytes(array)
-            total += size
-            sizes.append(total)
-        for state, total in zip(reversed(self.states[1:-1]), sizes[1:]):
-            if total > self.branch_budget_bytes and state.branchable:
-                self.states[state.index] = ChunkState(state.index, state.action, state.preset, state.frames,
-                                                      seconds=state.seconds)
+        """Forget the oldest chunks' states (not their frames) once the kept states pass the budget. A state
+        is charged for what it holds that the one before it does not (a memory update shares the rest)."""
+        new, previous = self._arrays(self.current), self._arrays(self.states[-2])
+        own = sum(size for address, size in new.items() if address not in previous)
+        self.states[-1] = replace(self.current, own_bytes=own)
+        self.kept_bytes += own
+        while self.kept_bytes > self.branch_budget_bytes and self.oldest_kept < self.chunks:
+            state = self.states[self.oldest_kept]
+            self.kept_bytes -= state.own_bytes
+            self.states[state.index] = ChunkState(state.index, state.action, state.preset, state.frames,
+                                                  seconds=state.seconds)
+            self.oldest_kept += 1
 
     def branch(self, index: int) -> None:
         """Go back to the episode after `index` chunks (0: the start); later chunks are dropped."""
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= self.chunks:
             raise PlayError(f"There is no chunk {index!r} to branch from (the episode has {self.chunks}).")
         if not self.states[index].branchable:
-            oldest = next(s.index for s in self.states if s.branchable and s.index > 0)
-            raise PlayError(f"Chunk {index} is too old to branch from: only chunks {oldest} to {self.chunks} keep "
-                            "their state (their memories would not fit the budget). Export the episode to keep it.")
+            raise PlayError(f"Chunk {index} is too old to branch from: only chunks {self.oldest_kept} to {self.chunks} "
+                            "keep their state (their memories would not fit the budget). Export the episode to keep "
+                            "it.")
         del self.states[index + 1:]
+        self.oldest_kept = min(self.oldest_kept, index + 1)
+        self.kept_bytes = sum(s.own_bytes for s in self.states[self.oldest_kept:])
         self.spool.truncate(self.current.frames * int(np.prod(self.frame_shape)))
         if self.split:
             self.lane = (self.current.context, self.current.generator_state)
@@ -213,7 +221,8 @@ class PlaySession:
         and branching to one of them brings it back)."""
         if preset not in self.presets:
             raise PlayError(f"Unknown memory preset {preset!r}; this model plays {', '.join(self.presets)}.")
-        self.states[-1] = replace(self.current, preset=preset, memory=None)
+        if preset != self.current.preset:
+            self.states[-1] = replace(self.current, preset=preset, memory=None)
 
     def set_split(self, on: bool) -> None:
         """Split view: also play every action without memory, from here, with the same noise."""

@@ -379,3 +379,28 @@ def test_keys_come_from_the_models_folder_not_a_toyworld_table():
     chosen = {**config("toyworld"), "play_controls": {"up": "pan up", "stay": "wait"}}
     assert key_actions(chosen)["up"] == "pan up" and key_actions(chosen)["stay"] == "wait"
     assert key_actions({}) == {}  # a model that names no action: the page offers the text box alone
+
+
+def test_a_long_session_keeps_its_frames_but_only_the_latest_branch_points(pipe, tiny_pipe_dir, tmp_path):
+    from slowfast_vgen.play.session import PlayError, PlaySession
+
+    args, _ = play_args(tiny_pipe_dir, tmp_path)
+    probe = PlaySession(pipe, args, "paper")
+    probe.step("stay")
+    probe.step("stay")
+    budget = int(probe.current.own_bytes * 2.5)  # room for two chunks' states and a half
+    probe.close()
+    session = PlaySession(pipe, args, "paper", branch_budget_bytes=budget)
+    for action in ("move left", "move up", "move right", "move down", "stay"):
+        session.step(action)
+    assert [s.branchable for s in session.states] == [True, False, False, False, True, True]
+    assert session.oldest_kept == 4 and session.kept_bytes <= budget
+    with pytest.raises(PlayError, match="too old to branch"):
+        session.branch(2)
+    session.branch(0)  # the start is always kept
+    assert session.chunks == 0 and session.kept_bytes == 0
+    for action in ("move left", "move up"):
+        session.step(action)
+    video = session.export(tmp_path / "long.mp4")
+    assert len(video_frames(video)) == session.current.frames == 9
+    session.close()

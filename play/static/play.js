@@ -85,6 +85,9 @@ function showMemory(message) {
   }));
   $("panorama").hidden = !message.panorama;
   if (message.panorama) $("panorama").src = message.panorama;
+  if (![...$("preset").options].some((option) => option.value === memory.preset)) {
+    $("preset").append(new Option(memory.preset, memory.preset)); // a loaded memory's own settings
+  }
   $("preset").value = memory.preset;
   state.chunks = message.chunks;
   state.oldestBranch = message.oldest_branch;
