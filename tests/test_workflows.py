@@ -12,7 +12,7 @@ import torch
 from comfy_graph import TINY, TINY_IDM, StubSaveVideo, comfy_dir, run_prompt, tiny_model_dir  # noqa: F401 (fixtures)
 from slowfast_vgen.nodes.nodes_planning import BUILTIN_IDM_NAME
 from slowfast_vgen.nodes.world_model import BUILTIN_MODEL_NAME, BUILTIN_PLANNER_NAME
-from slowfast_vgen.paths import WORKFLOWS_DIR
+from slowfast_vgen.paths import EXAMPLE_WORKFLOWS_DIR, PACKAGE_DIR
 from slowfast_vgen.pipelines import EpisodicMemory, SlowFastVGenPipeline
 from slowfast_vgen.workflows.convert import (
     CONTROL_AFTER_GENERATE,
@@ -27,7 +27,7 @@ from slowfast_vgen.workflows.convert import (
     widget_values,
 )
 
-UI_FILES = sorted(WORKFLOWS_DIR.glob("*.json"))
+UI_FILES = sorted(EXAMPLE_WORKFLOWS_DIR.glob("*.json"))
 DEFINITIONS = node_definitions()
 
 
@@ -48,6 +48,67 @@ def test_every_template_has_a_readable_title_and_a_thumbnail(path):
     assert number.isdigit() and title[:1].isupper() and "_" not in title
     thumbnail = cv2.imread(str(path.with_suffix(".jpg")))  # what its template browser asks for
     assert thumbnail is not None and min(thumbnail.shape[:2]) >= 384
+
+
+def test_comfyui_serves_the_workflows_alone_as_templates():
+    """ComfyUI 0.3.64 (app/custom_node_manager.py) lists `<pack>/<folder>/*.json` as templates for the folders
+    example_workflows, example, examples, workflow, workflows, and serves each of those folders whole,
+    the first one found taking the URL: only the UI workflows and their thumbnails may be there."""
+    folders = ["example_workflows", "example", "examples", "workflow", "workflows"]
+    listed = [path for folder in folders for path in sorted((PACKAGE_DIR / folder).glob("*.json"))]
+    assert [path.stem for path in listed] == [path.stem for path in UI_FILES] and len(UI_FILES) == 6
+    served = next(PACKAGE_DIR / folder for folder in folders if (PACKAGE_DIR / folder).exists())
+    assert served == EXAMPLE_WORKFLOWS_DIR
+    assert sorted(p.suffix for p in served.iterdir()) == [".jpg"] * 6 + [".json"] * 6
+
+
+def seed_controls(path):
+    """(node type, control after generate) of every seed widget of a UI workflow."""
+    controls = []
+    for node in load(path)["nodes"]:
+        if node["type"] in UI_ONLY_NODES:
+            continue
+        definition = DEFINITIONS[node["type"]]
+        values = node["widgets_values"]
+        position = 0
+        for name, spec in ((n, definition.inputs()[n]) for n in definition.widget_names()):
+            if has_control_widget(name, spec):
+                controls.append((node["type"], name, values[position + 1]))
+                position += 1
+            position += 1
+    return controls
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_example_seeds_choose_the_world_fixed_and_the_noise_anew(path):
+    """Queue again on an unchanged example runs a new episode in the same world (docs/comfyui.md): the
+    world's seed is fixed, noise seeds randomize, and seeds that a comparison shares move together."""
+    for kind, name, control in seed_controls(path):
+        if kind in ("SlowFastVGen_ToyWorldStartFrame", "SlowFastVGen_ToyWorldWalk"):
+            assert control == "fixed", (kind, control)
+        elif path.stem.startswith(("2 ", "4 ")) and kind in ("SlowFastVGen_RunEpisode", "SlowFastVGen_ActionChunk") \
+                and control != "randomize":
+            assert control == "increment", (kind, control)
+        else:
+            assert control == "randomize", (kind, control)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_nodes_that_preview_have_room_below_them(path):
+    """A node showing previews grows downwards after a run, by about its width (a square grid): no node may
+    start below it in its column closer than that."""
+    previewing = ("SlowFastVGen_ActionChunk", "SlowFastVGen_RunEpisode", "SlowFastVGen_DecodeChunk",
+                  "SlowFastVGen_SaveMemory", "SaveVideo")
+    nodes = load(path)["nodes"]
+    for node in nodes:
+        if node["type"] not in previewing:
+            continue
+        left, top = node["pos"]
+        right = left + node["size"][0]
+        room = top + node["size"][1] + node["size"][0] + 40
+        below = [other for other in nodes if other is not node and top < other["pos"][1] < room
+                 and other["pos"][0] < right and other["pos"][0] + other["size"][0] > left]
+        assert not below, (node["type"], node.get("title"), [(o["type"], o.get("title")) for o in below])
 
 
 def test_thumbnails_are_four_frames_of_the_run_video_enlarged(tmp_path):
@@ -125,9 +186,9 @@ def check_widget_value(node, name, spec, value):
 
 def test_widget_values_map_to_names_in_order():
     """An independent spot check of the converter's pairing, seed control slot included."""
-    workflow = load(WORKFLOWS_DIR / "3 Step by step memory flow.json")
+    workflow = load(EXAMPLE_WORKFLOWS_DIR / "3 Step by step memory flow.json")
     chunk = next(n for n in workflow["nodes"] if n.get("title") == "Action Chunk 2")
-    assert chunk["widgets_values"] == ["move right", 4, 4, 2.0, 2, "fixed", "mask", "action"]
+    assert chunk["widgets_values"] == ["move right", 4, 4, 2.0, 2, "randomize", "mask", "action"]
     api = ui_to_api(workflow)[str(chunk["id"])]["inputs"]
     assert {k: v for k, v in api.items() if not isinstance(v, list)} == {
         "action": "move right", "num_frames": 4, "steps": 4, "guidance": 2.0, "seed": 2, "conditioning": "mask",
@@ -148,7 +209,7 @@ def test_converter_refuses_a_widget_count_mismatch():
     workflow = load(UI_FILES[0])
     broken = copy.deepcopy(workflow)
     node = next(n for n in broken["nodes"] if n["type"] == "SlowFastVGen_RunEpisode")
-    node["widgets_values"].remove("fixed")
+    node["widgets_values"].remove("randomize")
     with pytest.raises(ValueError, match="widget value"):
         ui_to_api(broken)
 
@@ -194,7 +255,7 @@ def test_api_graph_runs_on_the_tiny_model(path, comfy_dir, tiny_model_dir):
 
 def test_memory_vs_no_memory_workflow_compares_memory_alone(comfy_dir, tiny_model_dir):
     """Workflow 2's two episodes share seed and noise: their first chunks are bit-identical."""
-    prompt = for_tiny_model(load(api_path(WORKFLOWS_DIR / "2 Memory vs no memory.json")))
+    prompt = for_tiny_model(load(api_path(EXAMPLE_WORKFLOWS_DIR / "2 Memory vs no memory.json")))
     episodes = {node["inputs"]["temp_lora"]: node_id for node_id, node in prompt.items()
                 if node["class_type"] == "SlowFastVGen_RunEpisode"}
     assert set(episodes) == {"learn", "off"}

@@ -1,8 +1,10 @@
-"""Generate the API-format (`/prompt`) copies of the UI-format workflows in this folder.
+"""Generate the API-format (`/prompt`) copies of the UI-format example workflows.
 
-ComfyUI's template browser needs the UI format (the canvas: `nodes`, `links`, `widgets_values`); scripts
-POST the API format (`{id: {"class_type", "inputs"}}`) to `/prompt`. The UI files are the source; this
-tool derives `api/<name>.json` from each the way ComfyUI's frontend does when it queues a graph:
+ComfyUI's template browser needs the UI format (the canvas: `nodes`, `links`, `widgets_values`) and reads
+it from the pack's `example_workflows/` folder (ComfyUI's convention; it serves every file there, so that
+folder holds the workflows and their thumbnails only); scripts POST the API format
+(`{id: {"class_type", "inputs"}}`) to `/prompt`. The UI files are the source; this tool derives
+`workflows/api/<name>.json` from each the way ComfyUI's frontend does when it queues a graph:
 
     python -m slowfast_vgen.workflows.convert            # (re)write workflows/api/*.json
     python -m slowfast_vgen.workflows.convert --check    # exit 1 if a copy is missing or out of date
@@ -18,8 +20,8 @@ from pathlib import Path
 
 from ..nodes import NODE_CLASSES
 
-WORKFLOWS_DIR = Path(__file__).resolve().parent
-API_DIR = WORKFLOWS_DIR / "api"
+API_DIR = Path(__file__).resolve().parent / "api"
+WORKFLOWS_DIR = EXAMPLE_WORKFLOWS_DIR = API_DIR.parent.parent / "example_workflows"  # the UI-format workflows
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_AFTER_GENERATE = ("fixed", "increment", "decrement", "randomize")
 # Canvas-only nodes: the frontend never sends them to the server.
@@ -144,7 +146,7 @@ def ui_to_api(workflow: dict, definitions: dict[str, NodeDefinition] | None = No
 
 
 def api_path(ui_path: Path) -> Path:
-    return ui_path.parent / "api" / ui_path.name
+    return API_DIR / ui_path.name
 
 
 def convert_folder(folder: Path = WORKFLOWS_DIR, check: bool = False) -> list[Path]:
@@ -166,7 +168,8 @@ def convert_folder(folder: Path = WORKFLOWS_DIR, check: bool = False) -> list[Pa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only report API copies that are missing or stale")
-    parser.add_argument("--folder", type=Path, default=WORKFLOWS_DIR, help="folder of UI-format workflows")
+    parser.add_argument("--folder", type=Path, default=WORKFLOWS_DIR,
+                        help="folder of UI-format workflows (default: the pack's example_workflows/)")
     args = parser.parse_args(argv)
     stale = convert_folder(args.folder, check=args.check)
     for path in stale:

@@ -11,7 +11,7 @@ workflow 5 continues from the memory that workflow 1 saves.
 
 With `--thumbnails`, the video each workflow saved is fetched from the server and four of its frames (a
 quarter, half, three quarters of the way and the last) are written as `<workflow name>.jpg` beside the UI
-workflow: the picture ComfyUI's template browser shows for it.
+workflow in example_workflows/: the picture ComfyUI's template browser shows for it.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default="http://127.0.0.1:8188", help="the ComfyUI server's address")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each workflow")
     parser.add_argument("--thumbnails", action="store_true",
-                        help="write each workflow's template thumbnail (<name>.jpg in workflows/) from its video")
+                        help="write each workflow's template thumbnail (<name>.jpg in example_workflows/) from its video")
     args = parser.parse_args(argv)
     paths = args.workflows or sorted(API_DIR.glob("*.json"))
     try:
