@@ -272,7 +272,9 @@ def test_submit_reads_the_files_of_a_comfyui_history_entry():
     # The outputs of a /history entry, as ComfyUI 0.8 reports SaveVideo and a custom node's "ui" result.
     outputs = {"6": {"images": [{"filename": "episode_00001_.mp4", "subfolder": "slowfast_vgen", "type": "output"}],
                      "animated": [True]},
-               "7": {"memory": [{"filename": "toyworld_memory_00001_.safetensors", "subfolder": "", "type": "output"}]}}
+               "7": {"memory": [{"filename": "toyworld_memory_00001_.safetensors", "subfolder": "", "type": "output"}],
+                     "images": [{"filename": "slowfast_vgen_saved_0123.png", "subfolder": "", "type": "temp"}],
+                     "text": ["Saved output/toyworld_memory_00001_.safetensors"]}}
     assert output_files(outputs) == ["slowfast_vgen/episode_00001_.mp4", "toyworld_memory_00001_.safetensors"]
 
 

@@ -62,13 +62,15 @@ def _request(server: str, path: str, payload: dict | None = None) -> dict:
 
 
 def output_files(outputs: dict) -> list[str]:
-    """The files an output node reported in the history ('subfolder/filename' for images, videos, and the rest)."""
+    """The files of the output folder an output node reported in the history ('subfolder/filename' for images,
+    videos, and the rest; not the temp folder's previews, such as the card Save Memory shows)."""
     files = []
     for node_output in outputs.values():
         for items in node_output.values():
             if isinstance(items, list):
                 files += [f"{item.get('subfolder', '')}/{item['filename']}".lstrip("/")
-                          for item in items if isinstance(item, dict) and "filename" in item]
+                          for item in items if isinstance(item, dict) and "filename" in item
+                          and item.get("type", "output") == "output"]
     return files
 
 
