@@ -20,6 +20,7 @@ regenerates one that is truncated or does not match its name before anything tra
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import zipfile
@@ -237,8 +238,14 @@ def _episode_file(root: Path, seed: int, index: int) -> Path:
     return root / f"maze-{seed:06d}-{index:03d}.npz"
 
 
+def recorded_family(index: int) -> str:
+    """The path family of a maze's recorded episode `index`: every other one explores; the ones between go
+    through the families with revisits in turn, so that 10 episodes a maze hold each of them once."""
+    return PATH_FAMILIES_3D[(index // 2) % len(PATH_FAMILIES_3D)] if index % 2 else "explore"
+
+
 def _record(seed: int, index: int, num_chunks: int, chunk_frames: int, view_size: int) -> dict:
-    family = TRAINING_FAMILIES_3D[index % len(TRAINING_FAMILIES_3D)] if index % 2 else "explore"
+    family = recorded_family(index)
     episode = make_maze_episode(seed, family, num_chunks, chunk_frames, view_size, rng_seed=seed * 1000 + index)
     frames = np.stack([episode.world.render_pose(p) for p in episode.positions])
     return {"frames": frames, "actions": np.array(json.dumps(list(episode.actions))),
@@ -277,6 +284,7 @@ def _read_episode(path: Path, num_chunks: int, chunk_frames: int) -> dict | None
     if (frames.dtype != np.uint8 or frames.shape[0] != 1 + len(actions) * chunk_frames
             or (meta["family"] == "explore" and len(actions) != num_chunks)
             or (meta["seed"], meta["index"], meta["chunk_frames"]) != (seed, index, chunk_frames)
+            or meta["family"] != recorded_family(index)
             or len(record["poses"]) != frames.shape[0]):
         return None
     return {"frames": frames, "actions": actions, "poses": record["poses"], **meta}
@@ -291,7 +299,9 @@ def write_cache(root: str | os.PathLike, seeds: range, per_maze: int = 10, num_c
     jobs = [(os.fspath(root), seed, per_maze, num_chunks, chunk_frames, view_size) for seed in seeds]
     if processes <= 1:
         return sum(_write_maze(*job) for job in jobs)
-    with ProcessPoolExecutor(processes) as pool:
+    # Spawned, not forked: a child forked from a process that has rendered inherits its OpenGL context
+    # and hangs at its first render.
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         return sum(pool.map(_write_maze, *zip(*jobs)))
 
 

@@ -4,6 +4,7 @@
   ToyWorld, recorded Memory Maze episodes or a manifest of the user's videos.
 - `EpisodeStream`: whole ToyWorld episodes with revisits, for the slow-fast loop (Algorithm 1 (b)).
 - `ManifestEpisodeStream`: whole episodes cut from the consecutive clips of the user's videos.
+- `MazeEpisodeStream`: recorded Memory Maze episodes with revisits, for the slow-fast loop in 3-D.
 
 Every stream draws from one `random.Random`; `state()` / `load_state()` (`SeededStream`) save and restore it.
 """
@@ -101,6 +102,13 @@ class _EpisodeLengths(SeededStream):
         super().__init__(seed)
         self.min_chunks, self.max_chunks = min_chunks, max_chunks
 
+    def window(self, num_chunks: int) -> tuple[int, int]:
+        """A window (first chunk, length) of `min_chunks`..`max_chunks` chunks at a random place in an
+        episode of `num_chunks` (the whole episode when it is shorter), so that long recordings cost a
+        bounded step and every part of them is learned."""
+        length = min(self.rng.randint(self.min_chunks, self.max_chunks), num_chunks)
+        return self.rng.randint(0, num_chunks - length), length
+
 
 class EpisodeStream(_EpisodeLengths):
     """Seeded ToyWorld episodes with revisits (every path family, lengths `min_chunks`..`max_chunks`) from
@@ -157,8 +165,31 @@ class ManifestEpisodeStream(_EpisodeLengths):
     def next_episode(self) -> tuple[np.ndarray, list[str], int]:
         """Frames (F, H, W, 3) in [0, 1], one action per chunk, and a seed for the episode's memory."""
         episode = self.rng.choice(self.episodes)
-        length = min(self.rng.randint(self.min_chunks, self.max_chunks), episode.num_chunks)
-        first = self.rng.randint(0, episode.num_chunks - length)
+        first, length = self.window(episode.num_chunks)
         path_seed = self.rng.getrandbits(32)
         actions = episode.chunk_actions()[first:first + length]
         return episode.frames(first, length, self.view_size), actions, path_seed
+
+
+class MazeEpisodeStream(_EpisodeLengths):
+    """Recorded Memory Maze episodes (`memory_maze_episodes.load_cache`) of the path families with revisits,
+    for the slow-fast loop in 3-D. Each step takes one episode of `families` at random and a window of
+    `min_chunks`..`max_chunks` of its chunks (whole, when it is shorter: a family's path is 8-9 chunks, so
+    the default window 4-8 keeps most of its revisits). Same interface as `EpisodeStream`."""
+
+    def __init__(self, episodes: Sequence[dict], families: Sequence[str], min_chunks: int, max_chunks: int,
+                 seed: int):
+        super().__init__(min_chunks, max_chunks, seed)
+        self.episodes = [episode for episode in episodes if episode["family"] in families]
+        if not self.episodes:
+            raise ValueError(f"No recorded Memory Maze episode of the families {', '.join(families)} "
+                             "(the cache records every family; record it with --episodes-per-maze 2 or more).")
+
+    def next_episode(self) -> tuple[np.ndarray, list[str], int]:
+        """Frames (F, H, W, 3) in [0, 1], one action per chunk, and a seed for the episode's memory."""
+        episode = self.rng.choice(self.episodes)
+        actions = episode["actions"]
+        chunk_frames = (len(episode["frames"]) - 1) // len(actions)
+        first, length = self.window(len(actions))
+        frames = episode["frames"][first * chunk_frames:(first + length) * chunk_frames + 1]
+        return frames.astype(np.float32) / 255.0, list(actions[first:first + length]), self.rng.getrandbits(32)

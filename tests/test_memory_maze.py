@@ -141,6 +141,33 @@ def test_cache_is_resumable_and_a_truncated_episode_is_recorded_again(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_ten_recorded_episodes_a_maze_hold_every_family_with_revisits(tmp_path):
+    assert {episodes.recorded_family(index) for index in range(1, 10, 2)} == set(episodes.PATH_FAMILIES_3D)
+    assert {episodes.recorded_family(index) for index in range(0, 10, 2)} == {"explore"}
+    episodes.write_cache(tmp_path, range(SEED, SEED + 1), per_maze=2, num_chunks=3, processes=1)
+    path = tmp_path / f"maze-{SEED:06d}-001.npz"
+    with np.load(path) as data:  # an episode recorded under an older family plan is recorded again
+        record = {key: data[key] for key in data.files}
+    record["meta"] = np.array(str(record["meta"]).replace("out-and-back", "loop"))
+    with open(path, "wb") as handle:
+        np.savez(handle, **record)
+    again = episodes.load_cache(tmp_path, range(SEED, SEED + 1), per_maze=2, num_chunks=3)
+    assert [episode["family"] for episode in again] == ["explore", "out-and-back"]
+
+
+def test_the_slow_fast_loop_trains_on_memory_maze_episodes(tmp_path):
+    from slowfast_vgen.training.train import main as train_main
+
+    run = ["--model", "new:tiny", "--stage", "slow-fast", "--data", "memory-maze", "--maze-cache",
+           str(tmp_path / "cache"), "--world-seeds", "1", "--episodes-per-maze", "2", "--lr-warmup-steps", "1",
+           "--temp-lora", '{"rank": 4, "learning_rate": 1e-3}', "--episode-chunks", "2", "3",
+           "--families", "out-and-back", "--output-dir", str(tmp_path / "out"), "--max-steps", "1"]
+    assert train_main(run) == 0
+    assert (tmp_path / "out" / "model" / "model_index.json").exists()
+    with pytest.raises(SystemExit, match="not a path family of --data memory-maze"):
+        train_main([*run[:-4], "--families", "retrace", "--output-dir", str(tmp_path / "other")])
+
+
 def test_training_samples_keep_the_action_of_their_frames():
     episode = episodes.make_maze_episode(SEED, "random-walk", num_chunks=6)
     frames = np.stack([episode.world.render_pose(p) for p in episode.positions])

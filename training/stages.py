@@ -21,7 +21,7 @@ from diffusers import DDPMScheduler
 
 from ..data import streams
 from ..data.manifest import read_manifest
-from ..data.memory_maze_episodes import load_cache, write_cache
+from ..data.memory_maze_episodes import PATH_FAMILIES_3D, load_cache, write_cache
 from ..data.toyworld import ToyWorld
 from ..pipelines import SlowFastVGenPipeline, inverse_dynamics
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
@@ -38,13 +38,19 @@ def sample_stream(args: argparse.Namespace, image_size: int, context_window: int
     if args.data == "manifest":
         source = {"records": read_manifest(args.manifest, args.on_bad_record)}
     elif args.data == "memory-maze":
-        seeds = range(1, args.world_seeds + 1)
-        write_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size,
-                    processes=min(2, os.cpu_count() or 1))
-        source = {"episodes": load_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size)}
+        source = {"episodes": maze_episodes(args, image_size)}
     else:
         source = {"worlds": [ToyWorld(seed, view_size=image_size) for seed in range(1, args.world_seeds + 1)]}
     return streams.SampleStream(args.batch_size, image_size, context_window, seed, args.max_generate, **source)
+
+
+def maze_episodes(args: argparse.Namespace, image_size: int) -> list[dict]:
+    """The Memory Maze episodes recorded in `--maze-cache` for mazes 1..`--world-seeds` (recorded there first
+    where missing or damaged)."""
+    seeds = range(1, args.world_seeds + 1)
+    write_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size,
+                processes=min(2, os.cpu_count() or 1))
+    return load_cache(args.maze_cache, seeds, args.episodes_per_maze, view_size=image_size)
 
 
 class Stage:
@@ -151,6 +157,10 @@ class SlowFastStage(Stage):
                                                           chunk_frames, pipe.native_size, seed=seed)
             except (OSError, ValueError) as error:  # the manifest's own messages name the file and line
                 raise SystemExit(f"--manifest: {error}") from None
+        elif args.data == "memory-maze":
+            self.data = streams.MazeEpisodeStream(maze_episodes(args, pipe.native_size),
+                                                  tuple(args.families or PATH_FAMILIES_3D), *args.episode_chunks,
+                                                  seed=seed)
         else:
             self.data = streams.EpisodeStream(args.world_seeds, *args.episode_chunks, chunk_frames, pipe.native_size,
                                               seed=seed, families=tuple(args.families or streams.PATH_FAMILIES))

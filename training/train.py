@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..data import memory_maze, streams
 from ..data.manifest import BadRecordError
+from ..data.memory_maze_episodes import PATH_FAMILIES_3D
 from ..data.toyworld import reverse_actions
 from ..pipelines import SlowFastVGenPipeline, WorldModelSpec, build_pipeline
 from ..pipelines._deprecation import deprecated_aliases
@@ -63,9 +64,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--temp-lora", metavar="JSON",
                         help="slow-fast: the fast learner's TempLoRAConfig fields (default: the paper's); 'none': "
                              "Θ stays empty, the 'wo Loop' ablation")
-    parser.add_argument("--families", nargs="+", choices=streams.TRAINING_FAMILIES, default=None, metavar="FAMILY",
-                        help="slow-fast: path families of the episodes (default: "
-                             f"{' '.join(streams.PATH_FAMILIES)}); 'retrace' is planning's task")
+    parser.add_argument("--families", nargs="+", choices=streams.TRAINING_FAMILIES + PATH_FAMILIES_3D, default=None,
+                        metavar="FAMILY",
+                        help="slow-fast: path families of the episodes (default: ToyWorld's "
+                             f"{' '.join(streams.PATH_FAMILIES)}, 'retrace' being planning's task; Memory Maze's "
+                             f"{' '.join(PATH_FAMILIES_3D)})")
     parser.add_argument("--episode-chunks", type=int, nargs=2, default=(4, 8), metavar=("MIN", "MAX"),
                         help="slow-fast: chunks per ToyWorld episode, or per window of a manifest episode "
                              "(default: 4 8, beyond the context window)")
@@ -137,6 +140,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         if args.data == "manifest" and args.families:
             raise SystemExit("--families chooses ToyWorld's paths; with --data manifest the episodes are the "
                              "manifest's consecutive clips: drop --families.")
+        world_families = PATH_FAMILIES_3D if args.data == "memory-maze" else streams.TRAINING_FAMILIES
+        unknown = [family for family in args.families or () if family not in world_families]
+        if unknown:
+            raise SystemExit(f"--families {' '.join(unknown)}: not a path family of --data {args.data}; its "
+                             f"families are {' '.join(world_families)}.")
     if args.data == "manifest" and not args.manifest:
         raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
     if args.stage == "slow-fast":
