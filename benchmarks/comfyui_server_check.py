@@ -370,14 +370,17 @@ async def run_time_refusals(http, server: str) -> list[dict]:
 async def templates(http, server: str) -> dict:
     """What the template browser gets: the pack's templates, and whether the pack's other files are served."""
     async with http.get(f"{server}/workflow_templates") as r:
-        listed = (await r.json()).get(PACK_DIR.name, [])
+        every = await r.json()
+    # The pack's folder name in custom_nodes/ (a link there may have another name than this checkout).
+    pack = next((name for name in every if "slowfast" in name.lower()), PACK_DIR.name)
+    listed = every.get(pack, [])
     served = {}
     for path in ("workflows/submit.py", "workflows/convert.py", "workflows/api/1 Long episode with memory.json",
                  "submit.py", "api/1 Long episode with memory.json"):
-        async with http.get(f"{server}/api/workflow_templates/{PACK_DIR.name}/{path}") as r:
+        async with http.get(f"{server}/api/workflow_templates/{pack}/{path}") as r:
             served[path] = r.status
     expected = sorted(p.stem for p in UI_DIR.glob("*.json"))
-    return {"listed": listed, "expected": expected, "ok": sorted(listed) == expected,
+    return {"pack": pack, "listed": listed, "expected": expected, "ok": sorted(listed) == expected,
             "other_files_served": [p for p, status in served.items() if status == 200]}
 
 
@@ -395,6 +398,8 @@ async def run_saving_frames(http, server: str, graph: dict, tag: str) -> dict[st
     frames = {}
     for node_id, output in history["outputs"].items():
         for image in output.get("images", []):
+            if not image["filename"].endswith(".png"):  # Save Video's file
+                continue
             async with http.get(f"{server}/view", params=image) as r:
                 frames.setdefault(node_id, []).append(await r.read())
     return frames

@@ -52,14 +52,23 @@ def _folders() -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda pair: -len(pair[0]))
 
 
-def public_message(text: str) -> str:
-    """`text` with every path inside ComfyUI's folders (or the pack) relative to them, and any other
-    absolute path cut to its last part."""
+def public_message(text: str, keep: tuple[str, ...] = (), cut_unknown: bool = True) -> str:
+    """`text` with every path inside ComfyUI's folders (or the pack) relative to them, and (`cut_unknown`)
+    any other absolute path cut to its last part, except the strings of `keep` (what the user typed, such
+    as an absolute save name that is refused)."""
+    typed_paths = (v for v in keep if v and v in text and (v[:1] in "/\\" or re.match(r"[A-Za-z]:", v)))
+    kept = {f"\x00{index}\x00": value for index, value in enumerate(typed_paths)}
+    for placeholder, value in kept.items():
+        text = text.replace(value, placeholder)
     for folder, label in _folders():
         if folder and folder not in ("/", "."):
             text = re.sub(re.escape(folder) + r"(?=[\\/]|\b|$)", label.replace("\\", "/"), text)
-    text = _POSIX_PATH.sub(lambda m: _last_part(m.group(0)), text)
-    return _WINDOWS_PATH.sub(lambda m: _last_part(m.group(0)), text)
+    if cut_unknown:
+        text = _POSIX_PATH.sub(lambda m: _last_part(m.group(0)), text)
+        text = _WINDOWS_PATH.sub(lambda m: _last_part(m.group(0)), text)
+    for placeholder, value in kept.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 def _last_part(path: str) -> str:
@@ -67,9 +76,9 @@ def _last_part(path: str) -> str:
     return f".../{part}" if part else path
 
 
-def public_error(error: Exception) -> Exception:
+def public_error(error: Exception, keep: tuple[str, ...] = ()) -> Exception:
     """The exception a user is shown for `error` (see the module docstring); `error` itself if nothing changes."""
-    message = public_message(str(error))
+    message = public_message(str(error), keep)
     if type(error).__module__ == "builtins":
         if message == str(error):
             return error
@@ -95,7 +104,7 @@ def public_errors(node_class: type) -> type:
         except _PASS_THROUGH:
             raise
         except Exception as error:
-            shown = public_error(error)
+            shown = public_error(error, tuple(v for v in (*args, *kwargs.values()) if isinstance(v, str)))
             if shown is error:
                 raise
             raise shown from error
@@ -133,6 +142,7 @@ def public_check(check: Callable[..., bool | str]) -> Callable[..., bool | str]:
     @functools.wraps(check)
     def checked(*args, **kwargs):
         answer = check(*args, **kwargs)
-        return public_message(answer) if isinstance(answer, str) else answer
+        typed = tuple(v for v in (*args, *kwargs.values()) if isinstance(v, str))
+        return public_message(answer, typed) if isinstance(answer, str) else answer
 
     return checked

@@ -59,5 +59,6 @@ def choice_problem(name: str, value: Any, choices: list, where: str = "") -> str
 
 
 def verdict(*problems: str | None) -> bool | str:
-    """ComfyUI's answer: True, or the first problem found (without absolute paths)."""
-    return next((public_message(p) for p in problems if p is not None), True)
+    """ComfyUI's answer: True, or the first problem found, with paths in ComfyUI's folders made relative
+    (other paths in it are what the user typed, and stay as typed)."""
+    return next((public_message(p, cut_unknown=False) for p in problems if p is not None), True)

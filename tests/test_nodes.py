@@ -836,3 +836,9 @@ def test_saved_memories_are_readable_like_videos_and_the_node_shows_the_file(wor
     assert "slowfast_vgen/shown_00001_.safetensors [output]" in ui["text"][0]
     card = ui["images"][0]
     assert card["type"] == "temp" and os.path.isfile(os.path.join("temp", card["filename"]))
+
+
+def test_a_path_the_user_typed_is_shown_as_typed(world, comfy_dir):
+    with pytest.raises(ValueError, match="filename_prefix '/tmp/escape' is an absolute path"):
+        run("SaveMemory", memory=world.pipe.new_memory(), filename_prefix="/tmp/escape")
+    assert "'/tmp/escape' is an absolute path" in validate("SaveMemory", filename_prefix="/tmp/escape")
