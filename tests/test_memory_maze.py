@@ -215,5 +215,7 @@ def test_start_frame_node_renders_either_world():
     assert np.array_equal(maze[0].numpy(), expected)
     assert node.render(seed=SEED + 2**31, size=64, world="memory-maze")[0].equal(maze)  # the seed modulo 2**31
     assert not node.render(seed=SEED, size=64)[0].equal(maze)  # ToyWorld stays the default
-    assert "Memory Maze renders frames of at least 16" in ToyWorldStartFrame.VALIDATE_INPUTS(world="memory-maze", size=8)
-    assert "unknown world 'mars'" in ToyWorldStartFrame.VALIDATE_INPUTS(world="mars", size=64)
+    with pytest.raises(ValueError, match="Memory Maze renders frames of at least 16"):
+        node.render(seed=SEED, size=8, world="memory-maze")
+    with pytest.raises(ValueError, match="world: 'mars' is not one of"):
+        node.render(seed=SEED, size=64, world="mars")
