@@ -58,16 +58,20 @@ DEFAULT_PRESET = "panorama"
 DEMO_ACTIONS = WORLDS["toyworld"].demo(0, frame=False)[1]
 
 
+def add_model_and_start_arguments(parser: argparse.ArgumentParser, world_help: str) -> None:
+    """--model, --world and the first frame (--image or --world-seed), as `generate` and `play` take them."""
+    parser.add_argument("--model", default=None, help="world model folder (default: the shipped model of --world)")
+    parser.add_argument("--world", choices=tuple(WORLDS), default="toyworld", help=f"{world_help} (default: %(default)s)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--image", help="first frame (an image file); default: a view of --world")
+    start.add_argument("--world-seed", type=int, default=0, help="seed of --world's first frame (default 0)")
+
+
 def add_generate_command(commands) -> None:
     parser = commands.add_parser("generate", help="generate a long action-driven video (the main job)",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", nargs="?", default="outputs/episode.mp4", help="MP4 path (default: %(default)s)")
-    parser.add_argument("--model", default=None, help="world model folder (default: the shipped model of --world)")
-    parser.add_argument("--world", choices=tuple(WORLDS), default="toyworld",
-                        help="the built-in world of the first frame and the demo (default: %(default)s)")
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--image", help="first frame (an image file); default: a view of --world")
-    start.add_argument("--world-seed", type=int, default=0, help="seed of --world's first frame (default 0)")
+    add_model_and_start_arguments(parser, "the built-in world of the first frame and the demo")
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--actions", help="actions separated by ';', one per chunk (default: a demo episode)")
     actions.add_argument("--actions-file", help="text file with one action per line")

@@ -76,6 +76,17 @@ def recover_killed_runs(video: Path) -> list[tuple[Path, int]]:
     return recovered
 
 
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Every frame OpenCV reads from `path`, as (F, H, W, 3) uint8 RGB; (0,) when it reads none."""
+    capture, frames = cv2.VideoCapture(os.fspath(path)), []
+    try:
+        while (read := capture.read())[0]:
+            frames.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+    return np.stack(frames) if frames else np.zeros((0,), np.uint8)
+
+
 def write_contact_sheet(frames: list[np.ndarray], path: str, every: int = 4, columns: int = 8) -> None:
     """A grid of every `every`-th frame, the way the README shows an episode."""
     picked = frames[::every]

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data.episodes import RevisitMap, place_path
 from ..data.toyworld import ToyWorld
 from ..data.worlds import world_kind
+from ..video_files import read_video
 from . import metrics
 from .options import EvaluationOptions
 from .protocols import decode, load_pipeline, oracle_revisit, run_setting, teacher_forced_revisit
@@ -83,8 +84,6 @@ def evaluate_video(video_path: str, resnet18: str | None = None,
                    scuts_threshold: float = metrics.SCUTS_THRESHOLD) -> dict:
     """Score an MP4 from `generate` with its JSON summary: world-free metrics always; with a ToyWorld seed in
     the JSON, every revisit and drift metric against that world's truth."""
-    import cv2
-
     summary_path = Path(video_path).with_suffix(".json")
     if not Path(video_path).is_file():
         raise ValueError(f"--video {video_path!r} does not exist.")
@@ -99,13 +98,10 @@ def evaluate_video(video_path: str, resnet18: str | None = None,
     if not isinstance(info, dict):
         raise ValueError(f"--video {video_path!r}: its episode JSON {summary_path} holds a {type(info).__name__}, not "
                          "the object `slowfast-vgen generate` writes.")
-    capture, frames = cv2.VideoCapture(str(video_path)), []
-    while (read := capture.read())[0]:
-        frames.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB).astype(np.float32) / 255)
-    capture.release()
-    if not frames:
+    frames = read_video(video_path)
+    if not len(frames):
         raise ValueError(f"--video {video_path!r}: OpenCV reads no frame from it.")
-    video = np.stack(frames)
+    video = frames.astype(np.float32) / 255
     if len(video) != info.get("frames"):
         raise ValueError(f"--video {video_path!r} has {len(video)} frames but its JSON says {info.get('frames')}: "
                          "they do not belong together.")

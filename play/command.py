@@ -23,8 +23,8 @@ import threading
 import webbrowser
 from pathlib import Path
 
-from ..data.worlds import WORLDS, world_kind
-from ..generate import check_arguments, load_memory, load_pipeline
+from ..data.worlds import world_kind
+from ..generate import add_model_and_start_arguments, check_arguments, load_memory, load_pipeline
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS
 from .session import NO_MEMORY, PlayError, PlaySession
 
@@ -34,12 +34,7 @@ DEFAULT_PORT = 8765
 def add_play_command(commands) -> None:
     parser = commands.add_parser("play", help="play a world model live in a local web page",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="world model folder (default: the shipped model of --world)")
-    parser.add_argument("--world", choices=tuple(WORLDS), default="toyworld",
-                        help="the built-in world of the first frame (default: %(default)s)")
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--image", help="first frame (an image file); default: a view of --world")
-    start.add_argument("--world-seed", type=int, default=0, help="seed of --world's first frame (default 0)")
+    add_model_and_start_arguments(parser, "the built-in world of the first frame")
     parser.add_argument("--memory", help="start with this memory adapter (.safetensors), as generate --memory")
     parser.add_argument("--lora-preset", choices=(NO_MEMORY, *TEMP_LORA_PRESETS), default=None,
                         help="the memory preset to start with (default: the model's, as in generate); switch it "

@@ -14,7 +14,7 @@ import pytest
 
 from slowfast_vgen.data import memory_maze_episodes as episodes
 from slowfast_vgen.data.memory_maze import (
-    HEADINGS, MemoryMaze, MemoryMazeUnavailable, Pose, parse_action, reverse_actions, sample_from_episode,
+    HEADINGS, MemoryMaze, Pose, parse_action, reverse_actions, sample_from_episode,
 )
 
 SEED = 2000

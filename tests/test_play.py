@@ -37,6 +37,7 @@ from slowfast_vgen.pipelines import (  # noqa: E402
 )
 from slowfast_vgen.play.command import add_play_command, bind, check_play_arguments  # noqa: E402
 from slowfast_vgen.play.server import PlayContext, make_app  # noqa: E402
+from slowfast_vgen.video_files import read_video  # noqa: E402
 
 FAST = ["--steps", "1"]
 
@@ -84,17 +85,6 @@ def frames_of(message: dict) -> np.ndarray:
     decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
                for url in message["frames"]]
     return np.stack([cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in decoded])
-
-
-def video_frames(path: Path) -> np.ndarray:
-    capture, frames = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return np.stack(frames)
 
 
 async def play(ws, *actions: str) -> list[dict]:
@@ -208,14 +198,14 @@ def test_export_then_generate_memory_continues_bit_identically(pipe, tiny_pipe_d
     assert "Exported" in exported["message"] and episode["chunks"] == 0
     summary = json.loads((tmp_path / "ep.json").read_text())
     assert summary["actions"] == ["move left", "stay"] and summary["interrupted"] is False
-    assert summary["frames"] == 9 and len(video_frames(tmp_path / "ep.mp4")) == 9
+    assert summary["frames"] == 9 and len(read_video(tmp_path / "ep.mp4")) == 9
     assert (tmp_path / "ep.last.png").is_file() and "--image" in summary["play"]["continue_with"]
 
     code = cli_main(["generate", str(tmp_path / "gen.mp4"), "--model", str(tiny_pipe_dir), "--memory",
                      str(tmp_path / "ep.memory.safetensors"), "--image", str(tmp_path / "ep.last.png"),
                      "--actions", "move right; move up", *FAST])
     assert code == 0
-    assert np.array_equal(video_frames(tmp_path / "gen.mp4"), video_frames(tmp_path / "cont.mp4"))
+    assert np.array_equal(read_video(tmp_path / "gen.mp4"), read_video(tmp_path / "cont.mp4"))
     ours, theirs = load_file(tmp_path / "cont.memory.safetensors"), load_file(tmp_path / "gen.memory.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
 
@@ -361,7 +351,7 @@ def test_ctrl_c_saves_the_episode_so_far_as_an_interrupted_run(tiny_pipe_dir, tm
     summary = json.loads(saved.with_suffix(".json").read_text())
     assert summary["interrupted"] is True and summary["actions"][:2] == ["move left", "stay"]
     assert saved.with_suffix(".memory.safetensors").is_file()
-    assert len(video_frames(saved)) == summary["frames"]
+    assert len(read_video(saved)) == summary["frames"]
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name or p.name.endswith(".lock")]
 
 
@@ -402,5 +392,5 @@ def test_a_long_session_keeps_its_frames_but_only_the_latest_branch_points(pipe,
     for action in ("move left", "move up"):
         session.step(action)
     video = session.export(tmp_path / "long.mp4")
-    assert len(video_frames(video)) == session.current.frames == 9
+    assert len(read_video(video)) == session.current.frames == 9
     session.close()

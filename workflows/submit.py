@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..video_files import read_video
 from .convert import API_DIR, WORKFLOWS_DIR
 
 THUMBNAIL_MIN_SIZE = 384  # pixels on the short side: ToyWorld's 64-pixel frames are enlarged to be seen
@@ -91,14 +92,7 @@ def thumbnail_from_video(video: bytes) -> np.ndarray:
     with tempfile.NamedTemporaryFile(suffix=".mp4") as file:
         file.write(video)
         file.flush()
-        capture = cv2.VideoCapture(file.name)
-        frames = []
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
-        capture.release()
+        frames = [frame[..., ::-1] for frame in read_video(file.name)]  # RGB to OpenCV's BGR
     if not frames:
         raise ValueError("the workflow's video has no frame that OpenCV can read")
     picks = [frames[min(len(frames) - 1, round(len(frames) * q))] for q in (0.25, 0.5, 0.75, 1.0)]
