@@ -21,8 +21,8 @@ python -m slowfast_vgen.training.train --stage unet --model "$RUNS/mm-vae/model"
   --max-steps 8000 --batch-size 8 --learning-rate 5e-4 --lr-warmup-steps 100 --checkpointing-steps 250 --seed 0 \
   --resume-from-checkpoint latest
 # 3. The shipped folder: the EMA UNet and the trained text encoder of the checkpoint. The shipped model is
-#    checkpoint-2500 (the run was stopped there for time):
-#      slowfast-vgen model export "$RUNS/mm-unet/checkpoint-2500" -o models/memory-maze --force
+#    checkpoint-4750 (steps 1-2500 in one session, 2501-4750 resumed in the next; stopped there for time):
+#      slowfast-vgen model export "$RUNS/mm-unet/checkpoint-4750" -o models/memory-maze --force
 #    A later session without $RUNS continues from the shipped weights, as ToyWorld's stage 3 did:
 #      python -m slowfast_vgen.training.train --stage unet --model models/memory-maze --train-text-encoder --ema \
 #        --ema-decay 0.995 --output-dir "$RUNS/mm-unet2" --data memory-maze --maze-cache "$CACHE" --world-seeds 100 \
