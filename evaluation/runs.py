@@ -11,6 +11,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks here; runs into one folder are then not kept apart
+    fcntl = None
+
 
 def read_rows(output_dir: Path) -> list[dict]:
     """Every complete row of every process's JSONL; a line cut short by a stop is dropped (and removed)."""
@@ -43,12 +48,35 @@ def episode_key(described: dict) -> tuple:
     return described["seed"], described["family"]
 
 
+# The folders this process is writing a run into, each with its open lock file (held until the process ends).
+_HELD: dict[Path, object] = {}
+
+
+def _lock_run_folder(output_dir: Path) -> None:
+    """Hold `output_dir`'s lock for the rest of this process, or refuse: two runs appending to one folder at
+    once would each write every episode. The operating system lets go of it when the process ends, however
+    it ends, so a stopped run never leaves a stale lock."""
+    key = output_dir.resolve()
+    if fcntl is None or key in _HELD:  # key in _HELD: this process resumes its own run
+        return
+    handle = open(output_dir / ".lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ValueError(f"Another run is writing into {output_dir} now; wait for it to end (then run the same "
+                         "command again to resume), or give another output folder.") from None
+    _HELD[key] = handle
+
+
 def claim_run_folder(output_dir: Path, identity: dict) -> None:
     """Create `output_dir` for a run with these settings, or resume the run it holds if its settings are the
-    same; a folder holding a run with other settings is refused, naming them."""
+    same; a folder holding a run with other settings, or one that another process is writing into, is
+    refused."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"The output folder {output_dir} is a file: give a folder (new, or one to resume).")
     output_dir.mkdir(parents=True, exist_ok=True)
+    _lock_run_folder(output_dir)
     run_file = output_dir / "run.json"
     if run_file.is_file():
         try:

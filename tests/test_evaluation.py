@@ -244,6 +244,30 @@ def test_a_stopped_evaluation_resumes_to_the_same_summary(tiny_world_dir, tmp_pa
         evaluate(tiny_options(stopped, tiny_world_dir, steps=2))
 
 
+def test_a_folder_another_run_is_writing_into_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from slowfast_vgen.evaluation.runs import claim_run_folder
+
+    busy = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from slowfast_vgen.evaluation.runs import claim_run_folder\n"
+        f"claim_run_folder(Path({str(busy)!r}), {{'steps': 4}}); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (busy / "run.json").read_text()
+        with pytest.raises(ValueError, match="Another run is writing into"):
+            claim_run_folder(busy, {"steps": 4})
+        assert (busy / "run.json").read_text() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_run_folder(busy, {"steps": 4})  # the lock goes with the process that held it
+    claim_run_folder(busy, {"steps": 4})  # and this process may resume its own run
+
+
 def without_timings(value):
     """A summary less its wall-clock figures, which no two runs share."""
     if isinstance(value, dict):
