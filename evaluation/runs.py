@@ -48,8 +48,8 @@ def episode_key(described: dict) -> tuple:
     return described["seed"], described["family"]
 
 
-# The folders this process is writing a run into, each with its open lock file (held until the process ends).
-_HELD: dict[Path, object] = {}
+# The folders this process is writing a run into, each with its open, locked descriptor (held until it ends).
+_HELD: dict[Path, int] = {}
 
 
 def _lock_run_folder(output_dir: Path) -> None:
@@ -59,11 +59,11 @@ def _lock_run_folder(output_dir: Path) -> None:
     key = output_dir.resolve()
     if fcntl is None or key in _HELD:  # key in _HELD: this process resumes its own run
         return
-    handle = open(output_dir / ".lock", "a")
+    handle = os.open(output_dir, os.O_RDONLY)  # the folder itself: a refused run writes nothing there
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.close()
+        os.close(handle)
         raise ValueError(f"Another run is writing into {output_dir} now; wait for it to end (then run the same "
                          "command again to resume), or give another output folder.") from None
     _HELD[key] = handle
