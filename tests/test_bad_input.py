@@ -134,7 +134,8 @@ def test_generate_refuses_bad_input_and_changes_nothing(tiny_pipe_dir, finished,
     assert snapshot(tmp_path) == before["tmp"] and snapshot(finished) == before["finished"]
 
 
-def test_generate_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, capsys):
+def model_with_a_nan_weight(tiny_pipe_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the tiny model whose UNet has one NaN; the copy's folder and the damaged tensor's name."""
     import shutil
 
     from safetensors.torch import load_file
@@ -146,6 +147,11 @@ def test_generate_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, caps
     key = sorted(tensors)[3]
     tensors[key].view(-1)[0] = float("nan")
     save_file(tensors, weights)
+    return model, key
+
+
+def test_generate_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, capsys):
+    model, key = model_with_a_nan_weight(tiny_pipe_dir, tmp_path)
     before = snapshot(tmp_path)
     code = run_cli(["generate", str(tmp_path / "out.mp4"), "--model", str(model), "--actions", "stay", *FAST])
     error = capsys.readouterr().err
@@ -171,17 +177,7 @@ def test_generate_with_pickle_only_weights_names_allow_pickle(tiny_pipe_dir, tmp
 
 @pytest.mark.parametrize("extra", [[], ["--keep-fp32", "unet"]], ids=["cast", "keep-fp32"])
 def test_model_cast_refuses_a_model_with_nan_weights(tiny_pipe_dir, tmp_path, capsys, extra):
-    import shutil
-
-    from safetensors.torch import load_file
-
-    model = tmp_path / "model"
-    shutil.copytree(tiny_pipe_dir, model)
-    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
-    tensors = load_file(weights)
-    key = sorted(tensors)[3]
-    tensors[key].view(-1)[0] = float("nan")
-    save_file(tensors, weights)
+    model, key = model_with_a_nan_weight(tiny_pipe_dir, tmp_path)
     before = snapshot(tmp_path)
     code = run_cli(["model", "cast", str(model), "-o", str(tmp_path / "half"), *extra])
     error = capsys.readouterr().err.strip().splitlines()

@@ -14,6 +14,7 @@ Every tool in `weights_tools` reads and writes through here, so the rules hold e
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -27,6 +28,18 @@ from ..pipelines.atomic_files import partial_path, remove_stale_partials
 from ..pipelines.pipeline_slowfast_vgen import drop_source_paths
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth", ".pkl")
+
+
+def read_json_object(path: Path, kind: str = "a JSON object") -> dict:
+    """The JSON object in `path` (a model index, an adapter config); anything else is a WeightsFileError
+    naming the file and, where it holds another JSON value, `kind`, what it should have held."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WeightsFileError(f"{path} is not valid JSON ({error}).") from None
+    if not isinstance(value, dict):
+        raise WeightsFileError(f"{path} holds a {type(value).__name__}, not {kind}.")
+    return value
 
 
 class WeightsFileError(ValueError):

@@ -39,6 +39,7 @@ from .files import (
     is_pickle_file,
     open_safetensors,
     read_header,
+    read_json_object,
     refuse_pickle,
 )
 from .fingerprint import empty_unet, file_fingerprint, unet_folder
@@ -316,12 +317,7 @@ def fuse_memory(memory: EpisodicMemory, model_path: str | os.PathLike, out_dir: 
         raise ValueError(f"strength must be a finite number, got {strength}.")
     if not (model_path / "model_index.json").is_file():
         raise WeightsFileError(f"{model_path} is not a world-model folder (no model_index.json).")
-    try:
-        index = json.loads((model_path / "model_index.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise WeightsFileError(f"{model_path / 'model_index.json'} is not valid JSON ({error}).") from None
-    if not isinstance(index, dict):
-        raise WeightsFileError(f"{model_path / 'model_index.json'} holds a {type(index).__name__}, not a JSON object.")
+    read_json_object(model_path / "model_index.json")  # checked before the slow UNet load
     base_fingerprint = file_fingerprint(model_path).value
     unet = UNet3DConditionModel.from_pretrained(unet_folder(model_path), use_safetensors=True)
     check_memory(unet, memory, base_fingerprint)
@@ -423,12 +419,7 @@ def memory_from_peft(folder: str | os.PathLike, base_model: str | os.PathLike | 
         if pickles:
             refuse_pickle(pickles[0])
         raise WeightsFileError(f"{folder} has no {PEFT_WEIGHTS_NAME}.")
-    try:
-        adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise WeightsFileError(f"{config_file} is not valid JSON ({error}).") from None
-    if not isinstance(adapter_config, dict):
-        raise WeightsFileError(f"{config_file} holds a {type(adapter_config).__name__}, not a peft LoRA config object.")
+    adapter_config = read_json_object(config_file, "a peft LoRA config object")
     config, scale = _config_from_peft(adapter_config, folder)
     base_fingerprint = file_fingerprint(base_model).value if base_model is not None else None
     with open_safetensors(weights_file) as handle:

@@ -27,6 +27,7 @@ from .files import (
     is_pickle_file,
     load_weights,
     read_header,
+    read_json_object,
     refuse_pickle,
 )
 from .fingerprint import file_fingerprint, unet_config, weight_files
@@ -48,12 +49,7 @@ def read_model_index(folder: str | os.PathLike, expected_classes: tuple[str, ...
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise WeightsFileError(f"{folder} is not a diffusers pipeline folder (no model_index.json).")
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise WeightsFileError(f"{index_file} is not valid JSON ({error}).") from None
-    if not isinstance(index, dict):
-        raise WeightsFileError(f"{index_file} holds a {type(index).__name__}, not a JSON object.")
+    index = read_json_object(index_file)
     if index.get("_class_name") not in expected_classes:
         raise WeightsFileError(f"{folder} holds a {index.get('_class_name')}, not one of {', '.join(expected_classes)}.")
     missing = [name for name in COMPONENTS if name not in index or not (folder / name).is_dir()]
