@@ -54,6 +54,9 @@ def add_play_command(commands) -> None:
     parser.add_argument("--frames-per-chunk", type=int, default=None, help="default: half the context window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=float, default=8.0, help="playback rate (default %(default)s, as generate)")
+    parser.add_argument("--no-ahead", action="store_true",
+                        help="do not make each key's next chunk while the world stands still (that uses the CPU "
+                             "between key presses; without it a key waits for its whole chunk)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also load model weights stored as pickle (.bin); only for files you trust")
     parser.set_defaults(run=run)
@@ -141,7 +144,7 @@ async def serve(sock: socket.socket, pipe, args: argparse.Namespace, preset: str
     from .server import PlayContext, make_app, save_episodes
 
     context = PlayContext(pipe, args, preset, memory, Path(args.output_dir), not is_loopback(args.host),
-                          world_kind(args.world).reverse_actions())
+                          world_kind(args.world).reverse_actions(), ahead=not args.no_ahead)
     runner = web.AppRunner(make_app(context), handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()

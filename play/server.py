@@ -7,7 +7,13 @@ to the shared UNet for the length of a call; two tabs therefore take turns and e
 Per player, one task (`Player.pump`) does everything that touches the session, in the order it was asked:
 commands (branch, preset, save, load, export, split) first, then the next chunk. Inputs are "latest wins": a
 key press or typed action replaces the one waiting, so lag never builds up. While a key is held, the next
-chunk is made while the current one plays (the page reports which chunk it plays), and no further ahead.
+chunk is made while the current one plays (the page reports which chunk it plays).
+
+While a player has nothing to make, it makes ahead (`--no-ahead` turns this off): the next chunk of the
+action last played, then of every key's action, each kept until the episode moves on (`PlaySession.
+make_ahead`). A key pressed then plays at once. A chunk being made ahead gives way, within one denoising
+step, to any request that needs the model: another action or command of its player, or any work of
+another player.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import base64
 import collections
 import logging
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +39,7 @@ from aiohttp import WSMsgType, web
 from ..pipelines import EpisodicMemory, SlowFastVGenPipeline
 from .controls import MAX_ACTION_CHARS, action_problem, key_actions, known_actions
 from .memory_view import memory_summary, panorama_png
-from .session import PlayError, PlaySession
+from .session import Cancelled, PlayError, PlaySession
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ class PlayContext:
     worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="play-model"))
     players: set = field(default_factory=set)
     closing: set = field(default_factory=set)  # players being closed (their tasks, kept from the collector)
+    ahead: bool = True  # make each key's next chunk while the world stands still
+    waiting: int = 0  # requests of players for the model thread, queued or running (chunks made ahead give way)
 
     def resolve(self, name: Any, what: str) -> Path:
         """A file name from the page: relative to `output_dir`; outside it only when served on this machine."""
@@ -98,9 +107,18 @@ class Player:
         self.wake = asyncio.Event()
         self.closed = False
         self.task: asyncio.Task | None = None
+        self.keys: dict[str, str] = {}  # key -> action, as the page maps them
+        self.making_ahead: str | None = None  # the action whose chunk is being made ahead
+        self.give_way = threading.Event()  # asks the chunk being made ahead to stop
+        self.refused_ahead: set[str] = set()  # actions refused from the current state (not tried again)
 
     async def in_worker(self, function: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.context.worker, function, *args)
+        """Run a request on the model thread (counted, so that chunks made ahead give way to it)."""
+        self.context.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.context.worker, function, *args)
+        finally:
+            self.context.waiting -= 1
 
     async def send(self, message: dict) -> None:
         if not self.ws.closed:
@@ -115,7 +133,8 @@ class Player:
         context = self.context
         self.session = PlaySession(context.pipe, context.args, context.preset, context.memory)
         config = context.pipe.config
-        return {"type": "hello", "keys": key_actions(config, context.world_reverse_actions),
+        self.keys = key_actions(config, context.world_reverse_actions)
+        return {"type": "hello", "keys": self.keys,
                 "actions": known_actions(config, context.world_reverse_actions), "presets": self.session.presets,
                 "preset": context.preset, "fps": context.args.fps, "size": context.pipe.native_size,
                 "model": str(context.args.model), "world": None if context.args.image else context.args.world,
@@ -175,15 +194,50 @@ class Player:
             return self.held
         return None
 
+    def ahead_action(self) -> str | None:
+        """The action whose next chunk to make ahead now: the key held, the action last played, then each
+        key's action in the page's order; None when all are made (or ahead is off)."""
+        if not self.context.ahead or self.session is None or self.closed:
+            return None
+        candidates = [self.held, self.last_action, *self.keys.values()]
+        for action in dict.fromkeys(a for a in candidates if a):
+            if action not in self.refused_ahead and not self.session.made_ahead(action):
+                return action
+        return None
+
+    def _ahead_cancelled(self) -> bool:  # asked on the model thread after every step of a chunk made ahead
+        return self.give_way.is_set() or self.context.waiting > 0
+
+    async def make_ahead(self, action: str) -> None:
+        self.making_ahead = action
+        self.give_way.clear()
+        loop = asyncio.get_running_loop()
+        try:  # not `in_worker`: it would count as a request, and make itself give way
+            await loop.run_in_executor(self.context.worker, self.session.make_ahead, action, self._ahead_cancelled)
+        except Cancelled:
+            pass
+        except PlayError:  # refused (the same refusal reaches the page if the action is asked for)
+            self.refused_ahead.add(action)
+        except Exception:  # noqa: BLE001 - a bug: logged; the action is then made when asked, as before
+            log.exception("play: unexpected error making a chunk ahead")
+            self.refused_ahead.add(action)
+        finally:
+            self.making_ahead = None
+
     async def pump(self) -> None:
-        """Run commands and chunks, one at a time, until the tab closes."""
+        """Run commands and chunks, one at a time, until the tab closes; make chunks ahead in between."""
         while not self.closed:
             command = self.commands.popleft() if self.commands else None
             action = None if command is not None else self.next_action()
             if command is None and action is None:
+                ahead = self.ahead_action()
+                if ahead is not None:
+                    await self.make_ahead(ahead)
+                    continue
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            self.refused_ahead.clear()  # the episode moves on: what was refused may not be any more
             try:
                 if command is not None:
                     reply = await self.in_worker(self._command, command)
@@ -213,6 +267,9 @@ class Player:
             self.pending = message["action"].strip()
             if kind == "hold":
                 self.held = self.pending
+        if kind in ("branch", "preset", "split", "save", "load", "export") or \
+                (kind in ("hold", "action", "step") and self.pending != self.making_ahead):
+            self.give_way.set()  # the model is asked for something other than the chunk being made ahead
         if kind == "release":
             self.held = None
         elif kind == "pause":
@@ -234,6 +291,7 @@ class Player:
     async def close(self) -> None:
         """Stop after the chunk in flight, and free the session (on the model thread, after that chunk)."""
         self.closed = True
+        self.give_way.set()
         self.wake.set()
         if self.task is not None:
             await self.task

@@ -10,6 +10,10 @@ gives, and an export is the same MP4, memory and summary `generate` writes.
 The frames themselves go to a spool file (raw 8-bit RGB, cut back on a branch), not to RAM, and only the
 latest chunks' states are kept past `branch_budget_bytes`: a long session stays flat in memory, and its
 oldest chunks can still be exported but no longer branched from.
+
+Because a chunk is a function of its state and its action, the next chunk of any action can be made before
+it is asked for (`make_ahead`): while the world stands still the server makes the chunk of each key, so that
+a key pressed then plays at once, and the chunk it plays is the one it would have made.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -72,6 +77,35 @@ class Chunk:
     lane_frames: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class MadeChunk:
+    """A chunk made from `made_from` (and the split view's lane `lane_from`) but not played yet."""
+
+    made_from: ChunkState
+    lane_from: tuple[torch.Tensor, torch.Tensor] | None
+    state: ChunkState  # the episode's state once it is played
+    frames: np.ndarray  # F,H,W,3 uint8
+    lane: tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray] | None  # the lane's next state, and its frames
+
+
+class Cancelled(Exception):
+    """A chunk being made was abandoned (`PlaySession.make`'s `cancelled`); nothing changed."""
+
+
+def _cancel_hooks(cancelled: Callable[[], bool] | None) -> dict:
+    """`stream_episode`'s step callbacks that abandon the chunk once `cancelled()` (raising from them is how
+    the pipeline is cancelled: the memory and the UNet are left as they were)."""
+    if cancelled is None:
+        return {}
+
+    def check(*args):
+        if cancelled():
+            raise Cancelled
+        return args[3] if len(args) == 4 else None  # a denoising step's tensors, as given
+
+    return {"callback_on_step_end": check, "callback_on_update_step": check}
+
+
 def last_frame_path(memory_path: str | os.PathLike) -> Path:
     """Where an export keeps its last frame, beside its memory: `NAME.last.png` for `NAME.memory.safetensors`."""
     path = Path(memory_path)
@@ -103,6 +137,7 @@ class PlaySession:
         self.spool = tempfile.TemporaryFile(prefix="slowfast-play-", dir=spool_dir)  # noqa: SIM115
         self.split = False
         self.lane: tuple[torch.Tensor, torch.Tensor] | None = None  # the memory-less lane: context, generator state
+        self.ahead: dict[str, MadeChunk] = {}  # action -> its next chunk, made ahead from the current state
         self.start(first_frame(args, pipe.native_size), memory, preset, args.memory, args.image)
 
     # ------------------------------------------------------------------ the episode
@@ -128,6 +163,7 @@ class PlaySession:
         self.spool.write(start_frames.tobytes())
         self.frame_shape = start_frames.shape[1:]
         self.lane = (latents.cpu(), generator.get_state()) if self.split else None
+        self.ahead.clear()
         return start_frames
 
     @property
@@ -142,8 +178,12 @@ class PlaySession:
         return {"num_frames": self.args.frames_per_chunk, "num_inference_steps": self.args.steps,
                 "guidance_scale": self.args.guidance}
 
-    def step(self, action: str) -> Chunk:
-        """Play one chunk of `action` from the current state (the state is only replaced once it is made)."""
+    def make(self, action: str, cancelled: Callable[[], bool] | None = None) -> MadeChunk:
+        """The chunk `action` makes from the current state, without playing it: the state is left as it is,
+        so the chunk can be made ahead and played later (`play`), or dropped. Every input of a chunk is in
+        its state (context, immutable memory, generator states), so a chunk made ahead is bit for bit the
+        one `step` would make then. `cancelled()` is asked after every denoising and memory-update step;
+        once it says True the chunk is abandoned (`Cancelled`), nothing changed."""
         started, state = time.perf_counter(), self.current
         generator = torch.Generator().set_state(state.generator_state)
         learns = state.preset != NO_MEMORY
@@ -151,32 +191,60 @@ class PlaySession:
         settings = None
         if learns:
             settings = state.memory.config if state.memory is not None else TEMP_LORA_PRESETS[state.preset]
+        hooks = _cancel_hooks(cancelled)
         try:
             step = next(iter(self.pipe.stream_episode(
                 [action], start_latents=state.context, memory=state.memory if learns else None,
                 memory_settings=settings, update_memory=learns, generator=generator,
-                memory_generator=memory_generator, **self._chunk_settings())))
+                memory_generator=memory_generator, **hooks, **self._chunk_settings())))
         except ValueError as error:
             raise PlayError(f"{action!r}: {error}") from None
         frames = _to_uint8(self.pipe.postprocess(step.latents, "np")[0])
-        lane_frames = self._lane_step(action) if self.split else None
-        self.spool.seek(0, os.SEEK_END)
-        self.spool.write(frames.tobytes())
-        self.states.append(ChunkState(
-            self.chunks + 1, action, state.preset, state.frames + len(frames), step.latents, step.memory,
-            generator.get_state(), memory_generator.get_state() if learns else state.memory_generator_state,
-            round(time.perf_counter() - started, 3)))
-        self._prune()
-        return Chunk(self.chunks, action, frames, self.current.seconds, lane_frames)
+        lane = self._lane_chunk(action, hooks) if self.lane is not None else None
+        after = ChunkState(state.index + 1, action, state.preset, state.frames + len(frames), step.latents, step.memory,
+                           generator.get_state(),
+                           memory_generator.get_state() if learns else state.memory_generator_state,
+                           round(time.perf_counter() - started, 3))
+        return MadeChunk(state, self.lane, after, frames, lane)
 
-    def _lane_step(self, action: str) -> np.ndarray:
-        """The same chunk without memory, from the lane's own context, with the same noise as the main lane."""
+    def play(self, made: MadeChunk) -> Chunk:
+        """Play a chunk `make` made: it becomes the episode's next chunk. Refused if the episode has moved on
+        since it was made (another chunk, a branch, a preset or split switch)."""
+        if made.made_from is not self.current or made.lane_from is not self.lane:
+            raise PlayError(f"The chunk of {made.state.action!r} was made from another state of the episode.")
+        self.spool.seek(0, os.SEEK_END)
+        self.spool.write(made.frames.tobytes())
+        self.states.append(made.state)
+        self.lane = made.lane[0] if made.lane is not None else None
+        self.ahead.clear()  # made from the state before: none of them follows from this one
+        self._prune()
+        return Chunk(self.chunks, made.state.action, made.frames, made.state.seconds,
+                     made.lane[1] if made.lane is not None else None)
+
+    def step(self, action: str) -> Chunk:
+        """Play one chunk of `action` from the current state: the one made ahead for it if there is one
+        (`make_ahead`), else made now."""
+        made = self.ahead.pop(action, None)
+        if made is None or made.made_from is not self.current or made.lane_from is not self.lane:
+            made = self.make(action)
+        return self.play(made)
+
+    def make_ahead(self, action: str, cancelled: Callable[[], bool] | None = None) -> None:
+        """Make the chunk `action` would make next and keep it for `step` (see `make`)."""
+        self.ahead[action] = self.make(action, cancelled)
+
+    def made_ahead(self, action: str) -> bool:
+        made = self.ahead.get(action)
+        return made is not None and made.made_from is self.current and made.lane_from is self.lane
+
+    def _lane_chunk(self, action: str, hooks: dict) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
+        """The same chunk without memory, from the lane's own context, with the same noise as the main lane:
+        the lane's next (context, generator state), and the chunk's frames."""
         context, generator_state = self.lane
         generator = torch.Generator().set_state(generator_state)
         step = next(iter(self.pipe.stream_episode([action], start_latents=context, update_memory=False,
-                                                  generator=generator, **self._chunk_settings())))
-        self.lane = (step.latents, generator.get_state())
-        return _to_uint8(self.pipe.postprocess(step.latents, "np")[0])
+                                                  generator=generator, **hooks, **self._chunk_settings())))
+        return (step.latents, generator.get_state()), _to_uint8(self.pipe.postprocess(step.latents, "np")[0])
 
     @staticmethod
     def _arrays(state: ChunkState) -> dict[int, int]:
@@ -215,6 +283,7 @@ class PlaySession:
         self.spool.truncate(self.current.frames * int(np.prod(self.frame_shape)))
         if self.split:
             self.lane = (self.current.context, self.current.generator_state)
+        self.ahead.clear()
 
     def set_preset(self, preset: str) -> None:
         """Play on with another memory preset: a new memory of it from here (the earlier chunks keep theirs,
@@ -223,11 +292,13 @@ class PlaySession:
             raise PlayError(f"Unknown memory preset {preset!r}; this model plays {', '.join(self.presets)}.")
         if preset != self.current.preset:
             self.states[-1] = replace(self.current, preset=preset, memory=None)
+            self.ahead.clear()
 
     def set_split(self, on: bool) -> None:
         """Split view: also play every action without memory, from here, with the same noise."""
         self.split = bool(on)
         self.lane = (self.current.context, self.current.generator_state) if self.split else None
+        self.ahead.clear()
 
     # ------------------------------------------------------------------ files
 
@@ -329,3 +400,4 @@ class PlaySession:
         self.spool.close()
         self.states = []
         self.lane = None
+        self.ahead.clear()

@@ -394,3 +394,103 @@ def test_a_long_session_keeps_its_frames_but_only_the_latest_branch_points(pipe,
     video = session.export(tmp_path / "long.mp4")
     assert len(read_video(video)) == session.current.frames == 9
     session.close()
+
+
+def test_a_chunk_made_ahead_is_the_chunk_the_key_would_make(pipe, tiny_pipe_dir, tmp_path):
+    """Made ahead (each key's chunk while the world stands still), a chunk is bit for bit the chunk made when
+    asked; chunks made for other keys, and a chunk abandoned half way, change nothing."""
+    from slowfast_vgen.play.session import Cancelled, PlayError, PlaySession
+
+    args, _ = play_args(tiny_pipe_dir, tmp_path, "--steps", "2")
+    actions = ("move left", "move up", "stay")
+
+    def episode(ahead: bool, split: bool = False) -> list[np.ndarray]:
+        session = PlaySession(pipe, args, "paper")
+        session.set_split(split)
+        chunks = []
+        for action in actions:
+            if ahead:
+                asked = []  # abandoned after its first denoising step: nothing is kept of it
+                with pytest.raises(Cancelled):
+                    session.make_ahead(action, lambda: asked.append(1) or True)
+                assert len(asked) == 1 and not session.made_ahead(action)
+                for other in ("move right", "move down", action):
+                    session.make_ahead(other)
+                assert session.made_ahead(action)
+            chunk = session.step(action)
+            chunks.append(chunk.frames if not split else np.concatenate([chunk.frames, chunk.lane_frames]))
+            assert not session.ahead  # made from the state before: all dropped
+        chunks.append(session.current.memory.lora[next(iter(session.current.memory.lora))].numpy().copy())
+        if ahead:  # a chunk made from another state is refused, not played
+            made = session.make("move left")
+            session.step("stay")
+            with pytest.raises(PlayError, match="another state"):
+                session.play(made)
+        session.close()
+        return chunks
+
+    for split in (False, True):
+        asked, ahead = episode(False, split), episode(True, split)
+        for made_when_asked, made_ahead in zip(asked, ahead):
+            np.testing.assert_array_equal(made_when_asked, made_ahead)
+
+
+def test_the_server_makes_each_keys_chunk_while_the_world_stands_still(pipe, tiny_pipe_dir, tmp_path, monkeypatch):
+    """Idle, the server makes the next chunk of the last action and of every key; a key then plays what was
+    made (nothing is made for it when asked), and a request for another action stops the chunk being made."""
+    from slowfast_vgen.play.session import PlaySession
+
+    made: list[tuple[int, str]] = []  # (chunks played when it was made, action)
+    original = PlaySession.make
+
+    def counted(self, action, cancelled=None):
+        made.append((self.chunks, action))
+        return original(self, action, cancelled)
+
+    monkeypatch.setattr(PlaySession, "make", counted)
+
+    async def scenario(client, context):
+        ws = await client.ws_connect("/ws")
+        hello = await ws.receive_json()
+        (player,) = context.players
+        await play(ws, "move left")
+        deadline = time.monotonic() + 60
+        while not all(player.session.made_ahead(a) for a in hello["keys"].values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        second = (await play(ws, "move up"))[0]
+        await ws.close()
+        return hello, second
+
+    hello, second = serve(pipe, tiny_pipe_dir, tmp_path, scenario)
+    after_first = [action for chunks, action in made if chunks == 1]
+    # The last action first, then each key's, each once; "move up" was played as made, not made again.
+    assert after_first == list(dict.fromkeys(["move left", *hello["keys"].values()]))
+    assert second["index"] == 2 and second["action"] == "move up"
+
+
+def test_a_chunk_being_made_ahead_gives_way_to_another_action(pipe, tiny_pipe_dir, tmp_path, monkeypatch):
+    from slowfast_vgen.play.session import Cancelled, PlaySession
+
+    outcomes: list[tuple[str, str]] = []
+    original = PlaySession.make
+
+    def recorded(self, action, cancelled=None):
+        try:
+            made = original(self, action, cancelled)
+        except Cancelled:
+            outcomes.append((action, "gave way"))
+            raise
+        outcomes.append((action, "made"))
+        return made
+
+    monkeypatch.setattr(PlaySession, "make", recorded)
+
+    async def scenario(client, context):
+        ws = await client.ws_connect("/ws")
+        await ws.receive_json()
+        await asyncio.sleep(0.2)  # the start's first key chunk is being made ahead (200 steps: seconds)
+        return (await play(ws, "stay"))[0]
+
+    chunk = serve(pipe, tiny_pipe_dir, tmp_path, scenario, "--steps", "200")
+    assert chunk["index"] == 1 and chunk["action"] == "stay"
+    assert outcomes[:2] == [("move up", "gave way"), ("stay", "made")]
