@@ -58,27 +58,31 @@ def start_server(extra: list[str], output_dir: str) -> tuple[subprocess.Popen, s
     raise SystemExit(f"`{' '.join(command)}` did not start.")
 
 
-def wait_still(page) -> None:
-    """Until nothing is being made or waits to be painted."""
+def wait_still(page, rest: float = 0.6) -> None:
+    """Until nothing is being made or waits to be painted, then `rest` seconds more (the chunk's frames play
+    out; the server makes chunks ahead meanwhile)."""
     page.wait_for_function("!document.getElementById('status').className.includes('busy') && "
                            "document.getElementById('status').textContent.startsWith('ready')", timeout=120_000)
-    time.sleep(0.6)  # the chunk's frames play out
+    time.sleep(rest)
 
 
-def taps(page, count: int) -> tuple[list[float], list[float]]:
-    """Latencies of `count` taps from rest, and of each the part that is not the server making its chunk
-    (sending, decoding, waiting for the next paint)."""
+def taps(page, count: int, rest: float = 0.6) -> tuple[list[float], list[float], list[bool]]:
+    """Latencies of `count` taps from rest; of each tap whose chunk was made when asked, the part that is not
+    the server making it (sending, decoding, waiting for the next paint); and which were made ahead."""
     keys = ("ArrowRight", "ArrowLeft", "ArrowDown", "ArrowUp")
-    latencies, overheads = [], []
+    latencies, overheads, ahead = [], [], []
     for number in range(count):
-        wait_still(page)
+        wait_still(page, rest)
         seen = page.evaluate("window.playStats.latencies.length")
         page.keyboard.press(keys[number % len(keys)])
         page.wait_for_function(f"window.playStats.latencies.length > {seen}", timeout=120_000)
-        latency, made = page.evaluate("[window.playStats.latencies.at(-1), window.playStats.chunkSeconds.at(-1)]")
+        latency, made, was_ahead = page.evaluate("[window.playStats.latencies.at(-1), "
+                                                 "window.playStats.chunkSeconds.at(-1), window.playStats.madeAhead.at(-1)]")
         latencies.append(latency / 1000)
-        overheads.append(latency / 1000 - made)
-    return latencies, overheads
+        ahead.append(was_ahead)
+        if not was_ahead:
+            overheads.append(latency / 1000 - made)
+    return latencies, overheads, ahead
 
 
 def hold(page, key: str, seconds: float) -> dict:
@@ -101,6 +105,8 @@ def hold(page, key: str, seconds: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--taps", type=int, default=20, help="key taps from rest, for the latency (default 20)")
+    parser.add_argument("--rest", type=float, default=0.6,
+                        help="seconds of rest before each tap, once the last chunk is painted (default 0.6)")
     parser.add_argument("--hold", type=float, default=20, help="seconds of one held key (default 20; 0: none)")
     parser.add_argument("--soak", type=float, default=600, help="seconds of held keys for RSS (default 600; 0: none)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
@@ -124,16 +130,24 @@ def main() -> int:
                 page.wait_for_selector(".thumb")
                 results["rss_start_mib"] = round(rss_mib(server.pid), 1)
                 if args.taps:
-                    latencies, overheads = taps(page, args.taps)
-                    results["latency_s"] = {"median": round(statistics.median(latencies), 3),
-                                            "p95": round(percentile(latencies, 0.95), 3),
-                                            "max": round(max(latencies), 3), "all": [round(v, 3) for v in latencies],
-                                            "beyond_making_the_chunk_median": round(statistics.median(overheads), 3),
-                                            "beyond_making_the_chunk_p95": round(percentile(overheads, 0.95), 3)}
-                    print(f"key press -> first frame painted: median {results['latency_s']['median']} s, "
-                          f"p95 {results['latency_s']['p95']} s over {args.taps} taps; beyond making the chunk: "
-                          f"median {results['latency_s']['beyond_making_the_chunk_median']} s, "
-                          f"p95 {results['latency_s']['beyond_making_the_chunk_p95']} s", flush=True)
+                    latencies, overheads, ahead = taps(page, args.taps, args.rest)
+                    latency = {"rest_s": args.rest, "median": round(statistics.median(latencies), 3),
+                               "p95": round(percentile(latencies, 0.95), 3), "max": round(max(latencies), 3),
+                               "all": [round(v, 3) for v in latencies], "made_ahead": sum(ahead)}
+                    asked = [v for v, was_ahead in zip(latencies, ahead) if not was_ahead]
+                    made = [v for v, was_ahead in zip(latencies, ahead) if was_ahead]
+                    if made:
+                        latency["made_ahead_median"] = round(statistics.median(made), 3)
+                    if asked:
+                        latency["made_when_asked_median"] = round(statistics.median(asked), 3)
+                        latency["beyond_making_the_chunk_median"] = round(statistics.median(overheads), 3)
+                        latency["beyond_making_the_chunk_p95"] = round(percentile(overheads, 0.95), 3)
+                    results["latency_s"] = latency
+                    print(f"key press -> first frame painted, {args.taps} taps after {args.rest} s of rest: median "
+                          f"{latency['median']} s, p95 {latency['p95']} s; {sum(ahead)} made ahead (median "
+                          f"{latency.get('made_ahead_median')} s), {len(asked)} made when asked (median "
+                          f"{latency.get('made_when_asked_median')} s, of which beyond making the chunk "
+                          f"{latency.get('beyond_making_the_chunk_median')} s)", flush=True)
                 if args.hold:
                     results["held"] = hold(page, "ArrowRight", args.hold)
                     print(f"held key: {results['held']}", flush=True)

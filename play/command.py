@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import webbrowser
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..data.worlds import world_kind
@@ -124,27 +125,39 @@ def run(args: argparse.Namespace) -> int:
             from None
     preset = check_play_arguments(args)
     sock = bind(args.host, args.port)
+    # All of the model's work, loading included, on one thread: once a second thread has run torch's
+    # parallel operations, its OpenMP threads slow the model thread's by about 1.6x on 2 cores
+    # (docs/benchmarks.md, "Playing live").
+    worker = ThreadPoolExecutor(1, thread_name_prefix="play-model")
     try:
-        pipe = load_pipeline(args)
-        memory = load_memory(args.memory, pipe)
-        if memory is not None:
-            preset = PlaySession._preset_of(memory)
-        try:  # the start frame, refused here if it cannot start an episode (each tab makes its own)
-            PlaySession(pipe, args, preset, memory).close()
-        except PlayError as error:
-            raise SystemExit(f"--image {args.image!r}: {error}" if args.image else str(error)) from None
-        return asyncio.run(serve(sock, pipe, args, preset, memory))
+        pipe, memory, preset = worker.submit(load_model, args, preset).result()
+        return asyncio.run(serve(sock, pipe, args, preset, memory, worker))
     finally:
+        worker.shutdown(wait=True)
         sock.close()
 
 
-async def serve(sock: socket.socket, pipe, args: argparse.Namespace, preset: str, memory) -> int:
+def load_model(args: argparse.Namespace, preset: str) -> tuple:
+    """The pipeline, the starting memory and its preset; refuses a start frame no episode can start from."""
+    pipe = load_pipeline(args)
+    memory = load_memory(args.memory, pipe)
+    if memory is not None:
+        preset = PlaySession._preset_of(memory)
+    try:  # the start frame, refused here if it cannot start an episode (each tab makes its own)
+        PlaySession(pipe, args, preset, memory).close()
+    except PlayError as error:
+        raise SystemExit(f"--image {args.image!r}: {error}" if args.image else str(error)) from None
+    return pipe, memory, preset
+
+
+async def serve(sock: socket.socket, pipe, args: argparse.Namespace, preset: str, memory,
+                worker: ThreadPoolExecutor) -> int:
     from aiohttp import web
 
     from .server import PlayContext, make_app, save_episodes
 
     context = PlayContext(pipe, args, preset, memory, Path(args.output_dir), not is_loopback(args.host),
-                          world_kind(args.world).reverse_actions(), ahead=not args.no_ahead)
+                          world_kind(args.world).reverse_actions(), ahead=not args.no_ahead, worker=worker)
     runner = web.AppRunner(make_app(context), handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()

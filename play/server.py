@@ -144,7 +144,7 @@ class Player:
     def _chunk(self, action: str) -> dict:
         chunk = self.session.step(action)
         lane = [png_url(f) for f in chunk.lane_frames] if chunk.lane_frames is not None else None
-        return {"type": "chunk", "index": chunk.index, "action": action, "seconds": chunk.seconds,
+        return {"type": "chunk", "index": chunk.index, "action": action, "seconds": chunk.seconds, "ahead": chunk.ahead,
                 "frames": [png_url(f) for f in chunk.frames], "lane": lane, **memory_message(self.session)}
 
     def _episode(self, kind: str, frame: np.ndarray, **extra) -> dict:
@@ -363,6 +363,7 @@ async def save_episodes(context: PlayContext, stamp: str | None = None) -> list[
     saved = []
     for number, player in enumerate(sorted(context.players, key=id), start=1):
         player.closed = True
+        player.give_way.set()
         player.wake.set()
         if player.task is not None:
             await player.task

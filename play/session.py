@@ -75,6 +75,7 @@ class Chunk:
     frames: np.ndarray
     seconds: float
     lane_frames: np.ndarray | None = None
+    ahead: bool = False  # made ahead, before it was asked for
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,8 @@ class PlaySession:
         (`make_ahead`), else made now."""
         made = self.ahead.pop(action, None)
         if made is None or made.made_from is not self.current or made.lane_from is not self.lane:
-            made = self.make(action)
-        return self.play(made)
+            return self.play(self.make(action))
+        return replace(self.play(made), ahead=True)
 
     def make_ahead(self, action: str, cancelled: Callable[[], bool] | None = None) -> None:
         """Make the chunk `action` would make next and keep it for `step` (see `make`)."""

@@ -14,8 +14,8 @@ const state = {
   paused: false, unsaved: false,
 };
 // What the benchmark and the browser test read: key press -> first frame of its chunk painted, and paints.
-window.playStats = { latencies: [], paints: 0, painted: [], chunkSeconds: [], pressAt: null, pressAction: null,
-                     pressFloor: 0 };
+window.playStats = { latencies: [], paints: 0, painted: [], chunkSeconds: [], madeAhead: [], pressAt: null,
+                     pressAction: null, pressFloor: 0 };
 
 const stamp = () => new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
 const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
@@ -172,10 +172,11 @@ const handlers = {
                                                   action: message.action }));
     addThumb(message.index, message.frames[message.frames.length - 1], message.action);
     window.playStats.chunkSeconds.push(message.seconds);
+    window.playStats.madeAhead.push(Boolean(message.ahead));
     state.unsaved = true;
     showMemory(message);
     setStatus(state.paused ? "paused" : "ready", state.paused ? "paused" : "");
-    $("stats").textContent = `chunk ${message.index} (${message.action}) made in ${message.seconds.toFixed(2)} s`;
+    $("stats").textContent = `chunk ${message.index} (${message.action}) made in ${message.seconds.toFixed(2)} s${message.ahead ? " (ahead)" : ""}`;
   },
   busy(message) { setStatus(`making: ${message.action}`, "busy"); },
   async branched(message) {
