@@ -16,9 +16,15 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from ..data.toyworld import DIRECTIONS, TRAIN_PARAPHRASES, parse_action
+from ..data import memory_maze, toyworld
 
-TOYWORLD_ACTIONS = tuple(TRAIN_PARAPHRASES[direction][0] for direction in DIRECTIONS)  # "move left", ..., "stay"
+# A built-in world's classes: the training phrase of each of its actions, one class each.
+TOYWORLD_ACTIONS = tuple(toyworld.TRAIN_PARAPHRASES[d][0] for d in toyworld.DIRECTIONS)  # "move left", ..., "stay"
+MAZE_ACTIONS = tuple(memory_maze.TRAIN_PARAPHRASES[m][0] for m in memory_maze.MOTIONS)  # "walk forward", ..., "stay"
+WORLD_ACTIONS = {"toyworld": TOYWORLD_ACTIONS, "memory-maze": MAZE_ACTIONS}  # by `data.worlds.WORLDS` name
+# How each built-in world reads a paraphrase.
+_WORLD_READERS = ((toyworld.parse_action, toyworld.TRAIN_PARAPHRASES),
+                  (memory_maze.parse_action, memory_maze.TRAIN_PARAPHRASES))
 
 
 class InverseDynamicsModel(ModelMixin, ConfigMixin):
@@ -84,15 +90,17 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
 
 
 def action_index(actions: tuple[str, ...], action: str) -> int:
-    """The class of `action` among `actions`: the text itself, or for ToyWorld any paraphrase of one."""
+    """The class of `action` among `actions`: the text itself, or any paraphrase of one of a built-in world's
+    (ToyWorld's or Memory Maze's) actions."""
     if action in actions:
         return actions.index(action)
-    try:
-        canonical = TRAIN_PARAPHRASES[parse_action(action)][0]
-    except ValueError:
-        canonical = None
-    if canonical in actions:
-        return actions.index(canonical)
+    for parse, paraphrases in _WORLD_READERS:
+        try:
+            canonical = paraphrases[parse(action)][0]
+        except ValueError:
+            continue
+        if canonical in actions:
+            return actions.index(canonical)
     raise ValueError(f"The action {action!r} is not one this inverse dynamics model knows: {', '.join(actions)}.")
 
 

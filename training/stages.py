@@ -182,9 +182,10 @@ STAGES: dict[str, type[Stage]] = {"vae": VaeStage, "unet": UnetStage, "idm": Idm
 
 
 def idm_actions(args: argparse.Namespace) -> tuple[str, ...]:
-    """The inverse dynamics model's classes: ToyWorld's directions, or the distinct actions of a manifest."""
-    if args.data == "toyworld":
-        return inverse_dynamics.TOYWORLD_ACTIONS
+    """The inverse dynamics model's classes: a built-in world's actions (ToyWorld's directions, Memory Maze's
+    turns, walks and stay), or the distinct actions of a manifest."""
+    if args.data in inverse_dynamics.WORLD_ACTIONS:
+        return inverse_dynamics.WORLD_ACTIONS[args.data]
     if not args.manifest:
         raise SystemExit("--data manifest needs --manifest PATH (JSON Lines: video, start, end, action).")
     actions = tuple(sorted({record.action for record in read_manifest(args.manifest, args.on_bad_record)}))
