@@ -18,6 +18,7 @@ from ..paths import PACKAGE_DIR
 from . import memory_maze, toyworld
 from .episodes import PATH_FAMILIES, EpisodePath, RevisitMap, make_episode
 from .memory_maze_episodes import PATH_FAMILIES_3D, PoseRevisits, make_maze_episode
+from .retrace import PLANNING_WORLDS, PlanningWorld
 
 WORLD_NAMES = ("toyworld", "memory-maze")
 
@@ -37,6 +38,7 @@ class WorldKind:
     revisits: Callable[[Any], Any]  # episode -> a revisit map (masks(chunk), first_sightings(video))
     model_dir: Path  # its shipped world model
     max_seed: int
+    planning: PlanningWorld  # the retrace task, its scores and planning's models (`data/retrace.py`)
 
     def seed_problem(self, seed: Any, name: str = "--world-seed") -> str | None:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= self.max_seed:
@@ -78,6 +80,7 @@ WORLDS: dict[str, WorldKind] = {
         revisits=RevisitMap,
         model_dir=PACKAGE_DIR / "models" / "toyworld",
         max_seed=2**32 - 1,
+        planning=PLANNING_WORLDS["toyworld"],
     ),
     "memory-maze": WorldKind(
         name="memory-maze",
@@ -91,6 +94,7 @@ WORLDS: dict[str, WorldKind] = {
         revisits=PoseRevisits,
         model_dir=PACKAGE_DIR / "models" / "memory-maze",
         max_seed=memory_maze.MAX_SEED,
+        planning=PLANNING_WORLDS["memory-maze"],
     ),
 }
 
