@@ -1,8 +1,8 @@
-"""Table 2 on ToyWorld (`slowfast-vgen plan-eval`) and the inverse dynamics model's accuracy.
+"""Table 2 (`slowfast-vgen plan-eval`) in ToyWorld or Memory Maze, and the inverse dynamics model's accuracy.
 
-Every row plans the same held-out retrace episodes (worlds `first_seed`..., instructions cycling through the
-trained paraphrases and the held-out one) with the same sampling noise; rows differ by world model, memory
-setting and open or closed loop only. Each episode's scores are appended to `episodes-<process>.jsonl` as
+Every row plans the same held-out retrace episodes (worlds or mazes `first_seed`..., instructions cycling
+through the trained paraphrases and the held-out one) with the same sampling noise; rows differ by world
+model, memory setting and open or closed loop only. Each episode's scores are appended to `episodes-<process>.jsonl` as
 soon as it is done, so a stopped run resumes where it stopped; runs under `torchrun` / `accelerate launch`
 split the episodes over processes.
 """
@@ -20,19 +20,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.retrace import (
-    HELD_OUT_INSTRUCTIONS,
-    RETRACE_INSTRUCTIONS,
-    RetraceTask,
-    make_retrace_task,
-    retrace_scores,
-)
-from ..data.toyworld import TRAIN_PARAPHRASES, ToyWorld
+from ..data.retrace import HELD_OUT_INSTRUCTIONS, PLANNING_WORLDS, RETRACE_INSTRUCTIONS, RetraceTask, retrace_scores
+from ..data.worlds import world_kind
 from ..evaluation.report import spread
 from ..evaluation.runs import append_row, read_rows, start_run
 from ..paths import DEFAULT_IDM_DIR
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
-from ..pipelines.inverse_dynamics import InverseDynamicsModel
+from ..pipelines.inverse_dynamics import WORLD_ACTIONS, InverseDynamicsModel
 from .models import load_models
 from .planner import DEFAULT_MEMORY_SETTING, MEMORY_SETTINGS, plan_retrace
 
@@ -44,6 +38,7 @@ class PlanningOptions:
     """Every setting of a Table 2 run (the CLI's flags, one to one)."""
 
     output_dir: str = "outputs/planning"
+    world: str = "toyworld"  # whose held-out retrace tasks (`data.retrace.PLANNING_WORLDS`)
     models: dict[str, str] = field(default_factory=dict)
     idm: str = str(DEFAULT_IDM_DIR)
     episodes: int = 20
@@ -54,6 +49,8 @@ class PlanningOptions:
     guidance: float = DEFAULT_GUIDANCE
 
     def check(self) -> None:
+        if self.world not in PLANNING_WORLDS:
+            raise ValueError(f"--world {self.world!r}: known worlds are {', '.join(PLANNING_WORLDS)}.")
         if self.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}.")
         if not self.models:
@@ -66,8 +63,9 @@ class PlanningOptions:
             raise ValueError(f"--loops must list open and/or closed, got {','.join(self.loops)!r}.")
 
     def tasks(self, view_size: int, chunk_frames: int) -> list[RetraceTask]:
-        return [make_retrace_task(self.first_seed + index, chunk_frames=chunk_frames, view_size=view_size,
-                                  instruction=INSTRUCTIONS[index % len(INSTRUCTIONS)])
+        make_task = PLANNING_WORLDS[self.world].make_task
+        return [make_task(self.first_seed + index, chunk_frames=chunk_frames, view_size=view_size,
+                          instruction=INSTRUCTIONS[index % len(INSTRUCTIONS)])
                 for index in range(self.episodes)]
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -77,6 +75,8 @@ class PlanningOptions:
         described = dataclasses.asdict(self)
         for key in ("episodes", "output_dir"):
             described.pop(key)
+        if self.world == "toyworld":  # the run folders made before there was a choice of world still resume
+            described.pop("world")
         return json.loads(json.dumps(described))
 
 
@@ -88,10 +88,11 @@ def evaluate_planning(options: PlanningOptions) -> dict | None:
     """Run (or resume) Table 2; returns the summary on the main process."""
     options.check()
     output_dir = Path(options.output_dir)
+    # The models first: a pair that cannot plan in this world is refused before the run folder is made.
+    loaded = {name: load_models(folder, options.idm, world=options.world) for name, folder in options.models.items()}
     state, done_rows = start_run(output_dir, options.identity())
     done = {row["episode"]["seed"] for row in done_rows}
 
-    loaded = {name: load_models(folder, options.idm) for name, folder in options.models.items()}
     first = next(iter(loaded.values()))[0]
     tasks = options.tasks(first.native_size, first.context_window // 2)
     todo = [task for task in tasks if task.episode.world.seed not in done][state.process_index::state.num_processes]
@@ -147,7 +148,8 @@ def summarize_planning(rows: list[dict], options: PlanningOptions) -> dict:
         table[name] = entry
     configs = {name: None if MEMORY_SETTINGS[name] is None else dataclasses.asdict(MEMORY_SETTINGS[name])
                for name in options.settings}
-    return {"episodes": len(rows), "models": options.models, "idm": options.idm, "steps": options.steps,
+    return {"episodes": len(rows), "world": options.world, "units": PLANNING_WORLDS[options.world].unit,
+            "models": options.models, "idm": options.idm, "steps": options.steps,
             "memory_settings": json.loads(json.dumps(configs)),
             "guidance": options.guidance, "standing_still": spread([row["standing_still"] for row in rows]),
             "rows": table}
@@ -157,9 +159,13 @@ def planning_markdown(summary: dict) -> str:
     def fmt(entry):
         return "-" if entry["mean"] is None else f"{entry['mean']:.2f} ± {entry['std']:.2f}"
 
-    lines = [f"Retrace task, {summary['episodes']} held-out episodes; distances in views. Standing still where the "
-             f"way out ended: mean closest distance {fmt(summary['standing_still'])}; the true way back: 0.", "",
-             "| model / memory / loop | mean closest distance | final distance | home (≤ 0.5 view) | vs no memory "
+    world, units = summary.get("world", "toyworld"), summary.get("units", "views")
+    kind = PLANNING_WORLDS[world]
+    home = f"≤ {kind.home_radius} {units[:-1]}" + (", facing within 45°" if kind.heading_error else "")
+    lines = [f"Retrace task in {world}, {summary['episodes']} held-out episodes; distances in {units}. Standing "
+             f"still where the way out ended: mean closest distance {fmt(summary['standing_still'])}; the true way "
+             "back: 0.", "",
+             f"| model / memory / loop | mean closest distance | final distance | home ({home}) | vs no memory "
              "(ratio, improved) | s / episode |", "|---|---|---|---|---|---|"]
     for name, entry in summary["rows"].items():
         versus = entry.get("vs_no_memory")
@@ -172,25 +178,27 @@ def planning_markdown(summary: dict) -> str:
 # ---------------------------------------------------------------------------------------------- the IDM's accuracy
 
 
-def true_pairs(seeds: range, pairs_per_world: int, view_size: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Random consecutive true frames of held-out worlds and the action between them (every direction and
-    stay equally often): (N, 2, H, W, 3) floats in [0, 1] and N action texts."""
+def true_pairs(seeds: range, pairs_per_world: int, view_size: int, seed: int = 0,
+               world: str = "toyworld") -> tuple[np.ndarray, list[str]]:
+    """Random consecutive true frames of held-out worlds (or mazes) and the action between them (every action
+    of the world equally often; `PlanningWorld.true_pair` says where): (N, 2, H, W, 3) floats in [0, 1] and N
+    action texts."""
     rng = np.random.default_rng(seed)
-    directions = list(TRAIN_PARAPHRASES)
+    kind, actions_of_world = world_kind(world), WORLD_ACTIONS[world]
     frames, actions = [], []
     for world_seed in seeds:
-        world = ToyWorld(world_seed, view_size=view_size)
+        place = kind.build(world_seed, view_size)
         for index in range(pairs_per_world):
-            direction = directions[index % len(directions)]
-            start = tuple(int(v) // world.step * world.step for v in rng.integers(world.step, world.max_position - world.step, 2))
-            frames.append(world.rollout([direction], 1, start))
-            actions.append(TRAIN_PARAPHRASES[direction][0])
+            action = actions_of_world[index % len(actions_of_world)]
+            frames.append(kind.planning.true_pair(place, action, rng))
+            actions.append(action)
     return np.stack(frames).astype(np.float32) / 255, actions
 
 
-def idm_accuracy_true(idm: InverseDynamicsModel, seeds: range = range(1000, 1020), pairs_per_world: int = 50) -> dict:
+def idm_accuracy_true(idm: InverseDynamicsModel, seeds: range = range(1000, 1020), pairs_per_world: int = 50,
+                      world: str = "toyworld") -> dict:
     """Accuracy on true frame pairs of held-out worlds, overall and per action."""
-    frames, actions = true_pairs(seeds, pairs_per_world, idm.config.sample_size)
+    frames, actions = true_pairs(seeds, pairs_per_world, idm.config.sample_size, world=world)
     predicted = []
     for pair in frames:
         predicted += idm.predict_actions(pair)
@@ -198,19 +206,21 @@ def idm_accuracy_true(idm: InverseDynamicsModel, seeds: range = range(1000, 1020
 
 
 def idm_accuracy_generated(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, seeds: range = range(1000, 1010),
-                           steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE) -> dict:
-    """Accuracy on frames the world model generates: from a true context chunk, a chunk for each action
-    (ToyWorld's training phrase), its frames read back by the inverse dynamics model (the last context frame
-    and the chunk's frames: one read per generated frame)."""
+                           steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+                           world: str = "toyworld") -> dict:
+    """Accuracy on frames the world model generates: from a true context chunk (`PlanningWorld.generation_context`:
+    standing still in ToyWorld; in Memory Maze walking forward into a cell from which every action can play a
+    chunk), a chunk for each action (its training phrase), its frames read back by the inverse dynamics model
+    (the last context frame and the chunk's frames: one read per generated frame)."""
     chunk = pipe.context_window // 2
+    kind = world_kind(world)
     predicted, wanted = [], []
     for world_seed in seeds:
-        world = ToyWorld(world_seed, view_size=pipe.native_size)
-        context = world.rollout(["stay"], chunk - 1).astype(np.float32) / 255
+        place = kind.build(world_seed, pipe.native_size)
+        context = kind.planning.generation_context(place, chunk).astype(np.float32) / 255
         latents = pipe.encode_frames(context)
         generator = torch.Generator().manual_seed(world_seed)
-        for direction in TRAIN_PARAPHRASES:
-            action = TRAIN_PARAPHRASES[direction][0]
+        for action in WORLD_ACTIONS[world]:
             frames = pipe(action, context_latents=latents, num_frames=chunk, num_inference_steps=steps,
                           guidance_scale=guidance, generator=generator).frames[0]
             reads = idm.predict_actions(np.concatenate([context[-1:], frames]))

@@ -9,6 +9,12 @@ actions are executed in the world.
         closed loop: plan one chunk from the true observation, execute its actions, learn the observed
                      chunk into the memory, and plan again from where the camera really is.
 
+In a world whose `PlanningWorld.way_back` is "reverse" (Memory Maze: no maze world model was trained on
+"go back to the start"), the decomposer turns a way-back instruction into the reversed way out, one world
+action per chunk (`reversing_decomposer`, from the world model folder's `reverse_actions`): the world model
+then imagines each reversed chunk with its memory, and the inverse dynamics model reads the executed actions
+off the imagined frames.
+
 The sampling noise comes from one generator seeded by `seed` and the memory updates from a stream derived
 from it (`memory_generator_for`), as in the episode loop, so that with the same seed plans with and
 without memory differ by memory alone.
@@ -16,15 +22,16 @@ without memory differ by memory alone.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from ..data.retrace import RETRACE_INSTRUCTIONS, HELD_OUT_INSTRUCTIONS, RetraceTask, retrace_scores
-from ..data.toyworld import ToyWorld, parse_action
+from ..data.retrace import RETRACE_INSTRUCTIONS, HELD_OUT_INSTRUCTIONS, PLANNING_WORLDS, RetraceTask, retrace_scores
+from ..data.toyworld import parse_action
 from ..evaluation.protocols import decode
 from ..pipelines import (DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS, EpisodicMemory, SlowFastVGenPipeline,
                          TempLoRAConfig, memory_generator_for)
@@ -61,15 +68,18 @@ class PlanResult:
     plan_frames: np.ndarray
     executed_frames: np.ndarray
     actions: list[str]
-    positions: list[tuple[int, int]]
+    positions: list[Any]  # ToyWorld (x, y) pixels, or Memory Maze poses
     closed_loop: bool
     scores: dict = field(default_factory=dict)
 
 
 def check_plan_inputs(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, instruction: str,
-                      num_chunks: int) -> None:
+                      num_chunks: int, world: str | None = None) -> None:
     """Clear errors before any work: an instruction to plan, a horizon, an inverse dynamics model of the
-    world model's frame size."""
+    world model's frame size and, to execute in `world`, one whose every class is an action of that world."""
+    problem = idm_world_problem(idm, world) if world is not None else None
+    if problem:
+        raise ValueError(problem)
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError("instruction is empty: say where to go, e.g. 'go back to the start'.")
     if num_chunks < 1:
@@ -78,6 +88,57 @@ def check_plan_inputs(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, ins
         raise ValueError(f"The inverse dynamics model reads {idm.config.sample_size}-pixel frames but the world "
                          f"model makes {pipe.native_size}-pixel ones: use the inverse dynamics model trained with "
                          "this world model (slowfast-vgen train --stage idm --model <world model>).")
+
+
+def idm_world_problem(idm: InverseDynamicsModel, world: str) -> str | None:
+    """Why the inverse dynamics model's reads cannot be executed in `world` (a class that is not one of its
+    actions, e.g. ToyWorld's "move left" in a maze), or None."""
+    parse = PLANNING_WORLDS[world].parse_action
+    foreign = []
+    for action in idm.config.actions:
+        try:
+            parse(action)
+        except ValueError:
+            foreign.append(action)
+    if not foreign:
+        return None
+    return (f"The inverse dynamics model answers {', '.join(map(repr, foreign))}, which {world} cannot execute (its "
+            f"classes: {', '.join(idm.config.actions)}): use one trained on {world} "
+            f"(slowfast-vgen train --stage idm --data {world} --model <its world model>).")
+
+
+def reversing_decomposer(outward_actions: list[str], reverse_actions: dict[str, str],
+                         decomposer: Callable[[str], list[str]] | None = None) -> Callable[[str], list[str]]:
+    """A decomposer that turns every way-back subgoal (`asks_way_back`) into the way out reversed, one action per
+    chunk (each outward action's reverse from `reverse_actions`, the world model folder's, last chunk first),
+    then one chunk of "stay" at the start; other subgoals pass through. `decomposer` splits the instruction
+    first (default: `scripted_decomposer`). The actions of the way back then come from the way out; what the
+    plan adds is the world model imagining each of them (with its memory) and the inverse dynamics model
+    reading what it imagined. Refused (ValueError) when an outward action has no reverse in the table."""
+    table = {" ".join(k.lower().split()): v for k, v in (reverse_actions or {}).items()}
+    missing = [a for a in outward_actions if " ".join(a.lower().split()) not in table]
+    if missing:
+        raise ValueError(f"The world model's folder records no reverse of {', '.join(map(repr, missing))} "
+                         "(model_index.json, reverse_actions), so the way back cannot be the way out reversed; "
+                         f"it knows: {', '.join(sorted(table)) or 'none'}.")
+    way_back = [table[" ".join(a.lower().split())] for a in reversed(outward_actions)] + ["stay"]
+    split = decomposer or scripted_decomposer
+
+    def decompose(instruction: str) -> list[str]:
+        subgoals = []
+        for part in split(instruction):
+            subgoals += way_back if asks_way_back(part) else [part]
+        return subgoals
+
+    return decompose
+
+
+def world_decomposer(pipe: SlowFastVGenPipeline, world: str, outward_actions: list[str]) -> Decomposer:
+    """How `world` plans a retrace instruction (`PlanningWorld.way_back`): the scripted decomposer, the
+    instruction's text given to the world model; or the reversed way out (`reversing_decomposer`)."""
+    if PLANNING_WORLDS[world].way_back == "reverse":
+        return reversing_decomposer(list(outward_actions), dict(pipe.config.get("reverse_actions") or {}))
+    return scripted_decomposer
 
 
 def asks_way_back(subgoal: str) -> bool:
@@ -92,20 +153,22 @@ def recall_for(subgoal: str, temp_lora: TempLoRAConfig | None) -> dict:
     return {"recall": "way back"} if temp_lora is not None and temp_lora.panorama and asks_way_back(subgoal) else {}
 
 
-def untrained_instruction(instruction: str, decomposer: Decomposer) -> str | None:
-    """A warning when a subgoal is neither a ToyWorld action nor an instruction the task models were trained
-    on (the plan is still made: the text encoder places it somewhere, which may be nowhere useful)."""
+def untrained_instruction(instruction: str, decomposer: Decomposer,
+                          parse: Callable[[str], str] = parse_action) -> str | None:
+    """A warning when a subgoal is neither an action of the world (`parse`: ToyWorld's by default) nor an
+    instruction the task models were trained on (the plan is still made: the text encoder places it
+    somewhere, which may be nowhere useful)."""
     unknown = []
     for subgoal in decomposer(instruction):
         try:
-            parse_action(subgoal)
+            parse(subgoal)
         except ValueError:
             if " ".join(subgoal.lower().split()) not in KNOWN_INSTRUCTIONS:
                 unknown.append(subgoal)
     if not unknown:
         return None
     return (f"The world model was not trained on the subgoal(s) {unknown}; it plans anyway, but expect a plan that "
-            f"wanders. Trained instructions: {', '.join(RETRACE_INSTRUCTIONS)}, or ToyWorld's moves.")
+            f"wanders. Trained instructions: {', '.join(RETRACE_INSTRUCTIONS)}, or the world's actions.")
 
 
 def learn_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actions: list[str],
@@ -130,41 +193,52 @@ def memory_of_trip(pipe: SlowFastVGenPipeline, chunks: list[torch.Tensor], actio
                      reverse_actions=[way_back] * len(actions))
 
 
-def execute(world: ToyWorld, start: tuple[int, int], actions: list[str]) -> list[tuple[int, int]]:
-    """Camera positions after each action (one frame each); the camera stops at the world's edge."""
+def execute(world: Any, start: Any, actions: list[str]) -> list[Any]:
+    """Camera positions (ToyWorld) or poses (Memory Maze) after each action, one frame each; the camera stops at
+    ToyWorld's edge and at a maze's walls."""
     return world.path(actions, 1, start)[1:]
 
 
-def walk_and_see(world: ToyWorld, start: tuple[int, int],
-                 actions: list[str]) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """`execute`, and the true views on the way (F, H, W, 3) in [0, 1]."""
+def walk_and_see(task: RetraceTask, start: Any, actions: list[str]) -> tuple[list[Any], np.ndarray]:
+    """`execute` in the task's world, and the true views on the way (F, H, W, 3) in [0, 1]."""
+    world = task.episode.world
     walked = execute(world, start, actions)
-    return walked, np.stack([world.render(*p) for p in walked]).astype(np.float32) / 255
+    return walked, np.stack([task.kind.view(world, p) for p in walked]).astype(np.float32) / 255
 
 
-def plan_subgoals(decomposer: Decomposer, instruction: str, horizon: int) -> list[tuple[str, int]]:
-    """The decomposer's subgoals, each with its share of the `horizon` chunks (the first ones get the rest)."""
+def plan_subgoals(decomposer: Decomposer, instruction: str, horizon: int | None,
+                  default_horizon: int = 1) -> list[tuple[str, int]]:
+    """The decomposer's subgoals, each with its share of the `horizon` chunks (the first ones get the rest; a
+    subgoal left with none is not planned). `horizon` None: `default_horizon`, or one chunk a subgoal where the
+    decomposer gave more subgoals than that (the reversed way out: one a chunk)."""
     subgoals = decomposer(instruction)
     if not subgoals or not all(isinstance(s, str) and s.strip() for s in subgoals):
         raise ValueError(f"The decomposer gave {subgoals!r} for {instruction!r}: it must return a non-empty "
                          "list of non-empty subgoal texts.")
-    return [(goal, horizon // len(subgoals) + (1 if i < horizon % len(subgoals) else 0))
-            for i, goal in enumerate(subgoals)]
+    horizon = horizon if horizon is not None else max(default_horizon, len(subgoals))
+    shares = [(goal, horizon // len(subgoals) + (1 if i < horizon % len(subgoals) else 0))
+              for i, goal in enumerate(subgoals)]
+    return [(goal, count) for goal, count in shares if count]
 
 
 def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: RetraceTask,
                  temp_lora: TempLoRAConfig | None = None, closed_loop: bool = False, num_chunks: int | None = None,
                  seed: int = 0, num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
-                 decomposer: Decomposer = scripted_decomposer) -> PlanResult:
-    """Plan the way back of a retrace task with the world model, execute it in the true ToyWorld, score it.
+                 decomposer: Decomposer | None = None) -> PlanResult:
+    """Plan the way back of a retrace task with the world model, execute it in the task's true world (ToyWorld
+    or Memory Maze), score it.
 
     The agent has walked the way out (its true frames are observed); `temp_lora` None plans without memory.
-    `num_chunks` is the planning horizon (default: the way out's chunks plus one), shared by the subgoals.
+    `num_chunks` is the planning horizon (default: the way out's chunks plus one, or one chunk a subgoal
+    where the decomposer gave more), shared by the subgoals. `decomposer` None: the world's
+    (`world_decomposer`: ToyWorld's scripted one; Memory Maze's reverses the way out).
     """
     horizon = num_chunks if num_chunks is not None else task.num_outward + 1
-    check_plan_inputs(pipe, idm, task.instruction, horizon)
-    world, chunk_frames = task.episode.world, task.episode.chunk_frames
-    subgoals = plan_subgoals(decomposer, task.instruction, horizon)
+    check_plan_inputs(pipe, idm, task.instruction, horizon, world=task.world_name)
+    chunk_frames = task.episode.chunk_frames
+    if decomposer is None:
+        decomposer = world_decomposer(pipe, task.world_name, list(task.outward_actions))
+    subgoals = plan_subgoals(decomposer, task.instruction, num_chunks, default_horizon=task.num_outward + 1)
     chunk_kwargs = {"num_frames": chunk_frames, "num_inference_steps": num_inference_steps,
                     "guidance_scale": guidance_scale}
 
@@ -177,13 +251,20 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
     memory = memory_of_trip(pipe, observed, list(task.outward_actions), temp_lora, memory_generator,
                             way_back=task.instruction)
 
-    # 2. Plan and execute, subgoal by subgoal.
+    # 2. Plan and execute. Open loop: consecutive subgoals planned the same way (the same `recall`) are one plan,
+    # imagined whole and then executed (the reversed way out is one subgoal a chunk); closed loop: chunk by chunk.
     position = task.episode.positions[task.num_outward * chunk_frames]
     context, last_frame = observed[-1], outward[-1]
     plan_frames, executed_frames, actions, positions = [last_frame[None]], [last_frame[None]], [], [position]
-    for subgoal, chunks in subgoals:
+    steps: list[tuple[str, Any]] = list(subgoals)  # closed loop: (subgoal, its chunks)
+    if not closed_loop:  # open loop: (the first subgoal, the action of every chunk of the plan)
+        steps = []
+        for _, items in itertools.groupby(subgoals, key=lambda item: tuple(recall_for(item[0], temp_lora).items())):
+            group = list(items)
+            steps.append((group[0][0], [goal for goal, count in group for _ in range(count)]))
+    for subgoal, chunks in steps:
         if not closed_loop:
-            planned = list(pipe.stream_episode([subgoal] * chunks, start_latents=context, memory=memory,
+            planned = list(pipe.stream_episode(chunks, start_latents=context, memory=memory,
                                                memory_settings=temp_lora, update_memory=temp_lora is not None,
                                                generator=generator, memory_generator=memory_generator,
                                                **chunk_kwargs, **recall_for(subgoal, temp_lora)))
@@ -191,7 +272,7 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
                 memory = planned[-1].memory
             plan = decode(pipe, torch.cat([chunk.latents for chunk in planned], dim=2))
             read = idm.predict_actions(np.concatenate([last_frame[None], plan]))
-            walked, frames = walk_and_see(world, position, read)
+            walked, frames = walk_and_see(task, position, read)
             plan_frames.append(plan)
             context = pipe.encode_frames(frames[-chunk_frames:])
         else:
@@ -201,7 +282,7 @@ def plan_retrace(pipe: SlowFastVGenPipeline, idm: InverseDynamicsModel, task: Re
                              output_type="latent", **chunk_kwargs, **recall_for(subgoal, temp_lora)).latents
                 chunk_plan = decode(pipe, chunk)
                 chunk_read = idm.predict_actions(np.concatenate([last_frame[None], chunk_plan]))
-                chunk_walked, chunk_frames_seen = walk_and_see(world, position, chunk_read)
+                chunk_walked, chunk_frames_seen = walk_and_see(task, position, chunk_read)
                 observed_chunk = pipe.encode_frames(chunk_frames_seen)
                 if temp_lora is not None:  # learn what was really seen, not what was imagined
                     memory = memory_of(pipe, [context, observed_chunk], [subgoal], memory, temp_lora,
