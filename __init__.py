@@ -5,6 +5,10 @@ schema, NODE_CLASS_MAPPINGS elsewhere; see nodes/__init__.py), and by Python as 
 installed with `pip install -e .`. Nothing here needs ComfyUI.
 """
 
+from .openmp import spin_briefly
+
+spin_briefly()  # before anything imports torch (see openmp)
+
 from .host_compat import hide_broken_optional_packages
 
 hide_broken_optional_packages()  # before transformers' models are imported (see host_compat)
