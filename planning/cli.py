@@ -265,7 +265,7 @@ def plan_own_world(args, pipe, idm, image, outward, temp_lora, video: Path, summ
     video.parent.mkdir(parents=True, exist_ok=True)
     write_video(video, side_by_side(result.plan_frames, way_out[::-1]), args.fps)
     summary = {"video": str(video), "left": "plan", "right": "the imagined way out, played backward",
-               "model": args.model, "idm": args.idm, "image": args.image, "outward": outward,
+               "world": args.world, "model": args.model, "idm": args.idm, "image": args.image, "outward": outward,
                "instruction": args.instruction, "subgoals": result.subgoals,
                "temp_lora": None if temp_lora is None else vars(temp_lora), "plan_actions": result.actions,
                "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
