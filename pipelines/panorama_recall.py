@@ -109,6 +109,15 @@ class PanoramaRecallMixin:
         latents = self.encode_frames(frames).to(context.device, context.dtype)
         return latents, mask.to(latents.device, latents.dtype)
 
+    @staticmethod
+    def probes(memory: EpisodicMemory | None, action: str) -> bool:
+        """Whether a chunk of `action` with `memory` (recalling along the action) first samples a probe
+        chunk to measure the action's motion: a panorama memory that has not seen `action` move yet."""
+        if memory is None or memory.config.poses or not memory.config.panorama:
+            return False
+        panorama = memory.panorama
+        return panorama is not None and not panorama.lost and panorama.motions.get(action) is None
+
     def _probe_frames(self, action: str, context: torch.Tensor, num_frames: int, prompt_embeds: torch.Tensor,
                       num_inference_steps: int, conditioning: str, memory: EpisodicMemory):
         """The decoded frames (F,H,W,C) of a probe chunk: `action` sampled with the memory but without its

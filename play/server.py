@@ -200,8 +200,12 @@ class Player:
         if not self.context.ahead or self.session is None or self.closed:
             return None
         candidates = [self.held, self.last_action, *self.keys.values()]
+        memory = self.session.current.memory
         for action in dict.fromkeys(a for a in candidates if a):
-            if action not in self.refused_ahead and not self.session.made_ahead(action):
+            # An action the panorama has not seen move is made when asked: its first chunk samples a probe
+            # chunk, which cannot give way, and would hold up the key that is pressed meanwhile.
+            if action not in self.refused_ahead and not self.session.made_ahead(action) and \
+                    not self.context.pipe.probes(memory, action):
                 return action
         return None
 

@@ -494,3 +494,18 @@ def test_a_chunk_being_made_ahead_gives_way_to_another_action(pipe, tiny_pipe_di
     chunk = serve(pipe, tiny_pipe_dir, tmp_path, scenario, "--steps", "200")
     assert chunk["index"] == 1 and chunk["action"] == "stay"
     assert outcomes[:2] == [("move up", "gave way"), ("stay", "made")]
+
+
+def test_an_action_the_panorama_has_not_seen_move_is_not_made_ahead(pipe):
+    """Its first chunk samples a probe chunk, which cannot give way to a key pressed meanwhile."""
+    from dataclasses import replace
+
+    from slowfast_vgen.pipelines import TEMP_LORA_PRESETS
+    from slowfast_vgen.pipelines.panorama import Panorama
+
+    panorama = replace(Panorama.start(np.zeros((1, 16, 16, 3), np.float32)), motions={"move left": (-4, 0)})
+    memory = replace(pipe.new_memory(TEMP_LORA_PRESETS["panorama"]), panorama=panorama)
+    assert pipe.probes(memory, "move up") and not pipe.probes(memory, "move left")
+    assert not pipe.probes(replace(memory, panorama=replace(panorama, lost=True)), "move up")
+    assert not pipe.probes(None, "move up")
+    assert not pipe.probes(pipe.new_memory(TEMP_LORA_PRESETS["poses"]), "move up")
