@@ -54,8 +54,11 @@ function tick(now) {
     window.playStats.paints += 1;
     window.playStats.painted.push(now);
     if (window.playStats.painted.length > 400) window.playStats.painted.shift();
-    // Late frames are not caught up on: the clock restarts from now, so a slow chunk never speeds playback up.
-    state.nextDue = Math.max(now, state.nextDue) + 1000 / state.fps;
+    // A frame painted within a period of its due time keeps the clock (the screen's refresh, which paints a
+    // few ms late every time, must not slow playback down); a later one, of a slow chunk, restarts it from
+    // now, so playback never speeds up to catch up.
+    const period = 1000 / state.fps;
+    state.nextDue = (now - state.nextDue < period ? state.nextDue : now) + period;
     if (next.first) {
       state.playing = next.chunk;
       send({ type: "played", chunk: next.chunk });
