@@ -6,6 +6,7 @@ and scored against the true frames (PSNR, SSIM). Baselines: repeating the last c
 VAE's own reconstruction of the truth (the ceiling any generation can reach).
 
     python -m slowfast_vgen.evaluation.maze_quality MODEL --seeds 2000 2020
+    python -m slowfast_vgen.evaluation.maze_quality MODEL --seeds 2000 2008 --samples 4   # per frame
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ def _context_start(world: MemoryMaze, rng: random.Random) -> MazeStart:
 
 
 def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int = DEFAULT_STEPS,
-                            guidance: float = DEFAULT_GUIDANCE) -> dict:
+                            guidance: float = DEFAULT_GUIDANCE, samples: int = 1) -> dict:
     """Per motion and wording: mean PSNR / SSIM of the generated next chunk against the truth, and the
-    baselines, over the mazes of `seeds`."""
+    baselines, over the mazes of `seeds`. With `samples` > 1 also, per motion and frame of the chunk, the
+    PSNR of one sample (the seen wording's), of the mean of `samples` samples of different noise, and of
+    repeating the last frame (`MOTION/per_frame`): where in a chunk a motion fails, and what sampling one
+    world instead of the average costs in PSNR."""
     chunk = pipe.context_window // 2
     rows: dict[str, dict[str, list]] = {}
     for seed in seeds:
@@ -51,10 +55,23 @@ def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int
             truth = world.rollout(["walk forward", motion], chunk, start)[1:].astype(np.float32) / 255
             context, target = truth[:chunk], truth[chunk:]
             context_latents = pipe.encode_frames(context)
+            def sample(phrase: str, noise_seed: int) -> np.ndarray:
+                return pipe(phrase, context_latents=context_latents, num_frames=chunk, num_inference_steps=steps,
+                            guidance_scale=guidance, generator=torch.Generator().manual_seed(noise_seed),
+                            output_type="np").frames[0]
+
             for wording, phrase in (("seen", TRAIN_PARAPHRASES[motion][0]), ("held_out", HELD_OUT_PARAPHRASES[motion][0])):
-                frames = pipe(phrase, context_latents=context_latents, num_frames=chunk, num_inference_steps=steps,
-                              guidance_scale=guidance, generator=torch.Generator().manual_seed(seed),
-                              output_type="np").frames[0]
+                frames = sample(phrase, seed)
+                if samples > 1 and wording == "seen":
+                    draws = [frames] + [sample(phrase, seed + 100 * k) for k in range(1, samples)]
+                    average, per_frame = np.mean(draws, 0), rows.setdefault(f"{motion}/per_frame", {})
+                    for i in range(chunk):
+                        truth_i = target[i:i + 1]
+                        per_frame.setdefault(f"sample_frame{i + 1}", []).append(metrics.masked_psnr(frames[i:i + 1], truth_i))
+                        per_frame.setdefault(f"mean_of_{samples}_frame{i + 1}", []).append(
+                            metrics.masked_psnr(average[i:i + 1], truth_i))
+                        per_frame.setdefault(f"repeat_last_frame{i + 1}", []).append(
+                            metrics.masked_psnr(context[-1:], truth_i))
                 row = rows.setdefault(f"{motion}/{wording}", {})
                 row.setdefault("psnr", []).append(metrics.masked_psnr(frames, target))
                 row.setdefault("ssim", []).append(metrics.masked_ssim(frames, target))
@@ -74,11 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out mazes FIRST..STOP-1 (default: 2000 2020)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--samples", type=int, default=1,
+                        help="also score each motion per frame: one sample, the mean of this many, repeating the "
+                             "last frame (default 1: not)")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
     pipe = SlowFastVGenPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    result = maze_next_chunk_quality(pipe, range(*args.seeds), args.steps, args.guidance)
+    if args.samples < 1:
+        parser.error(f"--samples must be at least 1, got {args.samples}.")
+    result = maze_next_chunk_quality(pipe, range(*args.seeds), args.steps, args.guidance, args.samples)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

@@ -219,3 +219,22 @@ def test_start_frame_node_renders_either_world():
         node.render(seed=SEED, size=8, world="memory-maze")
     with pytest.raises(ValueError, match="world: 'mars' is not one of"):
         node.render(seed=SEED, size=64, world="mars")
+
+
+def test_gate_1_scores_every_motion_and_per_frame(tiny_pipe_dir):
+    """Gate 1 (`evaluation.maze_quality`) on one maze: every motion and wording scored, the baselines, and
+    with --samples the per-frame split; staying put, repeating the last frame is the truth itself."""
+    from slowfast_vgen.data.memory_maze import MOTIONS
+    from slowfast_vgen.evaluation.maze_quality import maze_next_chunk_quality
+    from slowfast_vgen.pipelines import SlowFastVGenPipeline
+
+    pipe = SlowFastVGenPipeline.from_pretrained(tiny_pipe_dir)
+    pipe.set_progress_bar_config(disable=True)
+    result = maze_next_chunk_quality(pipe, range(SEED, SEED + 1), steps=1, samples=2)
+    chunk = pipe.context_window // 2
+    for motion in MOTIONS:
+        assert {"psnr", "ssim"} <= set(result[f"{motion}/seen"]) and result[f"{motion}/held_out"]["psnr"]["n"] == 1
+        per_frame = result[f"{motion}/per_frame"]
+        assert len(per_frame) == 3 * chunk and per_frame["mean_of_2_frame1"]["n"] == 1
+    assert all(result["stay/per_frame"][f"repeat_last_frame{i + 1}"]["mean"] == 100.0 for i in range(chunk))
+    assert result["forward/per_frame"]["repeat_last_frame1"]["mean"] < 100.0
