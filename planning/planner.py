@@ -37,6 +37,7 @@ from ..pipelines import (DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS, Epi
                          TempLoRAConfig, memory_generator_for)
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from ..pipelines.memorize import memorize, memory_of
+from ..pipelines.pose_memory import normalized_action
 
 Decomposer = Callable[[str], list[str]]
 KNOWN_INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
@@ -115,13 +116,13 @@ def reversing_decomposer(outward_actions: list[str], reverse_actions: dict[str, 
     first (default: `scripted_decomposer`). The actions of the way back then come from the way out; what the
     plan adds is the world model imagining each of them (with its memory) and the inverse dynamics model
     reading what it imagined. Refused (ValueError) when an outward action has no reverse in the table."""
-    table = {" ".join(k.lower().split()): v for k, v in (reverse_actions or {}).items()}
-    missing = [a for a in outward_actions if " ".join(a.lower().split()) not in table]
+    table = {normalized_action(k): v for k, v in (reverse_actions or {}).items()}
+    missing = [a for a in outward_actions if normalized_action(a) not in table]
     if missing:
         raise ValueError(f"The world model's folder records no reverse of {', '.join(map(repr, missing))} "
                          "(model_index.json, reverse_actions), so the way back cannot be the way out reversed; "
                          f"it knows: {', '.join(sorted(table)) or 'none'}.")
-    way_back = [table[" ".join(a.lower().split())] for a in reversed(outward_actions)] + ["stay"]
+    way_back = [table[normalized_action(a)] for a in reversed(outward_actions)] + ["stay"]
     split = decomposer or scripted_decomposer
 
     def decompose(instruction: str) -> list[str]:
@@ -145,7 +146,7 @@ def asks_way_back(subgoal: str) -> bool:
     """Whether a subgoal is one of the retrace instructions (trained or held out). With a panorama memory its
     chunks recall the way the episode came (`recall="way back"`): the memory, not the world model, knows
     the way; the world model draws the chunks around what is recalled."""
-    return " ".join(subgoal.lower().split()) in KNOWN_INSTRUCTIONS
+    return normalized_action(subgoal) in KNOWN_INSTRUCTIONS
 
 
 def recall_for(subgoal: str, temp_lora: TempLoRAConfig | None) -> dict:
@@ -163,7 +164,7 @@ def untrained_instruction(instruction: str, decomposer: Decomposer,
         try:
             parse(subgoal)
         except ValueError:
-            if " ".join(subgoal.lower().split()) not in KNOWN_INSTRUCTIONS:
+            if normalized_action(subgoal) not in KNOWN_INSTRUCTIONS:
                 unknown.append(subgoal)
     if not unknown:
         return None

@@ -211,7 +211,7 @@ class PlaySession:
     def play(self, made: MadeChunk) -> Chunk:
         """Play a chunk `make` made: it becomes the episode's next chunk. Refused if the episode has moved on
         since it was made (another chunk, a branch, a preset or split switch)."""
-        if made.made_from is not self.current or made.lane_from is not self.lane:
+        if not self._follows(made):
             raise PlayError(f"The chunk of {made.state.action!r} was made from another state of the episode.")
         self.spool.seek(0, os.SEEK_END)
         self.spool.write(made.frames.tobytes())
@@ -226,7 +226,7 @@ class PlaySession:
         """Play one chunk of `action` from the current state: the one made ahead for it if there is one
         (`make_ahead`), else made now."""
         made = self.ahead.pop(action, None)
-        if made is None or made.made_from is not self.current or made.lane_from is not self.lane:
+        if made is None or not self._follows(made):
             return self.play(self.make(action))
         return replace(self.play(made), ahead=True)
 
@@ -236,7 +236,11 @@ class PlaySession:
 
     def made_ahead(self, action: str) -> bool:
         made = self.ahead.get(action)
-        return made is not None and made.made_from is self.current and made.lane_from is self.lane
+        return made is not None and self._follows(made)
+
+    def _follows(self, made: MadeChunk) -> bool:
+        """Whether `made` was made from the episode as it is now (its state, and the split view's lane)."""
+        return made.made_from is self.current and made.lane_from is self.lane
 
     def _lane_chunk(self, action: str, hooks: dict) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
         """The same chunk without memory, from the lane's own context, with the same noise as the main lane:
