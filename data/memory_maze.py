@@ -100,6 +100,14 @@ def action_motions() -> dict[str, list[int]]:
     return {phrase: list(MOTIONS[motion]) for phrase, motion in _PHRASE_TO_MOTION.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def camera_fovy() -> float:
+    """The vertical field of view of the package's egocentric camera, in degrees (its MuJoCo model's): what a
+    world model's folder records as `camera_fovy`, from which the pose memory turns the views it holds."""
+    (_, physics), _, _ = _scene(MAZE_SIZES[0], 0)
+    return float(physics.model.cam_fovy[physics.model.name2id("walker/egocentric", "camera")])
+
+
 @dataclass(frozen=True)
 class Pose:
     """A camera pose: quarter-cell steps taken along each of the 8 axes (negative: the opposite way), and

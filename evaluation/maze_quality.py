@@ -7,6 +7,7 @@ VAE's own reconstruction of the truth (the ceiling any generation can reach).
 
     python -m slowfast_vgen.evaluation.maze_quality MODEL --seeds 2000 2020
     python -m slowfast_vgen.evaluation.maze_quality MODEL --seeds 2000 2008 --samples 4   # per frame
+    python -m slowfast_vgen.evaluation.maze_quality MODEL --memory poses   # as an episode with its memory
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from ..data.memory_maze import HELD_OUT_PARAPHRASES, MOTIONS, TRAIN_PARAPHRASES, MemoryMaze
 from ..data.memory_maze_episodes import MazeStart, _is_free_cell, _ahead, _pose_at
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
+from ..pipelines.memorize import memory_of
+from ..pipelines.memory_settings import TempLoRAConfig, temp_lora_preset
 from . import metrics
 
 
@@ -40,25 +43,36 @@ def _context_start(world: MemoryMaze, rng: random.Random) -> MazeStart:
 
 
 def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int = DEFAULT_STEPS,
-                            guidance: float = DEFAULT_GUIDANCE, samples: int = 1) -> dict:
+                            guidance: float = DEFAULT_GUIDANCE, samples: int = 1,
+                            memory: TempLoRAConfig | None = None) -> dict:
     """Per motion and wording: mean PSNR / SSIM of the generated next chunk against the truth, and the
     baselines, over the mazes of `seeds`. With `samples` > 1 also, per motion and frame of the chunk, the
     PSNR of one sample (the seen wording's), of the mean of `samples` samples of different noise, and of
     repeating the last frame (`MOTION/per_frame`): where in a chunk a motion fails, and what sampling one
-    world instead of the average costs in PSNR."""
+    world instead of the average costs in PSNR.
+
+    With a `memory` setting, each chunk is generated as an episode of the product would make it: the memory
+    has learned the start frame and the true context chunk (`memory_of`, as the teacher-forced protocol of
+    `evaluate` learns its chunks), and samples with it, the same noise as without."""
     chunk = pipe.context_window // 2
     rows: dict[str, dict[str, list]] = {}
     for seed in seeds:
         world = MemoryMaze(seed, view_size=pipe.native_size)
         start = _pose_at(world, _context_start(world, random.Random(f"gate:{seed}")))
         for motion in MOTIONS:
-            truth = world.rollout(["walk forward", motion], chunk, start)[1:].astype(np.float32) / 255
+            rollout = world.rollout(["walk forward", motion], chunk, start).astype(np.float32) / 255
+            truth = rollout[1:]
             context, target = truth[:chunk], truth[chunk:]
             context_latents = pipe.encode_frames(context)
+            learned = None
+            if memory is not None:
+                learned = memory_of(pipe, [pipe.encode_frames(rollout[:1]), context_latents], ["walk forward"],
+                                    settings=memory, generator=torch.Generator().manual_seed(seed))
+
             def sample(phrase: str, noise_seed: int) -> np.ndarray:
                 return pipe(phrase, context_latents=context_latents, num_frames=chunk, num_inference_steps=steps,
                             guidance_scale=guidance, generator=torch.Generator().manual_seed(noise_seed),
-                            output_type="np").frames[0]
+                            memory=learned, output_type="np").frames[0]
 
             for wording, phrase in (("seen", TRAIN_PARAPHRASES[motion][0]), ("held_out", HELD_OUT_PARAPHRASES[motion][0])):
                 frames = sample(phrase, seed)
@@ -94,13 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=1,
                         help="also score each motion per frame: one sample, the mean of this many, repeating the "
                              "last frame (default 1: not)")
+    parser.add_argument("--memory", metavar="SETTING",
+                        help="generate with a memory that learned the start frame and the context: a Temp-LoRA "
+                             "preset (e.g. poses) or its settings as JSON (default: no memory, the model alone)")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
+    memory = None
+    if args.memory:
+        try:
+            memory = (TempLoRAConfig.from_fields(json.loads(args.memory)) if args.memory.lstrip().startswith("{")
+                      else temp_lora_preset(args.memory))
+        except (ValueError, TypeError) as error:
+            parser.error(f"--memory: {error}")
     pipe = SlowFastVGenPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     if args.samples < 1:
         parser.error(f"--samples must be at least 1, got {args.samples}.")
-    result = maze_next_chunk_quality(pipe, range(*args.seeds), args.steps, args.guidance, args.samples)
+    result = maze_next_chunk_quality(pipe, range(*args.seeds), args.steps, args.guidance, args.samples, memory)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

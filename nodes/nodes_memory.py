@@ -96,8 +96,9 @@ class TempLoRAPreset:
                    "chunk; planning's memory), replay (the strongest Temp-LoRA measured on out-and-back paths, "
                    "and by far the slowest), panorama (a panorama of the places seen, brought back from any "
                    "direction, with no Temp-LoRA training unless the camera is no pan), paper+panorama (both) and "
-                   "poses (every frame kept at the pose the actions imply and brought back there: for a camera "
-                   "that turns and walks, with a model that records its action motions, e.g. memory-maze). "
+                   "poses (every frame kept at the pose the actions imply and brought back there, and turned to "
+                   "nearby headings where the model records its camera's field of view: for a camera that turns "
+                   "and walks, with a model that records its action motions, e.g. memory-maze). "
                    "Temp-LoRA Settings sets every field by hand.")
     CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = (TEMP_LORA,)

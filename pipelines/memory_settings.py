@@ -53,6 +53,9 @@ class TempLoRAConfig:
             sampler brings places back into view (not in the paper; assumes a panning camera).
         poses: also keep every frame at the camera pose the actions imply (`pose_memory.PoseViews`) and
             bring it back at that pose; needs the world model's `action_motions`.
+        turn_views: with `poses`, a pose with no view of its own also gets the views of the same place facing
+            less than a field of view away, turned by the camera's rotation (`turn_views.py`); needs the world
+            model's `camera_fovy` (without it, or off, only exact poses come back).
         gradient_checkpointing: recompute the UNet's activations in the backward pass of an update (same
             result, less memory, one more forward); None decides per update from the free memory
             (`needs_checkpointing`).
@@ -69,6 +72,7 @@ class TempLoRAConfig:
     local: bool = True
     panorama: bool = False
     poses: bool = False
+    turn_views: bool = True
     gradient_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
@@ -83,7 +87,7 @@ class TempLoRAConfig:
         if self.steps_per_update < 0:
             raise ValueError(f"TempLoRAConfig.steps_per_update must be 0 (no training) or more, got "
                              f"{self.steps_per_update}.")
-        for name in ("action_text", "local", "panorama", "poses"):
+        for name in ("action_text", "local", "panorama", "poses", "turn_views"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TempLoRAConfig.{name} must be true or false, got {getattr(self, name)!r}.")
         if self.steps_per_update == 0 and not self.panorama and not self.poses:

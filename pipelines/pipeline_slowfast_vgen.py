@@ -130,11 +130,13 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
         reverse_actions: dict[str, str] | None = None,
         action_motions: dict[str, list[int]] | None = None,
         pose_headings: int = 16,
+        camera_fovy: float | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.register_to_config(context_window=context_window, reverse_actions=reverse_actions,
-                                action_motions=action_motions, pose_headings=pose_headings)
+                                action_motions=action_motions, pose_headings=pose_headings,
+                                camera_fovy=camera_fovy)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)

@@ -18,10 +18,15 @@ camera: the world models this memory is made for stop at walls, and such an epis
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Mapping
 
+import numpy as np
 import torch
+
+from .panorama import recall_mask
+from .turn_views import horizontal_fov, turned_view
 
 MAX_VIEWS = 4096
 
@@ -118,6 +123,18 @@ class PoseViews:
         mask = torch.tensor([i is not None for i in found], dtype=frames.dtype).view(1, 1, -1, 1, 1)
         return frames.unsqueeze(0), mask
 
+    def turned_from(self, pose: tuple[int, ...], max_turn: int) -> list[tuple[int, int]]:
+        """The stored views at the place of `pose` facing at most `max_turn` headings away from it, nearest
+        first (ties: the older view first): [(view index, heading of `pose` minus the view's, in
+        -headings/2 .. headings/2)]."""
+        found = []
+        for index, key in enumerate(self.keys):
+            if key[:-1] == pose[:-1]:
+                turn = (pose[-1] - key[-1] + self.headings // 2) % self.headings - self.headings // 2
+                if 0 < abs(turn) <= max_turn:
+                    found.append((abs(turn), index, turn))
+        return [(index, turn) for _, index, turn in sorted(found)]
+
     # ------------------------------------------------------------------ in a memory file
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -174,17 +191,75 @@ class PoseRecallMixin:
     def pose_headings(self) -> int:
         return int(self.config.get("pose_headings") or 16)
 
+    @property
+    def camera_fovy(self) -> float | None:
+        """The vertical field of view of the world's camera in degrees, from the model's folder (None where it
+        records none): what lets the pose memory turn the views it holds (`turn_views`)."""
+        fovy = self.config.get("camera_fovy")
+        return float(fovy) if fovy else None
+
     def recall_poses(self, memory, action, context: torch.Tensor, num_frames: int):
         """The stored views at the poses of the next `num_frames` frames of `action`: (latents, mask) to keep
-        while sampling, or None where the memory has seen none of them."""
+        while sampling, or None where the memory knows nothing of them. With the memory's `turn_views` and
+        the model's `camera_fovy`, a pose with no view of its own gets the views of the same place facing
+        nearby, turned (`recall_turned_views`): its mask then covers the latent pixels they show."""
         views = memory.poses
         if views is None:
             return None
         if not isinstance(action, str) or context.shape[0] != 1:
             raise ValueError("The pose memory follows one episode at a time: give one action and a context of "
                              "batch 1, or use a memory without `poses`.")
-        recalled = views.recall(views.poses_after(action, num_frames))
+        poses = views.poses_after(action, num_frames)
+        recalled = views.recall(poses)
+        if memory.config.turn_views and self.camera_fovy is not None:
+            recalled = self.recall_turned_views(views, poses, recalled, context)
         if recalled is None:
             return None
         latents, mask = recalled
         return latents.to(context.device, context.dtype), mask.to(context.device, context.dtype)
+
+    def recall_turned_views(self, views: PoseViews, poses: list[tuple[int, ...]], recalled,
+                            context: torch.Tensor):
+        """`recalled` (`PoseViews.recall`'s pair, or None) with every frame it lacks filled, where it can be, by
+        the views of the same place facing at most a field of view away, nearest first, each decoded, turned
+        by the heading difference (`turn_views.turned_view`) and encoded again; the mask becomes per latent
+        pixel (1, 1, F, h, w), 1 where a pixel is known whole."""
+        fovy, step = self.camera_fovy, 360 / views.headings
+        latent_size = views.views.shape[-2:]
+        size = (latent_size[0] * self.vae_scale_factor, latent_size[1] * self.vae_scale_factor)
+        max_turn = math.ceil(horizontal_fov(fovy, *size) / step) - 1
+        have = [False] * len(poses) if recalled is None else [bool(v) for v in recalled[1].flatten().tolist()]
+        sources = {i: views.turned_from(pose, max_turn) for i, pose in enumerate(poses) if not have[i]}
+        sources = {i: found for i, found in sources.items() if found}
+        if not sources:
+            return recalled
+        needed = sorted({index for found in sources.values() for index, _ in found})
+        with torch.no_grad():
+            decoded = self.postprocess(views.views[needed].permute(1, 0, 2, 3).unsqueeze(0).to(
+                self.vae.device, self.vae.dtype), "np")[0]
+        decoded = dict(zip(needed, decoded))
+        frames, known = [], []
+        for found in sources.values():
+            image, shown = None, None
+            for index, turn in found:  # a turn of +1 heading is to the left (`PoseViews.step`)
+                warped, covered = turned_view(decoded[index], fovy, -turn * step)
+                if image is None:
+                    image, shown = warped, covered
+                else:
+                    new = covered & ~shown
+                    image[new], shown = warped[new], shown | covered
+            frames.append(image)
+            known.append(shown)
+        with torch.no_grad():
+            turned = self.encode_frames(np.clip(np.stack(frames), 0, 1)).cpu()
+        turned_mask = recall_mask(np.stack(known), tuple(latent_size))
+        channels, frame_count = views.views.shape[1], len(poses)
+        latents = torch.zeros(1, channels, frame_count, *latent_size, dtype=views.views.dtype)
+        mask = torch.zeros(1, 1, frame_count, *latent_size, dtype=views.views.dtype)
+        if recalled is not None:
+            latents[:] = recalled[0]
+            mask[:] = recalled[1]
+        for slot, frame in enumerate(sources):
+            latents[:, :, frame] = turned[:, :, slot].to(latents.dtype)
+            mask[:, :, frame] = turned_mask[:, :, slot].to(mask.dtype)
+        return (latents, mask) if mask.any() else recalled

@@ -210,7 +210,8 @@ def world_model(args: argparse.Namespace) -> SlowFastVGenPipeline:
     if reversals is not None:
         pipe.register_to_config(reverse_actions=reversals)
     if args.data == "memory-maze":  # what each action does to the camera's pose, for the pose memory
-        pipe.register_to_config(action_motions=memory_maze.action_motions(), pose_headings=memory_maze.HEADINGS)
+        pipe.register_to_config(action_motions=memory_maze.action_motions(), pose_headings=memory_maze.HEADINGS,
+                                camera_fovy=memory_maze.camera_fovy())
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
