@@ -238,3 +238,23 @@ def test_gate_1_scores_every_motion_and_per_frame(tiny_pipe_dir):
         assert len(per_frame) == 3 * chunk and per_frame["mean_of_2_frame1"]["n"] == 1
     assert all(result["stay/per_frame"][f"repeat_last_frame{i + 1}"]["mean"] == 100.0 for i in range(chunk))
     assert result["forward/per_frame"]["repeat_last_frame1"]["mean"] < 100.0
+
+
+def test_gate_1_with_the_pose_memory_brings_back_the_way_back(tiny_pipe_dir):
+    """`maze_quality --memory poses`: the memory learned the start frame and the context (a walk forward), so
+    walking back comes back as the truth's own frames through the VAE (the ceiling); without it the tiny model
+    guesses."""
+    from slowfast_vgen.data.memory_maze import action_motions
+    from slowfast_vgen.evaluation.maze_quality import maze_next_chunk_quality
+    from slowfast_vgen.pipelines import SlowFastVGenPipeline, temp_lora_preset
+
+    pipe = SlowFastVGenPipeline.from_pretrained(tiny_pipe_dir)
+    pipe.register_to_config(action_motions=action_motions(), pose_headings=16)
+    pipe.set_progress_bar_config(disable=True)
+    with_memory = maze_next_chunk_quality(pipe, range(SEED, SEED + 1), steps=1, memory=temp_lora_preset("poses"))
+    alone = maze_next_chunk_quality(pipe, range(SEED, SEED + 1), steps=1)
+    ceiling = with_memory["back/baselines"]["vae_ceiling_psnr"]["mean"]
+    assert with_memory["back/seen"]["psnr"]["mean"] == pytest.approx(ceiling, abs=0.01)
+    assert with_memory["back/held_out"]["psnr"]["mean"] == pytest.approx(ceiling, abs=0.01)
+    assert abs(alone["back/seen"]["psnr"]["mean"] - ceiling) > 0.1
+    assert with_memory["forward/seen"] == alone["forward/seen"]  # nothing known ahead: the model alone
