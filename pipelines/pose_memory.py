@@ -224,6 +224,8 @@ class PoseRecallMixin:
         the views of the same place facing at most a field of view away, nearest first, each decoded, turned
         by the heading difference (`turn_views.turned_view`) and encoded again; the mask becomes per latent
         pixel (1, 1, F, h, w), 1 where a pixel is known whole."""
+        if views.views is None:
+            return recalled
         fovy, step = self.camera_fovy, 360 / views.headings
         latent_size = views.views.shape[-2:]
         size = (latent_size[0] * self.vae_scale_factor, latent_size[1] * self.vae_scale_factor)
