@@ -9,7 +9,10 @@ pose per frame as the world model's folder records it (`model_index.json`, `acti
 heading is the same key whatever path led there.
 
 While a chunk is sampled, its frames whose pose is known are kept RePaint-style (as the panorama keeps
-places): the stored latents replace the sample's at every step, noised to that step. The store is bounded
+places): the stored latents replace the sample's at every step, noised to that step. A frame whose pose has
+no view of its own, but whose place was seen facing less than a field of view away, keeps that view turned
+by the heading difference (`turn_views.py`, where the model's folder records its `camera_fovy`) on the
+latent pixels it covers. The store is bounded
 (`MAX_VIEWS` latent frames, 8 KB each for the shipped 64-pixel models); beyond it the oldest view is
 evicted. A walk into a wall, which the actions cannot tell, would move the memory's pose but not the
 camera: the world models this memory is made for stop at walls, and such an episode must be started over.
