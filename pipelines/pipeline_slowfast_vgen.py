@@ -49,6 +49,7 @@ from .fast_learning import update_memory  # noqa: F401
 from .memory_file import read_safetensors  # noqa: F401
 from .memory_settings import TempLoRAConfig  # noqa: F401
 from .panorama import Panorama  # noqa: F401
+from .turn_views import turned_view  # noqa: F401
 
 CONDITIONING_MODES = ("mask", "replace")
 
