@@ -35,8 +35,8 @@ from .world_model import (
 class TempLoRASettings:
     """Fast-learning settings for Temp-LoRA Update and Run Episode."""
 
-    DESCRIPTION = ("Settings of the fast learner (Temp-LoRA). Rank, alpha and target fix a memory's layout; learning "
-                   "rate, steps and timesteps may change from one update to the next.")
+    DESCRIPTION = ("Settings of the fast learner (Temp-LoRA). Rank and target fix a memory's layout; the rest may "
+                   "change from one update to the next.")
     CATEGORY = MEMORY_CATEGORY
     RETURN_TYPES = (TEMP_LORA,)
     RETURN_NAMES = ("settings",)
@@ -76,13 +76,23 @@ class TempLoRASettings:
                                      "tooltip": "Also keep a panorama of what the episode showed and bring places "
                                                 "back from it when the camera returns, from any direction (no "
                                                 "training pass; assumes a panning camera; not in the paper)."}),
+            "poses": ("BOOLEAN", {"default": TempLoRAConfig.poses,
+                                  "tooltip": "Also keep every frame at the camera pose the actions imply and bring "
+                                             "it back at that pose (a camera that turns and walks; needs a world "
+                                             "model that records its action motions, e.g. memory-maze; not with "
+                                             "panorama; not in the paper)."}),
+            "turn_views": ("BOOLEAN", {"default": TempLoRAConfig.turn_views,
+                                       "tooltip": "With poses: for a heading not seen at a place, bring back the "
+                                                  "views of that place turned by the camera's rotation (needs the "
+                                                  "model's camera_fovy); off brings back exact poses only."}),
         }}
 
     def make(self, rank: int, learning_rate: float, target: str, steps_per_update: int,
              objective: str | None = None, direction: str | None = None, action_text: bool | None = None,
-             replay: int | None = None, panorama: bool | None = None) -> tuple[TempLoRAConfig]:
+             replay: int | None = None, panorama: bool | None = None, poses: bool | None = None,
+             turn_views: bool | None = None) -> tuple[TempLoRAConfig]:
         optional = {"objective": objective, "direction": direction, "action_text": action_text, "replay": replay,
-                    "panorama": panorama}
+                    "panorama": panorama, "poses": poses, "turn_views": turn_views}
         given = {name: value for name, value in optional.items() if value is not None}
         return (TempLoRAConfig(rank=rank, learning_rate=learning_rate, target=target,
                                steps_per_update=steps_per_update, **given),)

@@ -30,13 +30,16 @@ class TempLoRASettingsLegacy(TempLoRASettings):
     }
     WIDGET_ORDER = ("rank", "alpha", "learning_rate", "target", "steps_per_update", "timestep_low", "timestep_high",
                     "keep_optimizer_state")
+    OPTIONAL_ORDER = ("objective", "direction", "action_text", "replay", "panorama")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         spec = super().INPUT_TYPES()
         retired = TempLoRASettingsLegacy.RETIRED_WIDGETS
         widgets = {**spec["required"], **{name: widget[0] for name, widget in retired.items()}}
-        return {**spec, "required": {name: widgets[name] for name in TempLoRASettingsLegacy.WIDGET_ORDER}}
+        # Its optional inputs are those of the graphs it loads: settings added since are the new node's.
+        optional = {name: spec["optional"][name] for name in TempLoRASettingsLegacy.OPTIONAL_ORDER}
+        return {"required": {name: widgets[name] for name in TempLoRASettingsLegacy.WIDGET_ORDER}, "optional": optional}
 
     @classmethod
     def VALIDATE_INPUTS(cls, alpha: float | None = None, timestep_low: float | None = None,

@@ -191,6 +191,10 @@ def test_settings_carry_the_objective_and_default_to_the_papers_update():
     assert plain == TempLoRAConfig(rank=8, learning_rate=1e-3), "the optional inputs default to the paper's update"
     tuned = run("TempLoRASettingsV2", **common, objective="transition", direction="both", action_text=True, replay=3)[0]
     assert (tuned.objective, tuned.direction, tuned.action_text, tuned.replay) == ("transition", "both", True, 3)
+    poses = run("TempLoRASettingsV2", **{**common, "steps_per_update": 0}, poses=True, turn_views=False)[0]
+    assert poses == TempLoRAConfig(rank=8, learning_rate=1e-3, steps_per_update=0, poses=True, turn_views=False)
+    with pytest.raises(ValueError, match="choose one"):
+        run("TempLoRASettingsV2", **common, panorama=True, poses=True)
 
 
 def test_the_node_with_retired_widgets_keeps_saved_graphs_working():
@@ -598,6 +602,8 @@ def test_a_retired_widget_at_another_value_is_refused_on_the_retired_widgets():
     graph = _three()
     node = node_of(graph, "TempLoRASettingsV2")
     node["class_type"] = "SlowFastVGen_TempLoRASettings"
+    for name in ("poses", "turn_views"):  # settings added after that node was retired: no old graph has them
+        node["inputs"].pop(name)
     node["inputs"].update(alpha=0.0, timestep_low=0.8, timestep_high=1.0, keep_optimizer_state=True)
     errors = next(iter(queue_errors(graph).values()))
     assert {e["input_name"] for e in errors} == {"alpha", "timestep_low", "timestep_high", "keep_optimizer_state"}
