@@ -42,6 +42,7 @@ from .panorama_recall import RECALL_MODES, PanoramaRecallMixin
 from .pose_memory import PoseRecallMixin
 from .schedulers import SCHEDULERS, scheduler_from_name, scheduler_name  # noqa: F401
 from .video_latents import VideoLatentsMixin
+from .world_actions import WorldActionsMixin
 
 # diffusers copies to its custom-pipeline cache only the siblings this file imports: the rest are named here.
 from .atomic_files import write_text_atomically  # noqa: F401,I001
@@ -80,10 +81,6 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-def _normalized(action: str) -> str:
-    return " ".join(action.lower().split())
-
-
 @dataclass
 class SlowFastVGenPipelineOutput(BaseOutput):
     """Output of one chunk call.
@@ -99,7 +96,7 @@ class SlowFastVGenPipelineOutput(BaseOutput):
 
 
 class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, PanoramaRecallMixin, PoseRecallMixin,
-                           CompileMixin):
+                           WorldActionsMixin, CompileMixin):
     """Masked-conditional chunk generation with Temp-LoRA episodic memory (SlowFast-VGen).
 
     Components are those of a ModelScope text-to-video checkpoint: `vae` (AutoencoderKL), `text_encoder`
@@ -157,12 +154,6 @@ class SlowFastVGenPipeline(DiffusionPipeline, VideoLatentsMixin, EpisodeMixin, P
     @property
     def context_window(self) -> int:
         return self.config.context_window
-
-    def reverse_action(self, action: str) -> str | None:
-        """The action that undoes `action` in this world model's `reverse_actions` (case and spacing
-        ignored), or None where it has none."""
-        table = {_normalized(key): value for key, value in (self.config.reverse_actions or {}).items()}
-        return table.get(_normalized(action))
 
     @property
     def size_multiple(self) -> int:

@@ -30,23 +30,9 @@ import torch
 
 from .panorama import recall_mask
 from .turn_views import horizontal_fov, turned_view
+from .world_actions import motion_table, normalized_action
 
 MAX_VIEWS = 4096
-
-
-def normalized_action(action: str) -> str:
-    return " ".join(action.lower().split())
-
-
-def motion_table(table: Mapping[str, object] | None) -> dict[str, tuple[int, int]]:
-    """A model's `action_motions` as {normalized action: (turn, walk)}, checked (ValueError names the entry)."""
-    motions = {}
-    for action, motion in (table or {}).items():
-        if (not isinstance(action, str) or not isinstance(motion, (list, tuple)) or len(motion) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in motion)):
-            raise ValueError(f"action_motions[{action!r}] must be [turn, walk], two whole numbers, got {motion!r}.")
-        motions[normalized_action(action)] = (int(motion[0]), int(motion[1]))
-    return motions
 
 
 @dataclass(frozen=True)
@@ -183,23 +169,7 @@ def pose_views_after_chunk(views: PoseViews | None, motions: Mapping[str, tuple[
 
 
 class PoseRecallMixin:
-    """The pose memory's step of a chunk call, for `SlowFastVGenPipeline`."""
-
-    @property
-    def action_motions(self) -> dict[str, tuple[int, int]]:
-        """What each action does to the camera's pose per frame, from the model's folder (may be empty)."""
-        return motion_table(self.config.get("action_motions"))
-
-    @property
-    def pose_headings(self) -> int:
-        return int(self.config.get("pose_headings") or 16)
-
-    @property
-    def camera_fovy(self) -> float | None:
-        """The vertical field of view of the world's camera in degrees, from the model's folder (None where it
-        records none): what lets the pose memory turn the views it holds (`turn_views`)."""
-        fovy = self.config.get("camera_fovy")
-        return float(fovy) if fovy else None
+    """The pose memory's step of a chunk call, for `SlowFastVGenPipeline` (with `WorldActionsMixin`)."""
 
     def recall_poses(self, memory, action, context: torch.Tensor, num_frames: int):
         """The stored views at the poses of the next `num_frames` frames of `action`: (latents, mask) to keep

@@ -37,7 +37,7 @@ from ..pipelines import (DEFAULT_GUIDANCE, DEFAULT_STEPS, TEMP_LORA_PRESETS, Epi
                          TempLoRAConfig, memory_generator_for)
 from ..pipelines.inverse_dynamics import InverseDynamicsModel
 from ..pipelines.memorize import memorize, memory_of
-from ..pipelines.pose_memory import normalized_action
+from ..pipelines.world_actions import normalized_action
 
 Decomposer = Callable[[str], list[str]]
 KNOWN_INSTRUCTIONS = RETRACE_INSTRUCTIONS + HELD_OUT_INSTRUCTIONS
