@@ -24,7 +24,7 @@ from ..data.memory_maze import HELD_OUT_PARAPHRASES, MOTIONS, TRAIN_PARAPHRASES,
 from ..data.memory_maze_episodes import MazeStart, _is_free_cell, _ahead, _pose_at
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.memorize import memory_of
-from ..pipelines.memory_settings import TempLoRAConfig, temp_lora_preset
+from ..pipelines.memory_settings import TempLoRAConfig, settings_from_json, temp_lora_preset
 from . import metrics
 
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = None
     if args.memory:
         try:
-            memory = (TempLoRAConfig.from_fields(json.loads(args.memory)) if args.memory.lstrip().startswith("{")
+            memory = (settings_from_json(args.memory) if args.memory.lstrip().startswith(("{", "["))
                       else temp_lora_preset(args.memory))
         except (ValueError, TypeError) as error:
             parser.error(f"--memory: {error}")

@@ -231,3 +231,12 @@ def temp_lora_preset(name: str) -> TempLoRAConfig:
     if name not in TEMP_LORA_PRESETS:
         raise ValueError(f"Unknown Temp-LoRA preset {name!r}; known presets: {', '.join(TEMP_LORA_PRESETS)}.")
     return TEMP_LORA_PRESETS[name]
+
+
+
+def settings_from_json(text: str) -> TempLoRAConfig:
+    """`TempLoRAConfig` fields given as a JSON object on a command line (ValueError saying what was wrong)."""
+    fields = json.loads(text)  # a JSONDecodeError is a ValueError
+    if not isinstance(fields, dict):
+        raise ValueError("expected a JSON object")
+    return TempLoRAConfig.from_fields(fields)

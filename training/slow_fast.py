@@ -22,7 +22,6 @@ The episode streams live in `data/streams.py`.
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -36,6 +35,7 @@ from ..data.retrace import retrace_reverse_actions
 from ..pipelines import EpisodicMemory, SlowFastVGenPipeline, TempLoRAConfig, memory_generator_for
 from ..pipelines._deprecation import deprecated_aliases
 from ..pipelines.memorize import memorize
+from ..pipelines.memory_settings import settings_from_json
 from ..pipelines.temp_lora import memory_applied
 
 __all__ = ["PATH_FAMILIES", "Record", "episode_chunks", "episode_memory_generator", "gradients_finite",
@@ -149,10 +149,7 @@ def parse_temp_lora(text: str | None) -> TempLoRAConfig | None:
     if text.strip().lower() == "none":
         return None
     try:
-        fields = json.loads(text)
-        if not isinstance(fields, dict):
-            raise ValueError("expected a JSON object")
-        return TempLoRAConfig.from_fields(fields)
+        return settings_from_json(text)
     except (TypeError, ValueError) as error:
         raise ValueError(f"--temp-lora {text!r}: {error}. Give TempLoRAConfig fields as JSON, e.g. "
                          "'{\"learning_rate\": 1e-3, \"steps_per_update\": 2}'.") from None
