@@ -34,6 +34,7 @@ AXES = HEADINGS // 2
 STEP = 0.5  # world units a walking frame moves: a quarter of a maze cell (cells are 2 units wide)
 CELL = 2.0
 BODY_RADIUS = 0.35  # how near a wall the camera may stand, in world units
+_CAMERA = "walker/egocentric"  # the package's first-person camera
 MAZE_SIZES = (9, 11, 13, 15)
 MAX_SEED = 2**31 - 1
 
@@ -73,6 +74,19 @@ _AXIS_VECTORS = [
 ]
 
 
+@dataclass(frozen=True)
+class CameraView:
+    """What the camera sees at a pose, in 3-D: the frame (H, W, 3 uint8), its depth along the optical axis in
+    world units (H, W; the far plane where only sky is seen), and the camera's world position (3,) and
+    orientation (3 x 3, columns: its right, up and backward axes; MuJoCo's convention, looking along -z)."""
+
+    frame: np.ndarray
+    depth: np.ndarray
+    position: np.ndarray
+    rotation: np.ndarray
+    fovy: float
+
+
 class MemoryMazeUnavailable(RuntimeError):
     """Memory Maze or a headless OpenGL cannot be used here; the message says what to install."""
 
@@ -105,7 +119,7 @@ def camera_fovy() -> float:
     """The vertical field of view of the package's egocentric camera, in degrees (its MuJoCo model's): what a
     world model's folder records as `camera_fovy`, from which the pose memory turns the views it holds."""
     (_, physics), _, _ = _scene(MAZE_SIZES[0], 0)
-    return float(physics.model.cam_fovy[physics.model.name2id("walker/egocentric", "camera")])
+    return float(physics.model.cam_fovy[physics.model.name2id(_CAMERA, "camera")])
 
 
 @dataclass(frozen=True)
@@ -279,6 +293,23 @@ class MemoryMaze:
 
     def render_pose(self, pose: Pose) -> np.ndarray:
         """The exact view at `pose`, (H, W, 3) uint8; a pose inside a wall is refused."""
+        physics = self._placed(pose)
+        return physics.render(self.view_size, self.view_size, camera_id=_CAMERA).copy()
+
+    def camera_view(self, pose: Pose) -> CameraView:
+        """The view at `pose` with its depth and where the camera stands: the world's ground truth in 3-D, for
+        measurements (a world model never sees it)."""
+        physics = self._placed(pose)
+        camera = physics.model.name2id(_CAMERA, "camera")
+        size = self.view_size
+        return CameraView(frame=physics.render(size, size, camera_id=camera).copy(),
+                          depth=physics.render(size, size, camera_id=camera, depth=True).astype(np.float32),
+                          position=physics.data.cam_xpos[camera].copy(),
+                          rotation=physics.data.cam_xmat[camera].reshape(3, 3).copy(),
+                          fovy=float(physics.model.cam_fovy[camera]))
+
+    def _placed(self, pose: Pose):
+        """The scene's physics with the camera at `pose` (a pose inside a wall is refused)."""
         problem = self.pose_problem(pose)
         if problem:
             raise ValueError(f"Memory Maze {self.seed}: {problem}; the camera cannot stand there.")
@@ -286,7 +317,7 @@ class MemoryMaze:
         (_, physics), _, _ = _scene(self.size, self.seed)
         with physics.reset_context():
             physics.data.qpos[:] = [x, y, self._height, -2 * math.pi * (pose.heading % HEADINGS) / HEADINGS, 0.0]
-        return physics.render(self.view_size, self.view_size, camera_id="walker/egocentric").copy()
+        return physics
 
     def start_frame(self, pose: Pose | None = None) -> np.ndarray:
         return self.render_pose(pose or self.start_pose())

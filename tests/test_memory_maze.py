@@ -34,6 +34,40 @@ def test_view_at_a_pose_is_exact_whatever_came_before(maze):
     assert first.std() > 5  # a real view, not a blank frame
 
 
+def test_camera_view_is_the_frame_in_3d(maze):
+    """`camera_view`: the frame is `render_pose`'s; the camera looks along its heading, a step forward moves it
+    half a unit along its view, a turn moves it a little (it sits 0.15 units ahead of its turning axis); and a
+    pixel lifted to 3-D by its depth lands, in another view, on a pixel of its colour (the depth is along the
+    optical axis, in world units)."""
+    pose = maze.start_pose()
+    view = maze.camera_view(pose)
+    assert np.array_equal(view.frame, maze.render_pose(pose))
+    assert view.depth.shape == (64, 64) and np.all(view.depth > 0) and view.fovy == pytest.approx(80.0)
+    assert np.allclose(view.rotation @ view.rotation.T, np.eye(3), atol=1e-6)
+    look = -view.rotation[:, 2]
+    flat = look[:2] / np.linalg.norm(look[:2])
+    ahead = maze.camera_view(maze.step(pose, "walk forward"))
+    assert np.allclose(ahead.position - view.position, [*(0.5 * flat), 0.0], atol=1e-6)
+    turned = maze.camera_view(maze.step(pose, "turn left"))
+    turned_flat = -turned.rotation[:2, 2] / np.linalg.norm(turned.rotation[:2, 2])
+    turn = np.arctan2(flat[0] * turned_flat[1] - flat[1] * turned_flat[0], flat @ turned_flat)
+    assert np.degrees(turn) == pytest.approx(22.5, abs=1e-4)  # counter-clockwise seen from above: left
+    assert np.linalg.norm(turned.position - view.position) == pytest.approx(2 * 0.15 * np.sin(np.radians(11.25)), abs=1e-4)
+    focal = 32 / np.tan(np.radians(view.fovy) / 2)
+
+    def lifted(camera, row, column):
+        depth = float(camera.depth[row, column])
+        return camera.position + camera.rotation @ [(column - 31.5) / focal * depth, -(row - 31.5) / focal * depth, -depth]
+
+    # Floor pixels, at the centre and near the corners, lie on one plane (a depth along the ray would not).
+    assert all(abs(lifted(view, row, column)[2]) < 0.05 for row, column in ((55, 32), (60, 5), (60, 58), (48, 20)))
+    point = lifted(ahead, 48, 20)
+    local = view.rotation.T @ (point - view.position)
+    u, v = 31.5 + focal * local[0] / -local[2], 31.5 - focal * local[1] / -local[2]
+    assert 0 <= u < 64 and 0 <= v < 64 and (round(u), round(v)) != (20, 48)
+    assert np.abs(view.frame[int(round(v)), int(round(u))].astype(float) - ahead.frame[48, 20]).max() < 40
+
+
 def test_actions_are_invertible(maze):
     out_and_back = maze.rollout(["walk forward", "walk forward", "walk back", "walk back"], 4)
     assert np.array_equal(out_and_back[0], out_and_back[-1])
@@ -235,7 +269,8 @@ def test_gate_1_scores_every_motion_and_per_frame(tiny_pipe_dir):
     for motion in MOTIONS:
         assert {"psnr", "ssim"} <= set(result[f"{motion}/seen"]) and result[f"{motion}/held_out"]["psnr"]["n"] == 1
         per_frame = result[f"{motion}/per_frame"]
-        assert len(per_frame) == 3 * chunk and per_frame["mean_of_2_frame1"]["n"] == 1
+        assert len(per_frame) == 3 * chunk + 1 and per_frame["mean_of_2_frame1"]["n"] == 1
+        assert per_frame["mean_of_2_chunk"]["n"] == 1
     assert all(result["stay/per_frame"][f"repeat_last_frame{i + 1}"]["mean"] == 100.0 for i in range(chunk))
     assert result["forward/per_frame"]["repeat_last_frame1"]["mean"] < 100.0
 
