@@ -48,8 +48,8 @@ def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int
     """Per motion and wording: mean PSNR / SSIM of the generated next chunk against the truth, and the
     baselines, over the mazes of `seeds`. With `samples` > 1 also, per motion and frame of the chunk, the
     PSNR of one sample (the seen wording's), of the mean of `samples` samples of different noise, and of
-    repeating the last frame (`MOTION/per_frame`): where in a chunk a motion fails, and what sampling one
-    world instead of the average costs in PSNR.
+    repeating the last frame, and the whole chunk's PSNR of that mean (`MOTION/per_frame`): where in a
+    chunk a motion fails, and what sampling one world instead of the average costs in PSNR.
 
     With a `memory` setting, each chunk is generated as an episode of the product would make it: the memory
     has learned the start frame and the true context chunk (`memory_of`, as the teacher-forced protocol of
@@ -79,6 +79,7 @@ def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int
                 if samples > 1 and wording == "seen":
                     draws = [frames] + [sample(phrase, seed + 100 * k) for k in range(1, samples)]
                     average, per_frame = np.mean(draws, 0), rows.setdefault(f"{motion}/per_frame", {})
+                    per_frame.setdefault(f"mean_of_{samples}_chunk", []).append(metrics.masked_psnr(average, target))
                     for i in range(chunk):
                         truth_i = target[i:i + 1]
                         per_frame.setdefault(f"sample_frame{i + 1}", []).append(metrics.masked_psnr(frames[i:i + 1], truth_i))
