@@ -4,6 +4,7 @@ once per process (building takes seconds) and reused."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -197,7 +198,10 @@ def test_the_slow_fast_loop_trains_on_memory_maze_episodes(tmp_path):
            "--temp-lora", '{"rank": 4, "learning_rate": 1e-3}', "--episode-chunks", "2", "3",
            "--families", "out-and-back", "--output-dir", str(tmp_path / "out"), "--max-steps", "1"]
     assert train_main(run) == 0
-    assert (tmp_path / "out" / "model" / "model_index.json").exists()
+    index = json.loads((tmp_path / "out" / "model" / "model_index.json").read_text())
+    recorded = json.loads((tmp_path / "out" / "run_config.json").read_text())["world_config"]
+    assert recorded["camera_fovy"] == index["camera_fovy"] == 80.0 and recorded["pose_headings"] == 16
+    assert recorded["action_motions"] == index["action_motions"]  # for `model export` of its checkpoints
     with pytest.raises(SystemExit, match="not a path family of --data memory-maze"):
         train_main([*run[:-4], "--families", "retrace", "--output-dir", str(tmp_path / "other")])
 

@@ -376,9 +376,14 @@ def test_export_a_training_checkpoint(world, tmp_path):
     with torch.no_grad():
         ema.conv_out.bias.add_(0.5)
     ema.save_pretrained(checkpoint / "ema_unet")
-    (tmp_path / "run" / "run_config.json").write_text(json.dumps({"base_model": str(folder)}))
+    world_config = {"camera_fovy": 80.0, "pose_headings": 16, "action_motions": {"turn left": [1, 0]}}
+    (tmp_path / "run" / "run_config.json").write_text(json.dumps({"base_model": str(folder),
+                                                                  "world_config": world_config}))
 
     result = export_checkpoint(checkpoint, None, tmp_path / "exported")
+    index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
+    assert {key: index[key] for key in world_config} == world_config  # what the run set on the model's config
+    assert json.loads((tmp_path / "frozen-text" / "model_index.json").read_text()).get("camera_fovy") is None
     exported = UNet3DConditionModel.from_pretrained(tmp_path / "exported" / "unet")
     assert result.used_ema and torch.equal(exported.conv_out.bias, ema.conv_out.bias)
     exported_text = CLIPTextModel.from_pretrained(tmp_path / "exported" / "text_encoder")

@@ -199,6 +199,11 @@ def read_reverse_actions(path: str) -> dict[str, str]:
     return table
 
 
+# What `world_model` registers on the model's config about its world: a run's checkpoints hold weights only,
+# so the run records these in its run_config.json ("world_config"), for `model export` to write them back.
+WORLD_CONFIG_KEYS = ("reverse_actions", "action_motions", "pose_headings", "camera_fovy")
+
+
 def world_model(args: argparse.Namespace) -> SlowFastVGenPipeline:
     """The pipeline to train from, its weights frozen (each stage unfreezes what it trains), with the reverse
     of every action recorded for Temp-LoRA's action_text (ToyWorld's and Memory Maze's are built in)."""
@@ -286,7 +291,9 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, "force", False) and not args.resume_from_checkpoint and output_dir.is_dir():
             shutil.rmtree(output_dir)  # the earlier run, replaced as --force asked
         output_dir.mkdir(parents=True, exist_ok=True)
-        run_config = {**vars(args), "base_model": args.model, "num_processes": accelerator.num_processes}
+        run_config = {**vars(args), "base_model": args.model, "num_processes": accelerator.num_processes,
+                      "world_config": {key: pipe.config[key] for key in WORLD_CONFIG_KEYS
+                                       if pipe.config.get(key) is not None}}
         run_config.pop("run", None)
         (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2))
     started = time.time()

@@ -166,6 +166,21 @@ def checkpoint_base_model(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(base)
 
 
+def checkpoint_world_config(checkpoint_dir: str | os.PathLike) -> dict:
+    """What the training run set on the model's config about its world (its actions' reverses and motions,
+    the camera's field of view), as its `run_config.json` records it; {} for runs that record none."""
+    run_config = Path(checkpoint_dir).absolute().parent / "run_config.json"
+    if not run_config.is_file():
+        return {}
+    try:
+        world_config = json.loads(run_config.read_text()).get("world_config") or {}
+    except json.JSONDecodeError as error:
+        raise WeightsFileError(f"{run_config} is not valid JSON ({error}); repair or remove it.") from None
+    if not isinstance(world_config, dict):
+        raise WeightsFileError(f"{run_config}: 'world_config' should be an object, got {type(world_config).__name__}.")
+    return world_config
+
+
 def accelerate_model_weights(checkpoint_dir: Path, index: int, allow_pickle: bool) -> dict | None:
     """The state dict of the `index`-th model an accelerate checkpoint holds, or None if it has no such model."""
     suffix = f"_{index}" if index else ""
@@ -217,7 +232,9 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | o
                       allow_pickle: bool = False, force: bool = False) -> ExportResult:
     """Write the world model of a training checkpoint: its UNet (EMA weights when present and `use_ema`),
     with the other components of the base model the run started from (`base_model_dir`, or the one in
-    `run_config.json` beside the checkpoint). A text encoder trained in the same run replaces the base one."""
+    `run_config.json` beside the checkpoint). A text encoder trained in the same run replaces the base one,
+    and what the run set on the model's config about its world (`run_config.json`'s "world_config") is
+    written into the new folder's model_index.json."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"No checkpoint folder {checkpoint_dir}.")
@@ -235,6 +252,7 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | o
         raise WeightsFileError(f"{checkpoint_dir} does not hold weights of {base}'s UNet: {len(missing)} missing "
                                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}).")
     text_encoder = checkpoint_text_encoder(checkpoint_dir, base, allow_pickle)
+    world_config = checkpoint_world_config(checkpoint_dir)
     trained = {"unet": unet, **({"text_encoder": text_encoder} if text_encoder is not None else {})}
     with atomic_folder(out_dir, force) as folder:
         for name in COMPONENTS:
@@ -242,6 +260,7 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, base_model_dir: str | o
                 copy_component(base / name, folder / name, link)
         index = json.loads((base / "model_index.json").read_text())
         index.pop("_name_or_path", None)  # where the base model lay on the trainer's machine
+        index.update(world_config)
         (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         for name, module in trained.items():
             module.save_pretrained(folder / name)
