@@ -297,3 +297,18 @@ def test_gate_1_with_the_pose_memory_brings_back_the_way_back(tiny_pipe_dir):
     assert with_memory["back/held_out"]["psnr"]["mean"] == pytest.approx(ceiling, abs=0.01)
     assert abs(alone["back/seen"]["psnr"]["mean"] - ceiling) > 0.1
     assert with_memory["forward/seen"] == alone["forward/seen"]  # nothing known ahead: the model alone
+
+
+def test_the_3_level_spec_is_the_larger_model_the_card_measures():
+    """`WorldModelSpec.memory_maze_3_levels` differs from the shipped size in its UNet only: 3 levels (the
+    variant `benchmarks/bench_unet_sizes.py` times), Memory Maze's words in the vocabulary."""
+    from slowfast_vgen.data.memory_maze import EXTRA_WORDS
+    from slowfast_vgen.pipelines import WorldModelSpec, build_pipeline
+
+    spec, shipped = WorldModelSpec.memory_maze_3_levels(), WorldModelSpec.memory_maze()
+    assert spec.unet_channels == (32, 64, 128) and spec.extra_words == EXTRA_WORDS
+    assert {k: v for k, v in spec.to_dict().items() if k != "unet_channels"} == \
+        {k: v for k, v in shipped.to_dict().items() if k != "unet_channels"}
+    unet = build_pipeline(spec).unet
+    assert unet.config.down_block_types == ("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D")
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 2) == 5.14

@@ -21,13 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slowfast_vgen.training.init_from", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="the new pipeline folder (refused if it exists, unless --force)")
-    parser.add_argument("--spec", default="toyworld", help="WorldModelSpec size: tiny, toyworld, memory_maze, mid")
+    parser.add_argument("--spec", default="toyworld", help="WorldModelSpec size: tiny, toyworld, memory_maze, memory_maze_3_levels, mid")
     parser.add_argument("--vae-from", metavar="MODEL", help="a trained pipeline folder whose VAE to start from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     if not callable(getattr(WorldModelSpec, args.spec, None)) or args.spec.startswith("_") or args.spec == "to_dict":
-        parser.error(f"--spec {args.spec!r}: unknown size; use tiny, toyworld, memory_maze or mid.")
+        parser.error(f"--spec {args.spec!r}: unknown size; use tiny, toyworld, memory_maze, memory_maze_3_levels or mid.")
     if os.path.exists(args.output) and not args.force:
         if os.path.isfile(os.path.join(args.output, "model_index.json")):
             print(f"{args.output} exists: kept (pass --force to make it again).")
