@@ -25,7 +25,6 @@ of several is `maze_quality --samples N` (its `MOTION/per_frame` rows).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
@@ -38,6 +37,7 @@ import torch
 from slowfast_vgen.data.memory_maze import HEADINGS, TRAIN_PARAPHRASES, CameraView, MemoryMaze
 from slowfast_vgen.data.memory_maze_episodes import _pose_at
 from slowfast_vgen.evaluation.maze_quality import _context_start
+from slowfast_vgen.evaluation.report import print_json
 from slowfast_vgen.pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from slowfast_vgen.pipelines.memorize import memory_of
 from slowfast_vgen.pipelines.memory_settings import temp_lora_preset
@@ -153,11 +153,7 @@ def main() -> int:
                 "recall_psnr_per_frame": [round(float(v), 2) if not math.isnan(v) else None
                                           for v in np.nanmean(np.array(rows["recall_psnr"], float), 0)],
             }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    print_json(result, args.output)
     return 0
 
 

@@ -13,7 +13,6 @@ VAE's own reconstruction of the truth (the ceiling any generation can reach).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 
@@ -26,6 +25,7 @@ from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.memorize import memory_of
 from ..pipelines.memory_settings import TempLoRAConfig, settings_from_json, temp_lora_preset
 from . import metrics
+from .report import print_json
 
 
 def _context_start(world: MemoryMaze, rng: random.Random) -> MazeStart:
@@ -126,11 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 1:
         parser.error(f"--samples must be at least 1, got {args.samples}.")
     result = maze_next_chunk_quality(pipe, range(*args.seeds), args.steps, args.guidance, args.samples, memory)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+    print_json(result, args.output)
     return 0
 
 

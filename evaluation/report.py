@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..pipelines.atomic_files import write_text_atomically
 from . import metrics
 from .options import BASELINE, EvaluationOptions, describe_setting
 
@@ -89,6 +90,14 @@ def write_reports(output_dir: Path, rows: list[dict], summary: dict, options: Ev
     temporary = output_dir / ".summary.md.partial"
     temporary.write_text(markdown, encoding="utf-8")
     os.replace(temporary, output_dir / "summary.md")
+
+
+def print_json(result: dict, output: str | os.PathLike | None = None) -> None:
+    """A command's result as JSON on stdout and, where `output` names a file, there too (atomically)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if output:
+        write_text_atomically(output, text)
 
 
 def fmt(entry: dict | None, digits: int = 2) -> str:
