@@ -400,6 +400,12 @@ def test_export_a_training_checkpoint(world, tmp_path):
     with pytest.raises(WeightsFileError, match="does not hold weights"):
         export_checkpoint(checkpoint, other, tmp_path / "mismatch")
     assert not (tmp_path / "mismatch").exists()
+    for broken, problem in (("{not json", "is not valid JSON"), (json.dumps({"base_model": str(folder), "world_config": [1]}),
+                                                                 "'world_config' should be an object")):
+        (tmp_path / "run" / "run_config.json").write_text(broken)
+        with pytest.raises(WeightsFileError, match=problem):
+            export_checkpoint(checkpoint, folder, tmp_path / "broken")
+        assert not (tmp_path / "broken").exists()
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -154,30 +154,37 @@ class ExportResult:
     trained_text_encoder: bool = False
 
 
+def run_config_of(checkpoint_dir: str | os.PathLike) -> tuple[Path, dict | None]:
+    """The `run_config.json` the training entrypoint wrote beside its checkpoints: (its path, its contents or
+    None where there is none)."""
+    path = Path(checkpoint_dir).absolute().parent / "run_config.json"
+    if not path.is_file():
+        return path, None
+    try:
+        return path, json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WeightsFileError(f"{path} is not valid JSON ({error}); repair or remove it.") from None
+
+
 def checkpoint_base_model(checkpoint_dir: str | os.PathLike) -> Path:
     """The base world model a training run started from, as its `run_config.json` records it."""
-    run_config = Path(checkpoint_dir).absolute().parent / "run_config.json"
-    if not run_config.is_file():
-        raise WeightsFileError(f"No {run_config} to say which world model {checkpoint_dir} was trained from; "
+    path, run_config = run_config_of(checkpoint_dir)
+    if run_config is None:
+        raise WeightsFileError(f"No {path} to say which world model {checkpoint_dir} was trained from; "
                                "pass the base model folder explicitly.")
-    base = json.loads(run_config.read_text()).get("base_model")
+    base = run_config.get("base_model")
     if not base:
-        raise WeightsFileError(f"{run_config} has no 'base_model'; pass the base model folder explicitly.")
+        raise WeightsFileError(f"{path} has no 'base_model'; pass the base model folder explicitly.")
     return Path(base)
 
 
 def checkpoint_world_config(checkpoint_dir: str | os.PathLike) -> dict:
     """What the training run set on the model's config about its world (its actions' reverses and motions,
     the camera's field of view), as its `run_config.json` records it; {} for runs that record none."""
-    run_config = Path(checkpoint_dir).absolute().parent / "run_config.json"
-    if not run_config.is_file():
-        return {}
-    try:
-        world_config = json.loads(run_config.read_text()).get("world_config") or {}
-    except json.JSONDecodeError as error:
-        raise WeightsFileError(f"{run_config} is not valid JSON ({error}); repair or remove it.") from None
+    path, run_config = run_config_of(checkpoint_dir)
+    world_config = (run_config or {}).get("world_config") or {}
     if not isinstance(world_config, dict):
-        raise WeightsFileError(f"{run_config}: 'world_config' should be an object, got {type(world_config).__name__}.")
+        raise WeightsFileError(f"{path}: 'world_config' should be an object, got {type(world_config).__name__}.")
     return world_config
 
 
