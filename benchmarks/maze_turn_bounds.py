@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import sys
 import types
 
@@ -35,8 +34,7 @@ import numpy as np
 import torch
 
 from slowfast_vgen.data.memory_maze import HEADINGS, TRAIN_PARAPHRASES, CameraView, MemoryMaze
-from slowfast_vgen.data.memory_maze_episodes import _pose_at
-from slowfast_vgen.evaluation.maze_quality import _context_start
+from slowfast_vgen.evaluation.maze_quality import gate_start
 from slowfast_vgen.evaluation.report import print_json
 from slowfast_vgen.pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from slowfast_vgen.pipelines.memorize import memory_of
@@ -105,7 +103,7 @@ def main() -> int:
     frames_rows: dict[str, dict[str, list[list[float]]]] = {}
     for seed in range(*args.seeds):
         world = MemoryMaze(seed, view_size=pipe.native_size)
-        start = _pose_at(world, _context_start(world, random.Random(f"gate:{seed}")))
+        start = gate_start(world)
         for motion, direction in (("left", -1), ("right", 1)):
             views = [world.camera_view(pose) for pose in world.path(["walk forward", motion], chunk, start)]
             rollout = np.stack([view.frame for view in views]).astype(np.float32) / 255
@@ -117,11 +115,12 @@ def main() -> int:
             exact_known = [covered for _, covered in turned]
             sources = views[chunk::-1]  # the last context frame first, back to the start frame
             reprojected = [reproject(views[1 + chunk + i], sources) for i in range(chunk)]
-            recalls = {
+            reprojected_frames, reprojected_known = [frame for frame, _ in reprojected], [known for _, known in reprojected]
+            recalls = {  # name: (what is recalled, where, the override that recalls it; None: the product's own)
                 "product": ([frame for frame, _ in turned], exact_known, None),
                 "exact_turned_views": (list(target), exact_known, recalling(pipe, list(target), exact_known)),
-                "reprojected_3d": ([frame for frame, _ in reprojected], [known for _, known in reprojected],
-                                   recalling(pipe, [frame for frame, _ in reprojected], [known for _, known in reprojected])),
+                "reprojected_3d": (reprojected_frames, reprojected_known,
+                                   recalling(pipe, reprojected_frames, reprojected_known)),
             }
             repeat = psnr(np.repeat(context[-1:], chunk, 0), target)
             for name, (recalled, known, override) in recalls.items():

@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 
 import numpy as np
 
 from slowfast_vgen.data.memory_maze import HEADINGS, MemoryMaze, camera_fovy
-from slowfast_vgen.data.memory_maze_episodes import _pose_at
-from slowfast_vgen.evaluation.maze_quality import _context_start
+from slowfast_vgen.evaluation.maze_quality import gate_start
 from slowfast_vgen.pipelines.turn_views import turned_view
 
 
@@ -47,7 +45,7 @@ def main() -> int:
                                           "repeat_last": [[] for _ in range(4)]}
     for seed in range(*args.seeds):
         world = MemoryMaze(seed, view_size=args.size)
-        start = _pose_at(world, _context_start(world, random.Random(f"gate:{seed}")))
+        start = gate_start(world)
         for motion, direction in (("turn left", -1), ("turn right", 1)):
             truth = world.rollout(["walk forward", motion], 4, start)[1:].astype(np.float32) / 255
             last, turn = truth[3], truth[4:]

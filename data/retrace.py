@@ -302,9 +302,9 @@ def _maze_pair(world: memory_maze.MemoryMaze, action: str, rng: np.random.Genera
 def _maze_context(world: memory_maze.MemoryMaze, frames: int) -> np.ndarray:
     """`frames` true frames of walking forward into a cell with free cells ahead and behind, where every maze
     action can play a whole chunk (the next-chunk evaluation's context, `evaluation.maze_quality`)."""
-    from ..evaluation.maze_quality import _context_start  # one definition of that place; imported late (no cycle)
+    from ..evaluation.maze_quality import gate_start  # one definition of that place; imported late (no cycle)
 
-    start = _pose_at(world, _context_start(world, random.Random(f"gate:{world.seed}")))
+    start = gate_start(world)
     return world.rollout(["walk forward"], frames, start)[1:]
 
 

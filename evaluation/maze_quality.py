@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import torch
 
-from ..data.memory_maze import HELD_OUT_PARAPHRASES, MOTIONS, TRAIN_PARAPHRASES, MemoryMaze
+from ..data.memory_maze import HELD_OUT_PARAPHRASES, MOTIONS, TRAIN_PARAPHRASES, MemoryMaze, Pose
 from ..data.memory_maze_episodes import MazeStart, _is_free_cell, _ahead, _pose_at
 from ..pipelines import DEFAULT_GUIDANCE, DEFAULT_STEPS, SlowFastVGenPipeline
 from ..pipelines.memorize import memory_of
@@ -42,6 +42,12 @@ def _context_start(world: MemoryMaze, rng: random.Random) -> MazeStart:
     return rng.choice(options)
 
 
+def gate_start(world: MemoryMaze) -> Pose:
+    """The pose gate 1's context chunk starts from in `world` (`_context_start`, drawn from the maze's seed, so
+    the same in every run): where the benchmarks of Memory Maze's turns and `retrace` start too."""
+    return _pose_at(world, _context_start(world, random.Random(f"gate:{world.seed}")))
+
+
 def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int = DEFAULT_STEPS,
                             guidance: float = DEFAULT_GUIDANCE, samples: int = 1,
                             memory: TempLoRAConfig | None = None) -> dict:
@@ -58,7 +64,7 @@ def maze_next_chunk_quality(pipe: SlowFastVGenPipeline, seeds: range, steps: int
     rows: dict[str, dict[str, list]] = {}
     for seed in seeds:
         world = MemoryMaze(seed, view_size=pipe.native_size)
-        start = _pose_at(world, _context_start(world, random.Random(f"gate:{seed}")))
+        start = gate_start(world)
         for motion in MOTIONS:
             rollout = world.rollout(["walk forward", motion], chunk, start).astype(np.float32) / 255
             truth = rollout[1:]

@@ -233,7 +233,6 @@ def temp_lora_preset(name: str) -> TempLoRAConfig:
     return TEMP_LORA_PRESETS[name]
 
 
-
 def settings_from_json(text: str) -> TempLoRAConfig:
     """`TempLoRAConfig` fields given as a JSON object on a command line (ValueError saying what was wrong)."""
     fields = json.loads(text)  # a JSONDecodeError is a ValueError

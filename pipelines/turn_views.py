@@ -7,8 +7,8 @@ the heading difference, it is exact where it covers the frame, and the rest came
 
 That holds for a camera turning about its own centre. Memory Maze's egocentric camera sits 0.15 world
 units ahead of the axis its walker turns about, so a turn also moves it a little, and near walls shift by
-parallax: a view turned by one heading (22.5 degrees) is within about 25 dB of the truth, by two or three
-less so (`benchmarks/maze_turn_warp.py` measures how much of a turn turned views cover and how well).
+parallax: the further the turn, the less exact the turned view (`benchmarks/maze_turn_warp.py` measures how
+much of a turn turned views cover and how well; the figures are in the Memory Maze model card).
 
 The pose memory (`pose_memory.py`) brings such turned views back while a chunk is sampled, as it brings
 back exact ones.
